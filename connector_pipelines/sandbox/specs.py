@@ -1,0 +1,26 @@
+"""Where the vendors' official specs live: ../shared/specs beside the checkout, or CONNECTOR_SPECS_DIR."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def specs_dir() -> Path:
+    candidates = [os.environ.get("CONNECTOR_SPECS_DIR"), REPO_ROOT.parent / "shared" / "specs",
+                  REPO_ROOT / "shared" / "specs"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    raise FileNotFoundError("vendor specs not found: set CONNECTOR_SPECS_DIR or keep shared/specs beside the checkout")
+
+
+@lru_cache(maxsize=None)
+def load_json_spec(name: str) -> Any:
+    with open(specs_dir() / name, encoding="utf-8") as f:
+        return json.load(f)
