@@ -63,12 +63,23 @@ class Inbox:
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
-    def read_after(self, source: str, cursor: int, limit: int) -> list[InboxRow]:
-        """Pending rows of ``source`` with id > cursor, oldest first, at most ``limit``."""
-        q = (sa.select(inbox).where(inbox.c.source == source, inbox.c.id > cursor, inbox.c.status == "pending")
+    def read_after(self, source: str, cursor: int, limit: int, settle_s: float = 0.0) -> list[InboxRow]:
+        """Rows of ``source`` with id > cursor, oldest first, at most ``limit``.
+
+        The cursor is the reader's own (several integrations may read one source, e.g. Jira); rows
+        younger than ``settle_s`` are left for the next read, so an id allocated before a slower
+        concurrent commit (PostgreSQL sequences) is never skipped by a cursor that moved past it.
+        """
+        q = (sa.select(inbox).where(inbox.c.source == source, inbox.c.id > cursor)
              .order_by(inbox.c.id).limit(limit))
         with self.engine.connect() as conn:
-            return [_row(r) for r in conn.execute(q)]
+            rows = [_row(r) for r in conn.execute(q)]
+        if settle_s > 0 and rows:
+            horizon = utcnow().timestamp() - settle_s
+            for i, r in enumerate(rows):
+                if r.received_at.timestamp() > horizon:
+                    return rows[:i]
+        return rows
 
     def get(self, ids: list[int]) -> list[InboxRow]:
         if not ids:

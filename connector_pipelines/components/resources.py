@@ -1,0 +1,109 @@
+"""One ConfigurableResource per external system, plus the project's own store.
+
+Secrets (client secrets, BC clientState) are bound as ``dg.EnvVar`` in defs/resources.py, so run
+storage holds only the variable's name; the Jira refresh token lives in the encrypted vault and is
+decrypted at use time. Clients are cached per process so msal's token cache and HTTP connection
+pools survive from one op to the next.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from connector_pipelines.core.db import get_engine
+from connector_pipelines.core.inbox import Inbox
+from connector_pipelines.core.ledger import Ledger
+from connector_pipelines.core.vault import Vault
+
+_cache: dict[tuple[Any, ...], Any] = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(key: tuple[Any, ...], build):
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = build()
+        return _cache[key]
+
+
+def clear_client_cache() -> None:
+    """Forget cached clients (tests that restart sandboxes on new ports)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+class ConnectorStore(dg.ConfigurableResource):
+    """The project's tables (inbox, ledger, vault): CONNECTOR_DATABASE_URL, else SQLite under DAGSTER_HOME."""
+
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; None = environment default")
+
+    def engine(self):
+        return get_engine(self.database_url)
+
+    def inbox(self) -> Inbox:
+        return Inbox(self.engine())
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.engine())
+
+    def vault(self) -> Vault:
+        return Vault.from_env(self.engine())
+
+
+class BusinessCentralResource(dg.ConfigurableResource):
+    """Business Central API v2.0 through Entra ID client credentials."""
+
+    tenant_id: str
+    environment: str
+    client_id: str
+    client_secret: str = Field(description="Bind as dg.EnvVar: never a literal")
+    api_url: str = "https://api.businesscentral.dynamics.com"
+    authority_host: str = "https://login.microsoftonline.com"
+    scope: str = "https://api.businesscentral.dynamics.com/.default"
+    ca_bundle: str | None = Field(default=None, description="Extra CA bundle (PEM) for TLS to the IdP/API")
+    web_client_url: str | None = Field(default=None, description="BC web client base, for links back to records")
+    notification_url: str | None = Field(default=None, description="Public URL of the receiver's BC endpoint")
+    client_state: str | None = Field(default=None, description="Shared secret BC echoes in notifications (EnvVar)")
+
+    def client(self):
+        from connector_pipelines.systems.business_central.client import BusinessCentralClient
+        from connector_pipelines.systems.entra import EntraTokenProvider
+
+        key = ("bc", self.tenant_id, self.environment, self.client_id, self.api_url, self.authority_host)
+
+        def build():
+            tokens = EntraTokenProvider(self.tenant_id, self.client_id, self.client_secret, self.scope,
+                                        authority_host=self.authority_host, ca_bundle=self.ca_bundle)
+            return BusinessCentralClient.connect(self.api_url, self.tenant_id, self.environment, tokens)
+
+        return _cached(key, build)
+
+
+class JiraResource(dg.ConfigurableResource):
+    """Jira Cloud REST v3 as an OAuth 2.0 (3LO) app; the rotating refresh token lives in the vault."""
+
+    client_id: str
+    client_secret: str = Field(description="Bind as dg.EnvVar: never a literal")
+    site_url: str = Field(description="The Jira site this deployment writes to, e.g. https://acme.atlassian.net")
+    auth_url: str = "https://auth.atlassian.com"
+    api_url: str = "https://api.atlassian.com"
+    credential_name: str = "atlassian:jira"
+    webhook_url: str | None = Field(default=None, description="Public URL of the receiver's Jira endpoint")
+
+    def token_provider(self, vault: Vault):
+        from connector_pipelines.systems.atlassian.oauth import AtlassianTokenProvider
+
+        key = ("atlassian", self.client_id, self.auth_url, self.credential_name, id(vault.engine))
+        return _cached(key, lambda: AtlassianTokenProvider(vault, self.credential_name, self.client_id,
+                                                           self.client_secret, self.auth_url))
+
+    def client(self, vault: Vault):
+        from connector_pipelines.systems.jira.client import JiraClient
+
+        tokens = self.token_provider(vault)
+        key = ("jira", self.client_id, self.api_url, self.site_url, self.credential_name, id(vault.engine))
+        return _cached(key, lambda: JiraClient.connect(self.api_url, tokens.cloud_id(), self.site_url, tokens))

@@ -1,0 +1,199 @@
+"""The declarative definition of one integration pair: what to watch, what counts as an exception,
+where it goes in the target, and what resolving it does at the source.
+
+This is the schema of ``defs/<pair>/defs.yaml`` (the Dagster component's attributes are exactly
+these fields). It is plain pydantic so it is validated and unit-tested without Dagster.
+"""
+
+from __future__ import annotations
+
+import string
+from datetime import date, datetime, timedelta, UTC
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Op = Literal["eq", "ne", "in", "not_in", "older_than_days"]
+
+
+class ExceptionRule(BaseModel):
+    """One condition a source record must meet to be an exception (all rules of an entity must hold)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    op: Op
+    value: Any
+
+    @model_validator(mode="after")
+    def _value_shape(self) -> "ExceptionRule":
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"rule on '{self.field}': op '{self.op}' needs a list value")
+        if self.op == "older_than_days" and not isinstance(self.value, int | float):
+            raise ValueError(f"rule on '{self.field}': op 'older_than_days' needs a number of days")
+        return self
+
+    def matches(self, record: dict[str, Any], now: datetime | None = None) -> bool:
+        actual = record.get(self.field)
+        if self.op == "eq":
+            return actual == self.value
+        if self.op == "ne":
+            return actual != self.value
+        if self.op == "in":
+            return actual in self.value
+        if self.op == "not_in":
+            return actual not in self.value
+        # older_than_days: the field is a date or datetime string
+        if not actual:
+            return False
+        moment = parse_moment(str(actual))
+        return moment < (now or datetime.now(UTC)) - timedelta(days=float(self.value))
+
+
+def parse_moment(value: str) -> datetime:
+    text = value.replace("Z", "+00:00")
+    moment = datetime.fromisoformat(text) if "T" in text else datetime.fromisoformat(text + "T00:00:00+00:00")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+FieldKind = Literal["text", "number", "adf"]
+
+
+class TargetField(BaseModel):
+    """One mapped target field: the Jira field's *name* (its id is discovered per site) and a template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    template: str
+    kind: FieldKind = "text"
+
+
+Resolution = Literal["post_purchase_invoice", "unblock_vendor", "record_outcome"]
+
+
+class EntitySync(BaseModel):
+    """One document set of the source that becomes issues in the target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Asset name, in the business's words, e.g. purchase_invoices_awaiting_review")
+    description: str
+    entity_set: str = Field(description="The source API's collection, e.g. purchaseInvoices")
+    document_label: str = Field(description="What a person calls one record, e.g. 'Purchase invoice'")
+    webhook: bool = Field(False, description="The source notifies changes (subscription); polling still catches up")
+    exception: list[ExceptionRule]
+    issue_type: str = "Task"
+    summary: str
+    fields: list[TargetField] = Field(default_factory=list)
+    context: list[str] = Field(default_factory=list, description="Record fields shown in the issue description")
+    resolution: Resolution = "record_outcome"
+
+    @field_validator("name")
+    @classmethod
+    def _snake(cls, v: str) -> str:
+        if not v.replace("_", "").isalnum() or v.lower() != v:
+            raise ValueError(f"entity name '{v}' must be snake_case (it becomes an asset key)")
+        return v
+
+    @field_validator("exception")
+    @classmethod
+    def _some_rules(cls, v: list[ExceptionRule]) -> list[ExceptionRule]:
+        if not v:
+            raise ValueError("an entity needs at least one exception rule (otherwise every record is an exception)")
+        return v
+
+    def is_exception(self, record: dict[str, Any], now: datetime | None = None) -> bool:
+        return all(rule.matches(record, now) for rule in self.exception)
+
+    def template_fields(self) -> set[str]:
+        names: set[str] = set()
+        for tpl in [self.summary, *(f.template for f in self.fields)]:
+            names |= {n for _, n, _, _ in string.Formatter().parse(tpl) if n}
+        return names | set(self.context) | {r.field for r in self.exception}
+
+
+class JiraTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project_key: str
+    external_id_field: str = Field("ERP External ID", description="Name of the Jira text custom field holding the source key")
+    done_status_category: str = "done"
+
+
+class PollingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    go_live: str = Field(description="First polled window, ISO date (partitions start here)")
+    cron: str = "*/15 * * * *"
+    timezone: str = "UTC"
+
+
+    @field_validator("go_live")
+    @classmethod
+    def _iso_date(cls, v: str) -> str:
+        date.fromisoformat(v)
+        return v
+
+
+class IntegrationDefinition(BaseModel):
+    """bc_jira, d365_jira, ...: one source, one target, the entities between them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    source: Literal["business_central"]
+    company: str = Field(description="Source company / legal entity the integration watches")
+    target: JiraTarget
+    polling: PollingSettings
+    entities: list[EntitySync]
+    owners: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_entities(self) -> "IntegrationDefinition":
+        if not self.entities:
+            raise ValueError(f"integration '{self.name}' declares no entities")
+        names = [e.name for e in self.entities]
+        if len(names) != len(set(names)):
+            raise ValueError(f"entity names must be unique in integration '{self.name}': {names}")
+        return self
+
+    def entity(self, name: str) -> EntitySync:
+        for e in self.entities:
+            if e.name == name:
+                return e
+        raise KeyError(f"integration '{self.name}' has no entity '{name}'")
+
+    def entity_for_set(self, entity_set: str) -> list[EntitySync]:
+        return [e for e in self.entities if e.entity_set == entity_set]
+
+
+class _SafeRecord(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def render(template: str, record: dict[str, Any]) -> str:
+    """Fill a template from a record; missing fields render empty, numbers keep two decimals."""
+    values = _SafeRecord()
+    for k, v in record.items():
+        values[k] = format_value(v)
+    return string.Formatter().vformat(template, (), values).strip()
+
+
+def format_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float | Decimal):
+        return f"{v:,.2f}"
+    return str(v)
+
+
+def to_number(text: str) -> float | None:
+    try:
+        return float(Decimal(text.replace(",", "")))
+    except (InvalidOperation, ValueError):
+        return None

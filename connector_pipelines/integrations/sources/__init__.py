@@ -1,0 +1,1 @@
+"""Source adapters: how an integration reads exceptions from (and acts back on) one ERP."""

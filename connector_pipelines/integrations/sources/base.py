@@ -1,0 +1,65 @@
+"""The source-side contract every ERP adapter implements (Business Central now; F&O, Acumatica next).
+
+An adapter turns entity definitions into API calls of one system client. It knows nothing of
+Dagster or of the target; the sync engine and the Dagster factories only talk to this protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from connector_pipelines.integrations.definition import EntitySync
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One source document, with the key it is known by everywhere (ledger, Jira external-id field)."""
+
+    entity: str
+    external_id: str
+    record_id: str
+    data: dict[str, Any]
+    url: str | None = None
+
+
+@dataclass
+class ChangeSet:
+    """What a batch of notifications announced: record ids per entity set, plus windows to re-poll."""
+
+    ids: dict[str, set[str]] = field(default_factory=dict)
+    windows: list[tuple[str, datetime, datetime]] = field(default_factory=list)
+    deleted: dict[str, set[str]] = field(default_factory=dict)
+    ignored: int = 0
+
+
+@dataclass(frozen=True)
+class ResolutionOutcome:
+    """What acting on the source did: ``acted`` (we changed it), ``already`` (nothing left to do),
+    ``not_applicable`` (the document is in a state where the action is wrong; a person must look)."""
+
+    status: str
+    message: str
+
+
+class SourceAdapter(Protocol):
+    system: str
+
+    def external_id(self, entity: EntitySync, record_id: str) -> str: ...
+
+    def parse_external_id(self, external_id: str) -> tuple[str, str]:
+        """external id -> (entity_set, record_id)"""
+        ...
+
+    def fetch_changed(self, entity: EntitySync, start: datetime, end: datetime) -> list[SourceRecord]: ...
+
+    def fetch_by_ids(self, entity: EntitySync, ids: list[str]) -> list[SourceRecord]: ...
+
+    def fetch_current_exceptions(self, entity: EntitySync) -> list[SourceRecord]: ...
+
+    def changes_from_notifications(self, payloads: list[dict[str, Any]]) -> ChangeSet: ...
+
+    def resolve(self, entity: EntitySync, record_id: str) -> ResolutionOutcome: ...
+
+    def api_calls(self) -> int: ...
