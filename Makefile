@@ -1,0 +1,45 @@
+# connector_pipelines — the two quickstart commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo test smoke sandbox bench lint clean postgres-up
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+
+install: $(BIN)/python
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[dev]'
+
+## Everything needed, then sandboxes + receiver + `dagster dev` on SQLite with demo data.
+demo: install
+	$(BIN)/python -m connector_pipelines.demo
+
+## The whole suite (unit, sandbox, Dagster, end-to-end on SQLite and PostgreSQL, smoke).
+test: install postgres-up
+	$(BIN)/python -m pytest -q -x --durations=15
+
+## The BC ⇄ Jira flow once, through a real Dagster instance on SQLite; non-zero exit if anything is missing.
+smoke: install
+	$(BIN)/python -m connector_pipelines.smoke
+
+## All sandboxes on loopback; prints a JSON map of base URLs and credentials; Ctrl-C stops.
+sandbox: install
+	$(BIN)/python -m connector_pipelines.sandbox
+
+bench: install
+	$(BIN)/python -m benchmarks.bc_jira
+
+lint: install
+	$(BIN)/ruff check connector_pipelines connector_pipelines_tests benchmarks
+
+postgres-up:
+	@if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then \
+	  echo "starting PostgreSQL"; pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+	fi
+
+clean:
+	rm -rf $(VENV) .dagster_home .demo
