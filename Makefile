@@ -16,7 +16,7 @@ install: $(BIN)/python
 
 ## Everything needed, then sandboxes + receiver + `dagster dev` on SQLite with demo data.
 demo: install
-	$(BIN)/python -m connector_pipelines.demo
+	$(BIN)/python -m connector_pipelines.sandbox.demo
 
 ## The whole suite (unit, sandbox, Dagster, end-to-end on SQLite and PostgreSQL, smoke).
 test: install postgres-up
@@ -24,7 +24,7 @@ test: install postgres-up
 
 ## The BC ⇄ Jira flow once, through a real Dagster instance on SQLite; non-zero exit if anything is missing.
 smoke: install
-	$(BIN)/python -m connector_pipelines.smoke
+	$(BIN)/python -m connector_pipelines.sandbox.smoke
 
 ## All sandboxes on loopback; prints a JSON map of base URLs and credentials; Ctrl-C stops.
 sandbox: install

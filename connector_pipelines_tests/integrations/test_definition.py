@@ -1,0 +1,67 @@
+"""The declarative integration definition: bad YAML values fail loudly; rules and templates behave."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from connector_pipelines.integrations.definition import ExceptionRule, IntegrationDefinition, render, to_number
+
+DEFS_YAML = Path(__file__).resolve().parents[2] / "connector_pipelines" / "defs" / "bc_jira" / "defs.yaml"
+
+
+def bc_jira() -> dict:
+    return yaml.safe_load(DEFS_YAML.read_text())["attributes"]
+
+
+def test_shipped_bc_jira_definition_is_valid():
+    d = IntegrationDefinition.model_validate(bc_jira())
+    assert [e.name for e in d.entities] == ["blocked_vendors", "purchase_invoices_awaiting_review",
+                                            "stuck_purchase_orders"]
+    assert d.entity("purchase_invoices_awaiting_review").resolution == "post_purchase_invoice"
+    assert d.entity("blocked_vendors").resolution == "unblock_vendor"
+    # purchase orders are not webhook-supported in BC: polled only
+    assert d.entity("stuck_purchase_orders").webhook is False
+
+
+@pytest.mark.parametrize("patch, message", [
+    (lambda a: a["entities"][0].update(resolution="delete_vendor"), "resolution"),
+    (lambda a: a["entities"][0]["exception"][0].update(op="like"), "op"),
+    (lambda a: a["entities"][0]["exception"][0].update(op="in", value="Payment"), "needs a list"),
+    (lambda a: a["entities"][0].update(exception=[]), "at least one exception rule"),
+    (lambda a: a["entities"][1].update(name="blocked_vendors"), "unique"),
+    (lambda a: a["entities"][0].update(name="Blocked-Vendors"), "snake_case"),
+    (lambda a: a["polling"].update(go_live="01/11/2026"), "go_live"),
+    (lambda a: a.update(source="sap"), "source"),
+    (lambda a: a["target"].update(projectkey="X"), "projectkey"),
+])
+def test_bad_values_are_rejected_with_a_pointer(patch, message):
+    attrs = bc_jira()
+    patch(attrs)
+    with pytest.raises(ValidationError) as err:
+        IntegrationDefinition.model_validate(attrs)
+    assert message in str(err.value)
+
+
+def test_rules():
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    assert ExceptionRule(field="blocked", op="in", value=["All"]).matches({"blocked": "All"})
+    assert not ExceptionRule(field="blocked", op="in", value=["All"]).matches({"blocked": " "})
+    assert ExceptionRule(field="status", op="ne", value="Open").matches({"status": "Draft"})
+    assert ExceptionRule(field="status", op="not_in", value=["Open"]).matches({"status": "Draft"})
+    old = ExceptionRule(field="orderDate", op="older_than_days", value=7)
+    assert old.matches({"orderDate": "2026-11-10"}, now)
+    assert not old.matches({"orderDate": "2026-11-20"}, now)
+    assert not old.matches({"orderDate": None}, now)
+    assert old.matches({"orderDate": "2026-11-01T10:00:00Z"}, now)
+
+
+def test_render_and_numbers():
+    rec = {"number": "108001", "vendorName": "Fabrikam", "totalAmountIncludingTax": 1234.5, "currencyCode": None}
+    assert render("Invoice {number} from {vendorName}: {totalAmountIncludingTax} {currencyCode}", rec) == \
+        "Invoice 108001 from Fabrikam: 1,234.50"
+    assert render("{missing}x", rec) == "x"
+    assert to_number("1,234.50") == 1234.5
+    assert to_number("n/a") is None
