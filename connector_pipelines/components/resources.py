@@ -107,3 +107,66 @@ class JiraResource(dg.ConfigurableResource):
         tokens = self.token_provider(vault)
         key = ("jira", self.client_id, self.api_url, self.site_url, self.credential_name, id(vault.engine))
         return _cached(key, lambda: JiraClient.connect(self.api_url, tokens.cloud_id(), self.site_url, tokens))
+
+
+class MissingSetting(Exception):
+    pass
+
+
+def resources_from_env(for_dagster: bool = True) -> dict[str, dg.ConfigurableResource]:
+    """The one place that maps environment variables to resources.
+
+    ``for_dagster=True`` binds secrets and required settings as ``dg.EnvVar`` (run storage keeps only
+    the names); ``False`` reads plain values for the CLI (``connector-pipelines ping``), which never
+    persists them.
+    """
+    import os
+
+    def required(name: str):
+        if for_dagster:
+            return dg.EnvVar(name)
+        if not os.environ.get(name):
+            raise MissingSetting(f"{name} is not set")
+        return os.environ[name]
+
+    def optional_secret(name: str):
+        if not os.environ.get(name):
+            return None
+        return dg.EnvVar(name) if for_dagster else os.environ[name]
+
+    def receiver(path: str) -> str | None:
+        base = os.environ.get("CONNECTOR_RECEIVER_PUBLIC_URL")
+        return f"{base.rstrip('/')}{path}" if base else None
+
+    out: dict[str, dg.ConfigurableResource] = {
+        "connector_store": ConnectorStore(database_url=os.environ.get("CONNECTOR_DATABASE_URL"))}
+    builders = {
+        "business_central": lambda: BusinessCentralResource(
+            tenant_id=required("CONNECTOR_BC_TENANT_ID"),
+            environment=required("CONNECTOR_BC_ENVIRONMENT"),
+            client_id=required("CONNECTOR_BC_CLIENT_ID"),
+            client_secret=required("CONNECTOR_BC_CLIENT_SECRET"),
+            api_url=os.environ.get("CONNECTOR_BC_API_URL", "https://api.businesscentral.dynamics.com"),
+            authority_host=os.environ.get("CONNECTOR_ENTRA_AUTHORITY_HOST", "https://login.microsoftonline.com"),
+            ca_bundle=os.environ.get("CONNECTOR_CA_BUNDLE"),
+            web_client_url=os.environ.get("CONNECTOR_BC_WEB_CLIENT_URL"),
+            notification_url=receiver("/webhooks/business-central"),
+            client_state=optional_secret("CONNECTOR_BC_CLIENT_STATE"),
+        ),
+        "jira": lambda: JiraResource(
+            client_id=required("CONNECTOR_JIRA_CLIENT_ID"),
+            client_secret=required("CONNECTOR_JIRA_CLIENT_SECRET"),
+            site_url=required("CONNECTOR_JIRA_SITE_URL"),
+            auth_url=os.environ.get("CONNECTOR_ATLASSIAN_AUTH_URL", "https://auth.atlassian.com"),
+            api_url=os.environ.get("CONNECTOR_ATLASSIAN_API_URL", "https://api.atlassian.com"),
+            credential_name=os.environ.get("CONNECTOR_JIRA_CREDENTIAL", "atlassian:jira"),
+            webhook_url=receiver("/webhooks/jira"),
+        ),
+    }
+    for key, build in builders.items():
+        try:
+            out[key] = build()
+        except MissingSetting:
+            if for_dagster:
+                raise
+    return out

@@ -1,0 +1,203 @@
+"""`connector-pipelines`: the operator's command line.
+
+- ``ping``: check every configured connection (get a token, make one cheap read) and say plainly what
+  works and what does not — the first thing to run against real systems.
+- ``vault``: generate-key, put, list (names only), delete, rotate.
+- ``jira consent``: the Atlassian OAuth 2.0 (3LO) consent flow with a local callback; the rotating
+  refresh token goes straight into the vault.
+- ``ledger``: what the ledger holds per state, and the failed / quarantined records with their errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from connector_pipelines.components.resources import MissingSetting, resources_from_env
+
+
+def _line(ok: bool, what: str, detail: str) -> bool:
+    print(f"  {'OK  ' if ok else 'FAIL'}  {what:<28} {detail}")
+    return ok
+
+
+def _check(what: str, fn: Callable[[], str]) -> bool:
+    try:
+        return _line(True, what, fn())
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, none aborts the others
+        return _line(False, what, f"{type(exc).__name__}: {exc}")
+
+
+def cmd_ping(_args: argparse.Namespace) -> int:
+    print("connector-pipelines ping")
+    results = []
+    try:
+        res = resources_from_env(for_dagster=False)
+    except Exception as exc:  # noqa: BLE001
+        print(f"  FAIL  configuration                {exc}")
+        return 1
+    store = res["connector_store"]
+
+    def database() -> str:
+        engine = store.engine()
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return f"{engine.dialect.name} reachable, project tables present"
+
+    results.append(_check("database", database))
+
+    def vault() -> str:
+        v = store.vault()
+        names = v.names()
+        for n in names:
+            v.get(n)
+        return f"{len(names)} credential(s), all decrypt with the configured keys"
+
+    results.append(_check("vault", vault))
+
+    bc = res.get("business_central")
+    if bc is None:
+        results.append(_line(False, "business central", "not configured (CONNECTOR_BC_* variables missing)"))
+    else:
+        def bc_token() -> str:
+            from connector_pipelines.systems.entra import EntraTokenProvider
+            EntraTokenProvider(bc.tenant_id, bc.client_id, bc.client_secret, bc.scope,
+                               authority_host=bc.authority_host, ca_bundle=bc.ca_bundle).get_token()
+            return f"token from {bc.authority_host} for {bc.scope}"
+
+        def bc_read() -> str:
+            companies = bc.client().companies()
+            return f"{len(companies)} compan{'y' if len(companies) == 1 else 'ies'}: " + ", ".join(
+                c.get("name", "?") for c in companies[:5])
+
+        results.append(_check("entra id (business central)", bc_token))
+        results.append(_check("business central api", bc_read))
+
+    jira = res.get("jira")
+    if jira is None:
+        results.append(_line(False, "jira", "not configured (CONNECTOR_JIRA_* variables missing)"))
+    else:
+        def jira_token() -> str:
+            tokens = jira.token_provider(store.vault())
+            tokens.get_token()
+            return f"access token for site {tokens.cloud_id()} (refresh token rotated in the vault if due)"
+
+        def jira_read() -> str:
+            me = jira.client(store.vault()).myself()
+            return f"authenticated as {me.get('displayName', me.get('accountId', '?'))} on {jira.site_url}"
+
+        results.append(_check("atlassian oauth", jira_token))
+        results.append(_check("jira cloud api", jira_read))
+
+    failed = results.count(False)
+    print(f"{len(results) - failed} ok, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_vault(args: argparse.Namespace) -> int:
+    from connector_pipelines.core.vault import Vault
+
+    if args.vault_cmd == "generate-key":
+        print(Vault.generate_key())
+        return 0
+    vault = resources_from_env(for_dagster=False)["connector_store"].vault()
+    if args.vault_cmd == "list":
+        for name in vault.names():
+            print(name)
+    elif args.vault_cmd == "put":
+        if args.from_env:
+            value = os.environ.get(args.from_env)
+            if value is None:
+                print(f"{args.from_env} is not set", file=sys.stderr)
+                return 2
+        elif not sys.stdin.isatty():
+            value = sys.stdin.read().rstrip("\n")
+        else:
+            value = getpass.getpass(f"value for {args.name}: ")
+        try:
+            parsed = json.loads(value)
+            value = parsed if isinstance(parsed, dict) else value
+        except ValueError:
+            pass
+        vault.put(args.name, value)
+        print(f"stored {args.name} (encrypted)")
+    elif args.vault_cmd == "delete":
+        vault.delete(args.name)
+        print(f"deleted {args.name}")
+    elif args.vault_cmd == "rotate":
+        print(f"re-encrypted {vault.rotate()} credential(s) with the primary key")
+    return 0
+
+
+def cmd_jira_consent(args: argparse.Namespace) -> int:
+    from connector_pipelines.systems.atlassian.oauth import run_consent_flow
+
+    res = resources_from_env(for_dagster=False)
+    jira = res.get("jira")
+    if jira is None:
+        print("set CONNECTOR_JIRA_CLIENT_ID, CONNECTOR_JIRA_CLIENT_SECRET and CONNECTOR_JIRA_SITE_URL first",
+              file=sys.stderr)
+        return 2
+    site = run_consent_flow(res["connector_store"].vault(), jira.credential_name, jira.client_id, jira.client_secret,
+                            auth_base=jira.auth_url, api_base=jira.api_url, site_url=jira.site_url,
+                            scopes=args.scopes.split(), port=args.port, open_browser=not args.no_browser)
+    print(f"consent stored for {site.url} (cloudId {site.id}) in vault entry {jira.credential_name}")
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    ledger = resources_from_env(for_dagster=False)["connector_store"].ledger()
+    print(json.dumps(ledger.counts(args.integration), indent=2))
+    for state in ("failed", "quarantined"):
+        for e in ledger.in_state(args.integration, state):
+            print(f"{state:<11} {e.source_key:<60} attempts={e.attempts} run={e.run_id} {e.last_error or ''}")
+    return 0
+
+
+JIRA_SCOPES = "read:jira-work write:jira-work read:jira-user manage:jira-webhook offline_access"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="connector-pipelines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("ping", help="check every configured connection").set_defaults(fn=cmd_ping)
+
+    v = sub.add_parser("vault", help="encrypted credentials")
+    vs = v.add_subparsers(dest="vault_cmd", required=True)
+    vs.add_parser("generate-key", help="print a new Fernet key for CONNECTOR_VAULT_KEYS")
+    vs.add_parser("list", help="credential names (never values)")
+    p = vs.add_parser("put", help="store a credential (value from stdin, a prompt, or --from-env)")
+    p.add_argument("name")
+    p.add_argument("--from-env", metavar="VAR")
+    d = vs.add_parser("delete")
+    d.add_argument("name")
+    vs.add_parser("rotate", help="re-encrypt everything with the first key of CONNECTOR_VAULT_KEYS")
+    v.set_defaults(fn=cmd_vault)
+
+    j = sub.add_parser("jira", help="Jira Cloud")
+    js = j.add_subparsers(dest="jira_cmd", required=True)
+    c = js.add_parser("consent", help="run the OAuth 2.0 (3LO) consent flow and store the tokens in the vault")
+    c.add_argument("--port", type=int, default=8765)
+    c.add_argument("--no-browser", action="store_true")
+    c.add_argument("--scopes", default=JIRA_SCOPES)
+    c.set_defaults(fn=cmd_jira_consent)
+
+    led = sub.add_parser("ledger", help="record states and failures of one integration")
+    led.add_argument("integration")
+    led.set_defaults(fn=cmd_ledger)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except MissingSetting as exc:
+        print(f"configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
