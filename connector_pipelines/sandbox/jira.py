@@ -1405,10 +1405,13 @@ class JiraSandbox:
 
     def _h_bulk_create(self, ctx: _Ctx) -> Response:
         updates = (ctx.body or {}).get("issueUpdates") or []
-        if len(updates) > 50:
-            raise JiraHttpError(400, ["Too many issues to create. The maximum is 50."])
-        if not updates:
-            raise JiraHttpError(400, ["No issues to create."])
+        # The spec documents 400 as CreatedIssues, so request-level refusals come as one element error
+        # without failedElementNumber. UNCONFIRMED: Jira's exact wording for these two cases.
+        for refused, message in ((len(updates) > 50, "Too many issues to create. The maximum is 50."),
+                                 (not updates, "No issues to create.")):
+            if refused:
+                return self._ok(ctx, 400, {"issues": [], "errors": [
+                    {"status": 400, "elementErrors": {"errorMessages": [message], "errors": {}}}]})
         created, errors = [], []
         for n, upd in enumerate(updates):
             try:
