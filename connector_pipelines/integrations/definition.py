@@ -8,7 +8,7 @@ these fields). It is plain pydantic so it is validated and unit-tested without D
 from __future__ import annotations
 
 import string
-from datetime import date, datetime, timedelta, UTC
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ class ExceptionRule(BaseModel):
     value: Any
 
     @model_validator(mode="after")
-    def _value_shape(self) -> "ExceptionRule":
+    def _value_shape(self) -> ExceptionRule:
         if self.op in ("in", "not_in") and not isinstance(self.value, list):
             raise ValueError(f"rule on '{self.field}': op '{self.op}' needs a list value")
         if self.op == "older_than_days" and not isinstance(self.value, int | float):
@@ -151,7 +151,7 @@ class IntegrationDefinition(BaseModel):
     owners: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_entities(self) -> "IntegrationDefinition":
+    def _unique_entities(self) -> IntegrationDefinition:
         if not self.entities:
             raise ValueError(f"integration '{self.name}' declares no entities")
         names = [e.name for e in self.entities]

@@ -23,7 +23,13 @@ from typing import Any
 from connector_pipelines.core import adf
 from connector_pipelines.core.http import ApiError
 from connector_pipelines.core.ledger import DONE, INTENT, Ledger, LedgerEntry
-from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition, format_value, render, to_number
+from connector_pipelines.integrations.definition import (
+    EntitySync,
+    IntegrationDefinition,
+    format_value,
+    render,
+    to_number,
+)
 from connector_pipelines.integrations.sources.base import SourceRecord
 from connector_pipelines.systems.jira.client import JiraClient
 from connector_pipelines.systems.jira.errors import JiraConfigError
@@ -45,7 +51,7 @@ class WriteReport:
     links: dict[str, str] = field(default_factory=dict)   # external id -> issue URL
     failures: dict[str, str] = field(default_factory=dict)  # external id -> error
 
-    def merge(self, other: "WriteReport") -> "WriteReport":
+    def merge(self, other: WriteReport) -> WriteReport:
         self.created += other.created
         self.updated += other.updated
         self.skipped += other.skipped
@@ -234,4 +240,4 @@ class JiraIssueWriter:
                 "context": p.context}
 
 
-__all__ = ["JiraIssueWriter", "WriteReport", "JiraConfigError"]
+__all__ = ["JiraConfigError", "JiraIssueWriter", "WriteReport"]

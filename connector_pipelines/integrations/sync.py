@@ -24,7 +24,7 @@ class SyncReport:
     not_exceptions: int = 0
     write: WriteReport = field(default_factory=WriteReport)
 
-    def merge(self, other: "SyncReport") -> "SyncReport":
+    def merge(self, other: SyncReport) -> SyncReport:
         self.read += other.read
         self.not_exceptions += other.not_exceptions
         self.write.merge(other.write)

@@ -1,0 +1,84 @@
+"""The BC ⇄ Jira story, step by step, shared by the smoke run, the demo and the end-to-end tests.
+
+A blocked vendor, a draft purchase invoice and a purchase order stuck in Draft for ten days are the
+exceptions; a vendor in good standing, a posted invoice and a fresh PO are not.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from connector_pipelines.sandbox.dagster_driver import DagsterDriver
+from connector_pipelines.sandbox.stack import CLOUD_ID, Stack
+
+BC_SENSOR = "bc_jira__business_central_inbox_sensor"
+JIRA_SENSOR = "bc_jira__jira_inbox_sensor"
+
+
+def seed_exceptions(stack: Stack, suffix: str = "") -> dict[str, dict[str, Any]]:
+    bc, cid = stack.bc, stack.company_id
+    today = date.today()
+    blocked = bc.add_vendor(cid, number=f"V10000{suffix}", displayName="Fabrikam Supplies", blocked="All")
+    fine = bc.add_vendor(cid, number=f"V20000{suffix}", displayName="Contoso Paper", blocked=" ")
+    common = {"vendorId": fine["id"], "vendorNumber": fine["number"], "vendorName": "Contoso Paper",
+              "currencyCode": "USD"}
+    invoice = bc.add_purchase_invoice(cid, number=f"PI-108001{suffix}", status="Draft",
+                                      totalAmountIncludingTax=1234.5, invoiceDate=today.isoformat(),
+                                      vendorInvoiceNumber=f"F-2026-{suffix or '0001'}", **common)
+    posted = bc.add_purchase_invoice(cid, number=f"PI-108002{suffix}", status="Open",
+                                     totalAmountIncludingTax=99.0, **common)
+    stuck_po = bc.add_purchase_order(cid, number=f"PO-106001{suffix}", status="Draft",
+                                     orderDate=(today - timedelta(days=10)).isoformat(),
+                                     totalAmountIncludingTax=5000.0, **common)
+    fresh_po = bc.add_purchase_order(cid, number=f"PO-106002{suffix}", status="Draft",
+                                     orderDate=today.isoformat(), totalAmountIncludingTax=10.0, **common)
+    return {"blocked": blocked, "fine_vendor": fine, "invoice": invoice, "posted": posted,
+            "stuck_po": stuck_po, "fresh_po": fresh_po}
+
+
+def expected_external_ids(seeded: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {"blocked vendor": f"bc:vendors:{seeded['blocked']['id']}",
+            "invoice awaiting review": f"bc:purchaseInvoices:{seeded['invoice']['id']}",
+            "stuck purchase order": f"bc:purchaseOrders:{seeded['stuck_po']['id']}"}
+
+
+def ext_field_id(stack: Stack) -> str:
+    site = stack.jira.sites[CLOUD_ID]
+    return next(f.id for f in site.custom_fields.values() if f.name == "ERP External ID")
+
+
+def issues(stack: Stack) -> list[dict[str, Any]]:
+    return list(stack.jira.issues(CLOUD_ID))
+
+
+def issues_by_external_id(stack: Stack) -> dict[str, list[dict[str, Any]]]:
+    fid = ext_field_id(stack)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for issue in issues(stack):
+        out.setdefault(issue["fields"].get(fid), []).append(issue)
+    return out
+
+
+def comments(stack: Stack, key: str) -> list[str]:
+    from connector_pipelines.core.adf import plain_text
+
+    return [plain_text(c.body) for c in stack.jira.sites[CLOUD_ID].issue(key).comments]
+
+
+def register_webhooks(driver: DagsterDriver) -> None:
+    """What the renewal schedules do on their first tick: BC subscriptions and the Jira webhook."""
+    driver.run_job("bc_jira__subscription_renewal_job")
+    driver.run_job("bc_jira__jira_webhook_renewal_job")
+
+
+def poll_now(driver: DagsterDriver, when: datetime | None = None):
+    """What the poll schedule does: materialize the current hour's window."""
+    key = driver.current_partition(["business_central", "stuck_purchase_orders"], when or datetime.now(UTC))
+    return driver.run_job("bc_jira__poll_job", partition_key=key)
+
+
+def transition_done(stack: Stack, issue_key: str) -> None:
+    """A person moves the issue to Done in Jira; Jira delivers the webhook."""
+    stack.jira.transition_as_user(CLOUD_ID, issue_key, "Done")
+    stack.jira.deliver_pending()

@@ -1,0 +1,195 @@
+"""The whole sandbox world on loopback ports: Entra ID (TLS), Business Central, Atlassian auth, Jira
+Cloud, and the product's receiver — plus the environment that points the product at them.
+
+Used by ``make sandbox``, ``make demo``, the smoke run, the end-to-end tests and the benchmarks.
+The product is configured exactly as it would be for the real systems: through CONNECTOR_* variables.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from connector_pipelines.sandbox.atlassian_auth import AtlassianAuthSandbox
+from connector_pipelines.sandbox.business_central import BusinessCentralSandbox
+from connector_pipelines.sandbox.common import SandboxServer
+from connector_pipelines.sandbox.entra import EntraSandbox
+from connector_pipelines.sandbox.jira import JiraSandbox
+from connector_pipelines.sandbox.tls import make_tls
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+BC_ENVIRONMENT = "production"
+BC_CLIENT_ID = "6b7a3a6c-0f4e-4c43-9b5e-5c7f0b1d2e01"
+BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
+COMPANY = "CRONUS USA, Inc."
+JIRA_CLIENT_ID = "jira-app-connector-pipelines"
+CLOUD_ID = "11223344-a1b2-4c3d-9e8f-0a1b2c3d4e5f"
+SITE_URL = "https://acme-finance.atlassian.net"
+PROJECT = "FIN"
+CUSTOM_FIELDS = [("ERP External ID", "textfield"), ("ERP Document Number", "textfield"),
+                 ("ERP Vendor", "textfield"), ("ERP Amount", "float"), ("ERP Status", "textfield")]
+ACCOUNT_ID = "5b10ac8d82e05b22cc7d4ef5"
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    entra: EntraSandbox
+    bc: BusinessCentralSandbox
+    atlassian: AtlassianAuthSandbox
+    jira: JiraSandbox
+    servers: dict[str, SandboxServer]
+    secrets: dict[str, str]
+    company_id: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return {name: s.base_url for name, s in self.servers.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON map `make sandbox` prints: base URLs and the sandbox credentials."""
+        return {
+            "entra_id": {"authority_host": self.urls["entra"], "tenant_id": TENANT, "client_id": BC_CLIENT_ID,
+                         "client_secret": self.secrets["bc_client_secret"], "scope": BC_SCOPE,
+                         "ca_bundle": self.env.get("CONNECTOR_CA_BUNDLE")},
+            "business_central": {"api_url": self.urls["business_central"], "tenant_id": TENANT,
+                                 "environment": BC_ENVIRONMENT, "company": COMPANY, "company_id": self.company_id},
+            "atlassian_auth": {"auth_url": self.urls["atlassian_auth"], "client_id": JIRA_CLIENT_ID,
+                               "client_secret": self.secrets["jira_client_secret"]},
+            "jira": {"api_url": self.urls["jira"], "cloud_id": CLOUD_ID, "site_url": SITE_URL, "project": PROJECT,
+                     "people_ui": f"{self.urls['jira']}/_sandbox/"},
+            "receiver": {"url": self.urls.get("receiver")},
+            "env": self.env,
+        }
+
+    def apply_env(self) -> None:
+        os.environ.update(self.env)
+
+    def stop(self) -> None:
+        for attr in ("bc", "jira"):
+            stopper = getattr(getattr(self, attr), "stop_auto_delivery", None)
+            if stopper:
+                stopper()
+        for server in self.servers.values():
+            server.stop()
+
+    # -- people in the sandboxes -----------------------------------------------------------------
+    def deliver_all(self) -> None:
+        """Flush queued BC notifications and Jira webhooks to the receiver (synchronously)."""
+        self.bc.deliver_notifications()
+        self.jira.deliver_pending()
+
+
+def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | None = None,
+                latency_s: float = 0.0, receiver_port: int = 0, ports: dict[str, int] | None = None) -> Stack:
+    """Start every sandbox (and the receiver) and compute the product's CONNECTOR_* environment."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = ports or {}
+    tls = make_tls(workdir / "tls")
+    creds = {"bc_client_secret": secrets.token_urlsafe(24), "jira_client_secret": secrets.token_urlsafe(24),
+             "bc_client_state": secrets.token_urlsafe(24), "jira_webhook_secret": secrets.token_urlsafe(24)}
+
+    entra = EntraSandbox()
+    entra.register_app(TENANT, BC_CLIENT_ID, creds["bc_client_secret"], [BC_SCOPE])
+    bc = BusinessCentralSandbox(entra)
+    bc.register_environment(TENANT, BC_ENVIRONMENT)
+    company_id = bc.add_company(COMPANY)
+    atlassian = AtlassianAuthSandbox()
+    jira = JiraSandbox(token_validator=atlassian.validate_access_token)
+    jira.add_site(CLOUD_ID, "acme-finance", SITE_URL)
+    jira.add_project(CLOUD_ID, PROJECT, "Finance Operations")
+    for name, kind in CUSTOM_FIELDS:
+        jira.add_custom_field(CLOUD_ID, name, kind)
+    jira.add_user(CLOUD_ID, ACCOUNT_ID, "Avery Accounts")
+    jira.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"])
+    for s in (entra, bc, atlassian, jira):
+        s.faults.latency_s = latency_s
+
+    servers = {
+        "entra": SandboxServer(entra.app, port=ports.get("entra", 0), ssl_certfile=tls.server_cert,
+                               ssl_keyfile=tls.server_key).start(),
+        "business_central": SandboxServer(bc.app, port=ports.get("business_central", 0)).start(),
+        "atlassian_auth": SandboxServer(atlassian.app, port=ports.get("atlassian_auth", 0)).start(),
+        "jira": SandboxServer(jira.app, port=ports.get("jira", 0)).start(),
+    }
+    atlassian.grant_sites([{"id": CLOUD_ID, "name": "acme-finance", "url": SITE_URL}])
+
+    env = {
+        "CONNECTOR_VAULT_KEYS": os.environ.get("CONNECTOR_VAULT_KEYS") or _fernet_key(),
+        "CONNECTOR_BC_TENANT_ID": TENANT,
+        "CONNECTOR_BC_ENVIRONMENT": BC_ENVIRONMENT,
+        "CONNECTOR_BC_CLIENT_ID": BC_CLIENT_ID,
+        "CONNECTOR_BC_CLIENT_SECRET": creds["bc_client_secret"],
+        "CONNECTOR_BC_API_URL": servers["business_central"].base_url,
+        "CONNECTOR_ENTRA_AUTHORITY_HOST": servers["entra"].base_url,
+        "CONNECTOR_CA_BUNDLE": str(tls.ca_bundle),
+        "CONNECTOR_BC_CLIENT_STATE": creds["bc_client_state"],
+        "CONNECTOR_JIRA_CLIENT_ID": JIRA_CLIENT_ID,
+        "CONNECTOR_JIRA_CLIENT_SECRET": creds["jira_client_secret"],
+        "CONNECTOR_JIRA_WEBHOOK_SECRET": creds["jira_webhook_secret"],
+        "CONNECTOR_JIRA_SITE_URL": SITE_URL,
+        "CONNECTOR_ATLASSIAN_AUTH_URL": servers["atlassian_auth"].base_url,
+        "CONNECTOR_ATLASSIAN_API_URL": servers["jira"].base_url,
+    }
+    if database_url:
+        env["CONNECTOR_DATABASE_URL"] = database_url
+    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env)
+    if receiver:
+        start_receiver(stack, port=receiver_port)
+    return stack
+
+
+def start_receiver(stack: Stack, port: int = 0) -> SandboxServer:
+    """The product's receiver, served in-process the way `python -m connector_pipelines.receiver` serves it."""
+    from connector_pipelines.core.db import get_engine
+    from connector_pipelines.core.inbox import Inbox
+    from connector_pipelines.receiver.app import ReceiverSettings, create_app
+
+    settings = ReceiverSettings(bc_client_state=stack.secrets["bc_client_state"],
+                                jira_app_client_secret=stack.secrets["jira_client_secret"],
+                                jira_admin_webhook_secret=stack.secrets["jira_webhook_secret"])
+    engine = get_engine(stack.env.get("CONNECTOR_DATABASE_URL"))
+    server = SandboxServer(create_app(Inbox(engine), settings), port=port).start()
+    stack.servers["receiver"] = server
+    stack.env["CONNECTOR_RECEIVER_PUBLIC_URL"] = server.base_url
+    return server
+
+
+def consent(stack: Stack) -> None:
+    """Run the product's OAuth consent flow against the sandbox, as a person clicking 'Accept' would."""
+    import re
+    import threading
+
+    from connector_pipelines.core.db import get_engine
+    from connector_pipelines.core.vault import Vault
+    from connector_pipelines.sandbox.common import free_port
+    from connector_pipelines.systems.atlassian.oauth import run_consent_flow
+
+    port = free_port()
+    redirect = f"http://localhost:{port}/callback"
+    stack.atlassian.register_app(JIRA_CLIENT_ID, stack.secrets["jira_client_secret"], [redirect])
+    vault = Vault(get_engine(stack.env.get("CONNECTOR_DATABASE_URL")), stack.env["CONNECTOR_VAULT_KEYS"])
+
+    def person(message: str) -> None:
+        match = re.search(r"https?://\S+/authorize\?\S+", message)
+        if match:  # the browser: open the URL, the sandbox consents and redirects to the callback
+            threading.Thread(target=lambda: httpx.get(match.group(0), follow_redirects=True, timeout=10),
+                             daemon=True).start()
+
+    run_consent_flow(vault, "atlassian:jira", JIRA_CLIENT_ID, stack.secrets["jira_client_secret"],
+                     auth_base=stack.urls["atlassian_auth"], api_base=stack.urls["jira"], site_url=SITE_URL,
+                     scopes=["read:jira-work", "write:jira-work", "read:jira-user", "manage:jira-webhook",
+                             "offline_access"],
+                     port=port, open_browser=False, timeout_s=30, redirect_uri=redirect, notify=person)
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()

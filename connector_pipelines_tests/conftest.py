@@ -1,0 +1,101 @@
+"""Shared fixtures: a sandbox world on loopback ports plus a real Dagster instance (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+# Never let the machine's CA-bundle variables or a developer's settings leak into a test.
+for _var in list(os.environ):
+    if _var.startswith("CONNECTOR_"):
+        os.environ.pop(_var)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database on the machine's server (a down server fails the test)."""
+    name = f"cp_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        from connector_pipelines.core import db
+
+        for url, engine in list(db._engines.items()):
+            if name in url:
+                engine.dispose()
+                db._engines.pop(url, None)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.dispose()
+
+
+@dataclass
+class World:
+    stack: object
+    driver: object
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    database_url: str
+
+    @property
+    def bc(self):
+        return self.stack.bc
+
+    @property
+    def jira(self):
+        return self.stack.jira
+
+
+def _world(tmp_path: Path, monkeypatch, storage: str, pg_name: str | None) -> Iterator[World]:
+    from connector_pipelines.components.resources import clear_client_cache
+    from connector_pipelines.definitions import defs as load_defs
+    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
+    from connector_pipelines.sandbox.stack import consent, start_stack
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    if storage == "postgres":
+        database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_name}"
+        overrides = {"storage": {"postgres": {"postgres_db": {
+            "scheme": "postgresql+psycopg2", "hostname": "127.0.0.1", "port": 5432, "db_name": pg_name,
+            "username": "postgres", "password": ""}}}}
+    else:
+        database_url = f"sqlite:///{tmp_path}/connector.sqlite"
+        overrides = {}
+    stack = start_stack(tmp_path / "stack", database_url=database_url)
+    try:
+        for k, v in stack.env.items():
+            monkeypatch.setenv(k, v)
+        consent(stack)
+        clear_client_cache()
+        with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as instance:
+            defs = load_defs()
+            yield World(stack, DagsterDriver(defs, instance), defs, instance, database_url)
+    finally:
+        clear_client_cache()
+        stack.stop()
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch) -> Iterator[World]:
+    yield from _world(tmp_path, monkeypatch, "sqlite", None)
+
+
+@pytest.fixture
+def pg_world(tmp_path, monkeypatch, pg_database) -> Iterator[World]:
+    yield from _world(tmp_path, monkeypatch, "postgres", pg_database)
