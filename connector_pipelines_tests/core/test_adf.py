@@ -133,8 +133,7 @@ def test_plain_text_round_trip():
         adf.paragraph(""),
         adf.paragraph("end"),
     )
-    assert adf.plain_text(document) == "\n".join([
-        "Title", "Intro link", "- one", "- two", "Field | Value", "Vendor | Contoso", "---", "", "end"])
+    assert adf.plain_text(document) == "Title\nIntro link\n- one\n- two\nField | Value\nVendor | Contoso\n---\n\nend"
     # Jira returns comments with extra node kinds; their text still comes through.
     from_jira = {"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
         {"type": "mention", "attrs": {"id": "1", "text": "@Ann"}}, {"type": "text", "text": " please check"}]}]}

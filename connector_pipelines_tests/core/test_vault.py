@@ -109,9 +109,8 @@ def test_wrong_keys_give_a_helpful_error(sqlite_url, monkeypatch):
     assert SECRET not in msg
     with pytest.raises(VaultError, match="could not be decrypted"):
         wrong.rotate()
-    with pytest.raises(VaultError, match="could not be decrypted"):
-        with wrong.locked("atlassian:jira"):
-            pass
+    with pytest.raises(VaultError, match="could not be decrypted"), wrong.locked("atlassian:jira"):
+        pass
 
     bad_key = "not-a-fernet-key"
     with pytest.raises(VaultError) as info:
@@ -157,10 +156,9 @@ def test_locked_set_commits_and_rolls_back(sqlite_url):
         cred.set({"v": 1})
         cred.set({"v": 2})  # a second set in the same transaction updates the new row
     assert vault.get("c") == {"v": 2}
-    with pytest.raises(RuntimeError):
-        with vault.locked("c") as cred:
-            cred.set({"v": 3})
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), vault.locked("c") as cred:
+        cred.set({"v": 3})
+        raise RuntimeError("boom")
     assert vault.get("c") == {"v": 2}
     with db.get_engine(sqlite_url).connect() as conn:
         assert conn.execute(sa.select(credentials.c.version).where(credentials.c.name == "c")).scalar_one() == 2
@@ -198,6 +196,7 @@ print(json.dumps({"errors": errors}), flush=True)
 def _increment_under_lock(url: str, tmp_path: Path, *, processes: int = 2, threads_per_process: int = 2,
                           local_threads: int = 2, rounds: int = 5, hold_s: float = 0.01) -> int:
     keys = [Vault.generate_key()]
+    vault = Vault(get_engine(url), keys)  # tables exist before the children start (create_all is not race-safe)
     go = tmp_path / f"go-{uuid.uuid4().hex}"
     cfg = {"url": url, "keys": keys, "name": "counter", "rounds": rounds, "hold_s": hold_s,
            "threads": threads_per_process, "go": str(go)}
@@ -207,7 +206,6 @@ def _increment_under_lock(url: str, tmp_path: Path, *, processes: int = 2, threa
     try:
         for p in procs:
             assert p.stdout.readline().strip() == "ready", p.stderr.read()
-        vault = Vault(get_engine(url), keys)
         errors: list[str] = []
 
         def work():
