@@ -1188,7 +1188,7 @@ class JiraSandbox:
                 return
             acc = value.get("accountId") or value.get("id") if isinstance(value, dict) else None
             if acc not in site.users:
-                errors[fid] = f"Specified user does not exist or you do not have required permissions"
+                errors[fid] = "Specified user does not exist or you do not have required permissions"
             else:
                 clean[fid] = acc
         elif fid == "labels":
@@ -1673,23 +1673,23 @@ class JiraSandbox:
         getter: Callable[[Issue], Any]
         resolver: Callable[[str], Any]
         if kind == "project":
-            getter = lambda i: i.project_key  # noqa: E731
-            resolver = lambda v: next((p.key for p in site.projects.values()  # noqa: E731
+            getter = lambda i: i.project_key
+            resolver = lambda v: next((p.key for p in site.projects.values()
                                        if v.upper() == p.key or v == p.id or v.lower() == p.name.lower()), None)
         elif kind == "issuetype":
-            getter = lambda i: i.fields["issuetype"]  # noqa: E731
-            resolver = lambda v: next((t.id for t in site.issue_types.values()  # noqa: E731
+            getter = lambda i: i.fields["issuetype"]
+            resolver = lambda v: next((t.id for t in site.issue_types.values()
                                        if v == t.id or v.lower() == t.name.lower()), None)
         elif kind == "status":
-            getter = lambda i: i.fields["status"]  # noqa: E731
-            resolver = lambda v: next((s.id for s in site.statuses.values()  # noqa: E731
+            getter = lambda i: i.fields["status"]
+            resolver = lambda v: next((s.id for s in site.statuses.values()
                                        if v == s.id or v.lower() == s.name.lower()), None)
         elif kind == "statusCategory":
-            getter = lambda i: site.statuses[i.fields["status"]].category  # noqa: E731
-            resolver = lambda v: next((k for k, c in STATUS_CATEGORIES.items()  # noqa: E731
+            getter = lambda i: site.statuses[i.fields["status"]].category
+            resolver = lambda v: next((k for k, c in STATUS_CATEGORIES.items()
                                        if v.lower() in (k, c["name"].lower(), str(c["id"]))), None)
         elif kind == "key":
-            getter = lambda i: i.id  # noqa: E731
+            getter = lambda i: i.id
 
             def resolver(v: str) -> Any:
                 if v.isdigit():
@@ -1699,19 +1699,19 @@ class JiraSandbox:
                 except JiraHttpError:
                     raise JqlError(f"An issue with key '{v}' does not exist for field '{label}'.") from None
         elif kind in ("assignee", "reporter"):
-            getter = lambda i: i.fields.get(kind)  # noqa: E731
-            resolver = lambda v: v if v in site.users else None  # noqa: E731
+            getter = lambda i: i.fields.get(kind)
+            resolver = lambda v: v if v in site.users else None
         elif kind == "resolution":
-            getter = lambda i: i.fields.get("resolution")  # noqa: E731
-            resolver = lambda v: (next((r for r in _RESOLUTIONS if r.lower() == v.lower()), None)  # noqa: E731
+            getter = lambda i: i.fields.get("resolution")
+            resolver = lambda v: (next((r for r in _RESOLUTIONS if r.lower() == v.lower()), None)
                                   if v.lower() != "unresolved" else "__none__")
         elif kind == "labels":
-            getter = lambda i: i.fields.get("labels") or None  # noqa: E731
-            resolver = lambda v: v  # noqa: E731
+            getter = lambda i: i.fields.get("labels") or None
+            resolver = lambda v: v
         elif kind == "select":
             cf = site.custom_fields[fid]
-            getter = lambda i: i.fields.get(fid)  # noqa: E731
-            resolver = lambda v: v if v in cf.options else None  # noqa: E731
+            getter = lambda i: i.fields.get(fid)
+            resolver = lambda v: v if v in cf.options else None
         elif kind in ("summary", "description", "text", "textfield", "textarea"):
             return self._compile_text_clause(site, c, kind, fid, unsupported)
         elif kind in ("float", "created", "updated", "datetime"):
@@ -1720,7 +1720,7 @@ class JiraSandbox:
             raise unsupported()
 
         if op in ("is", "is not"):
-            empty = lambda i: getter(i) in (None, [], "")  # noqa: E731
+            empty = lambda i: getter(i) in (None, [], "")
             return empty if op == "is" else (lambda i: not empty(i))
         if op not in ("=", "!=", "in", "not in"):
             raise unsupported()
@@ -1753,7 +1753,7 @@ class JiraSandbox:
     def _compile_text_clause(self, site: Site, c: Clause, kind: str, fid: str,
                              unsupported: Callable[[], JqlError]) -> Callable[[Issue], bool]:
         op = c.op
-        text = lambda i: self._text_of(site, i, kind, fid)  # noqa: E731
+        text = lambda i: self._text_of(site, i, kind, fid)
         if op in ("is", "is not") and kind != "text":
             return (lambda i: not text(i)) if op == "is" else (lambda i: bool(text(i)))
         if op in ("~", "!~"):
@@ -1776,7 +1776,7 @@ class JiraSandbox:
         op = c.op
         now = self.clock.now()
         if kind == "float":
-            getter = lambda i: i.fields.get(fid)  # noqa: E731
+            getter = lambda i: i.fields.get(fid)
 
             def conv(v: str) -> float:
                 try:
@@ -1785,12 +1785,12 @@ class JiraSandbox:
                     raise JqlError(f"The value '{v}' is not a valid number for the field '{c.field}'.") from None
         else:
             if kind in ("created", "updated"):
-                getter = lambda i: getattr(i, kind)  # noqa: E731
+                getter = lambda i: getattr(i, kind)
             else:
                 def getter(i: Issue) -> datetime | None:
                     v = i.fields.get(fid)
                     return _parse_jql_date(v, now) if v else None
-            conv = lambda v: _parse_jql_date(v, now)  # noqa: E731
+            conv = lambda v: _parse_jql_date(v, now)
         if op in ("is", "is not"):
             return (lambda i: getter(i) is None) if op == "is" else (lambda i: getter(i) is not None)
         if op in ("~", "!~"):
@@ -2064,5 +2064,15 @@ class JiraSandbox:
         return JSONResponse({"delivered": delivered})
 
 
-__all__ = ["JiraSandbox", "JiraFaults", "JiraHttpError", "JqlError", "parse_jql", "tokenize_jql",
-           "text_matches", "text_tokens", "adf_text", "Delivery"]
+__all__ = [
+    "Delivery",
+    "JiraFaults",
+    "JiraHttpError",
+    "JiraSandbox",
+    "JqlError",
+    "adf_text",
+    "parse_jql",
+    "text_matches",
+    "text_tokens",
+    "tokenize_jql",
+]

@@ -156,7 +156,7 @@ def test_find_by_external_ids_is_exact(jira: JiraClient, fields: dict[str, str],
 
 def test_bulk_create_one_failing_element_aligned(jira: JiraClient, fields: dict[str, str], project: str) -> None:
     batch = [issue_fields(project, f"ok {i}", **{fields["ext"]: f"E-{i}"}) for i in range(53)]
-    batch[51] = issue_fields(project, "bad", **{"customfield_999": "x"})
+    batch[51] = issue_fields(project, "bad", customfield_999="x")
     batch[2] = issue_fields(project, "bad description", description="plain string")
     result = jira.bulk_create(batch)
     assert isinstance(result, BulkCreateResult) and len(result.created) == 53

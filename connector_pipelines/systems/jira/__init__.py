@@ -4,5 +4,5 @@ from connector_pipelines.systems.jira.client import JiraClient
 from connector_pipelines.systems.jira.errors import JiraConfigError, JiraError, JiraWebhookError
 from connector_pipelines.systems.jira.models import BulkCreateResult, CreatedIssue, JiraField
 
-__all__ = ["JiraClient", "JiraField", "CreatedIssue", "BulkCreateResult", "JiraError", "JiraConfigError",
+__all__ = ["BulkCreateResult", "CreatedIssue", "JiraClient", "JiraConfigError", "JiraError", "JiraField",
            "JiraWebhookError"]

@@ -77,7 +77,7 @@ class JiraClient:
     @classmethod
     def connect(cls, api_base: str, cloud_id: str, site_url: str, token_provider: TokenProvider, *,
                 transport: httpx.BaseTransport | None = None, retry: RetrySettings | None = None,
-                timeout_s: float = 30.0) -> "JiraClient":
+                timeout_s: float = 30.0) -> JiraClient:
         http = ResilientClient("jira", f"{api_base.rstrip('/')}/ex/jira/{cloud_id}", token_provider,
                                timeout_s=timeout_s, retry=retry, transport=transport,
                                reason_header="RateLimit-Reason", headers={"Accept": "application/json"})

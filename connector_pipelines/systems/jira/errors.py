@@ -25,4 +25,4 @@ class JiraWebhookError(JiraError):
         super().__init__(message + (": " + "; ".join(self.errors) if self.errors else ""))
 
 
-__all__ = ["JiraError", "JiraConfigError", "JiraWebhookError"]
+__all__ = ["JiraConfigError", "JiraError", "JiraWebhookError"]

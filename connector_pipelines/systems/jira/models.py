@@ -21,7 +21,7 @@ class JiraField(BaseModel):
     custom_id: int | None = None
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> "JiraField":
+    def from_api(cls, data: dict[str, Any]) -> JiraField:
         schema = data.get("schema") or {}
         return cls(id=data["id"], name=data.get("name") or data["id"], custom=bool(data.get("custom")),
                    clause_names=list(data.get("clauseNames") or []), schema_type=schema.get("type"),
@@ -66,4 +66,4 @@ class BulkCreateResult(BaseModel):
         return sorted(self.errors)
 
 
-__all__ = ["JiraField", "CreatedIssue", "BulkCreateResult"]
+__all__ = ["BulkCreateResult", "CreatedIssue", "JiraField"]
