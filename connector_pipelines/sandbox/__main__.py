@@ -1,0 +1,33 @@
+"""`make sandbox`: every sandbox (and the receiver) on loopback; prints a JSON map of base URLs and
+credentials, then serves until Ctrl-C. The credentials are the sandbox's own throwaway values."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+
+from connector_pipelines.sandbox.stack import start_stack
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m connector_pipelines.sandbox")
+    parser.add_argument("--workdir", default=".demo/sandbox")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every sandbox call")
+    parser.add_argument("--no-receiver", action="store_true")
+    args = parser.parse_args()
+    stack = start_stack(Path(args.workdir), receiver=not args.no_receiver, latency_s=args.latency_ms / 1000)
+    stack.bc.start_auto_delivery(2.0)
+    stack.jira.start_auto_delivery(1.0)
+    print(json.dumps(stack.describe(), indent=2), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    stack.stop()
+
+
+if __name__ == "__main__":
+    main()

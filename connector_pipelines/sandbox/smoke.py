@@ -1,0 +1,118 @@
+"""`make smoke`: the whole BC ⇄ Jira flow once, non-interactively, through a real Dagster instance on
+SQLite (DAGSTER_HOME in a temporary folder) and the sandboxes on loopback ports.
+
+Exits non-zero, naming what is missing, if any expected issue or write-back did not happen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(workdir: Path) -> list[str]:
+    """Run the scenario; returns the list of problems (empty = success)."""
+    import dagster as dg
+
+    from connector_pipelines.components.resources import clear_client_cache
+    from connector_pipelines.sandbox import scenario as sc
+    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
+    from connector_pipelines.sandbox.stack import consent, start_stack
+
+    problems: list[str] = []
+    home = workdir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    stack = start_stack(workdir / "stack", database_url=f"sqlite:///{workdir}/connector_pipelines.sqlite")
+    try:
+        stack.apply_env()
+        consent(stack)
+        clear_client_cache()
+        from connector_pipelines.definitions import defs as load_defs
+
+        with dg.DagsterInstance.get() as instance:
+            driver = DagsterDriver(load_defs(), instance)
+            step = lambda msg: print(f"smoke: {msg}", flush=True)  # noqa: E731
+            step("registering BC subscriptions and the Jira webhook")
+            sc.register_webhooks(driver)
+            seeded = sc.seed_exceptions(stack)
+            step("BC notifies; the receiver stores; the inbox sensor launches a batch run")
+            stack.deliver_all()
+            tick = driver.tick(sc.BC_SENSOR, raise_on_error=False)
+            if not tick.runs or not all(r.success for r in tick.runs):
+                problems.append(f"notification runs: {[r.success for r in tick.runs]}")
+            step("the poll schedule materializes the current window")
+            if not sc.poll_now(driver).success:
+                problems.append("poll run failed")
+            found = sc.issues_by_external_id(stack)
+            for label, ext in sc.expected_external_ids(seeded).items():
+                n = len(found.get(ext, []))
+                if n != 1:
+                    problems.append(f"{label}: expected exactly one Jira issue, found {n}")
+            for label in ("posted", "fine_vendor", "fresh_po"):
+                kind = {"posted": "purchaseInvoices", "fine_vendor": "vendors", "fresh_po": "purchaseOrders"}[label]
+                if found.get(f"bc:{kind}:{seeded[label]['id']}"):
+                    problems.append(f"{label} is not an exception but got an issue")
+            if problems:
+                return problems
+            step("people move the invoice and vendor issues to Done in Jira")
+            inv = found[sc.expected_external_ids(seeded)["invoice awaiting review"]][0]["key"]
+            ven = found[sc.expected_external_ids(seeded)["blocked vendor"]][0]["key"]
+            sc.transition_done(stack, inv)
+            sc.transition_done(stack, ven)
+            tick = driver.tick(sc.JIRA_SENSOR, raise_on_error=False)
+            if not tick.runs or not all(r.success for r in tick.runs):
+                problems.append(f"resolution runs: {[r.success for r in tick.runs]}")
+            cid = stack.company_id
+            invoice = stack.bc.get_record(cid, "purchaseInvoices", seeded["invoice"]["id"])
+            vendor = stack.bc.get_record(cid, "vendors", seeded["blocked"]["id"])
+            if invoice["status"] != "Open":
+                problems.append(f"invoice not posted in BC (status {invoice['status']!r})")
+            if vendor["blocked"] != " ":
+                problems.append(f"vendor still blocked in BC ({vendor['blocked']!r})")
+            step("a repeated Done webhook changes nothing")
+            for _url, ident, status in list(stack.jira.delivery_log):
+                if isinstance(status, int) and status < 300:
+                    stack.jira.redeliver(ident)
+            if driver.tick(sc.JIRA_SENSOR).runs:
+                problems.append("a re-delivered Jira webhook launched another run")
+            if stack.bc.action_calls("post") != 1:
+                problems.append(f"invoice posted {stack.bc.action_calls('post')} times")
+            step("reconciliation checks")
+            result = driver.run_job("bc_jira__reconcile_job", raise_on_error=False)
+            checks = [e.event_specific_data.asset_check_evaluation for e in result.all_events
+                      if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+            if not checks or not all(c.passed for c in checks):
+                problems.append("reconciliation check failed")
+            runs = instance.get_runs()
+            step(f"{len(runs)} runs in the instance at {home}; issues: "
+                 + ", ".join(f"{i['key']}" for i in sc.issues(stack)))
+    finally:
+        clear_client_cache()
+        stack.stop()
+    return problems
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING)
+    workdir = Path(tempfile.mkdtemp(prefix="connector-smoke-"))
+    try:
+        problems = run(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if problems:
+        print("SMOKE FAILED:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        return 1
+    print("SMOKE OK: 3 exceptions -> 3 Jira issues; Done -> invoice posted, vendor unblocked; repeats ignored")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
