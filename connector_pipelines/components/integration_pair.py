@@ -12,7 +12,6 @@ For the pair:
 - ``<pair>__reconcile_job`` + schedule running the checks.
 """
 
-from __future__ import annotations
 
 import hashlib
 import json

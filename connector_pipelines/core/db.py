@@ -143,9 +143,32 @@ def get_engine(url: str | None = None) -> Engine:
                 event.listen(engine, "begin", _sqlite_begin)
             else:
                 engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-            metadata.create_all(engine)
+            _create_tables(engine)
             _engines[url] = engine
         return engine
+
+
+def _create_tables(engine: Engine, attempts: int = 5) -> None:
+    """Create the project's tables once, even when several processes open a new database at once.
+
+    PostgreSQL: serialised by a transaction-level advisory lock; SQLite: BEGIN IMMEDIATE. A loser of
+    a remaining race (catalog unique violation) retries and then finds the tables present.
+    """
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(attempts):
+        try:
+            with write_transaction(engine) as conn:
+                if engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727172001)")
+                metadata.create_all(conn)
+            return
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def is_sqlite(engine: Engine) -> bool:
