@@ -39,7 +39,7 @@ def run(workdir: Path) -> list[str]:
 
         with dg.DagsterInstance.get() as instance:
             driver = DagsterDriver(load_defs(), instance)
-            step = lambda msg: print(f"smoke: {msg}", flush=True)  # noqa: E731
+            step = lambda msg: print(f"smoke: {msg}", flush=True)
             step("registering BC subscriptions and the Jira webhook")
             sc.register_webhooks(driver)
             seeded = sc.seed_exceptions(stack)
