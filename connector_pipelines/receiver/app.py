@@ -40,11 +40,11 @@ class ReceiverSettings:
     max_body_bytes: int = 1_000_000
 
     @classmethod
-    def from_env(cls) -> "ReceiverSettings":
+    def from_env(cls) -> ReceiverSettings:
         return cls(bc_client_state=os.environ.get("CONNECTOR_BC_CLIENT_STATE"),
                    jira_app_client_secret=os.environ.get("CONNECTOR_JIRA_CLIENT_SECRET"),
                    jira_admin_webhook_secret=os.environ.get("CONNECTOR_JIRA_WEBHOOK_SECRET"),
-                   max_body_bytes=int(os.environ.get("CONNECTOR_RECEIVER_MAX_BODY_BYTES", 1_000_000)))
+                   max_body_bytes=int(os.environ.get("CONNECTOR_RECEIVER_MAX_BODY_BYTES", "1000000")))
 
     def __repr__(self) -> str:  # never print the secrets
         return f"ReceiverSettings(max_body_bytes={self.max_body_bytes})"
