@@ -315,6 +315,12 @@ def _jira_webhook_renewal_job(integration: IntegrationDefinition, resource_keys,
     return job
 
 
+def _last_partition_key(partitions: dg.PartitionsDefinition, at: datetime) -> str | None:
+    # Dagster 1.13 takes the evaluation time from a partition loading context, not a current_time argument.
+    with dg.partition_loading_context(effective_dt=at):
+        return partitions.get_last_partition_key()
+
+
 def _poll_schedule(integration: IntegrationDefinition, poll_job, partitions) -> dg.ScheduleDefinition:
     @dg.schedule(name=f"{integration.name}__poll_schedule", job=poll_job,
                  cron_schedule=integration.polling.cron, execution_timezone=integration.polling.timezone,
@@ -323,9 +329,9 @@ def _poll_schedule(integration: IntegrationDefinition, poll_job, partitions) -> 
                              "so a lapsed webhook never loses a record.")
     def poll_schedule(context: dg.ScheduleEvaluationContext):
         now = context.scheduled_execution_time or datetime.now(UTC)
-        current = partitions.get_last_partition_key(current_time=now)
+        current = _last_partition_key(partitions, now)
         keys = [current]
-        previous = partitions.get_last_partition_key(current_time=now - timedelta(hours=1))
+        previous = _last_partition_key(partitions, now - timedelta(hours=1))
         if previous and previous != current and now.minute < 30:
             keys.insert(0, previous)
         for key in keys:
