@@ -98,7 +98,10 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     asset_keys = [a.key for a in assets]
     checks = [_reconcile_check(integration, e, resource_keys) for e in integration.entities]
 
-    poll_job = dg.define_asset_job(f"{name}__poll_job", selection=dg.AssetSelection.assets(*asset_keys),
+    # without_checks(): AssetSelection.assets() also selects the assets' checks, which would run a full
+    # reconciliation against both live systems in every poll run; the reconcile job runs them instead.
+    poll_job = dg.define_asset_job(f"{name}__poll_job",
+                                   selection=dg.AssetSelection.assets(*asset_keys).without_checks(),
                                    tags={**tags, "connector/trigger": "poll"},
                                    description=f"Poll {src} windows for exceptions and sync them to Jira.")
     reconcile_job = dg.define_asset_job(f"{name}__reconcile_job",
