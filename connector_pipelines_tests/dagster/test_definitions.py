@@ -1,0 +1,145 @@
+"""The code location as Dagster loads it (defs/ through load_from_defs_folder), checked by name.
+
+A renamed job or sensor silently orphans its schedule history and the runbooks that name it; a
+missing owner, kind or group hides an asset in the UI finance ops work from; a paused-by-default
+sensor means webhooks pile up unread after a deploy. Every assertion below names one of those.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from connector_pipelines.definitions import defs as load_defs
+
+ROOT = Path(__file__).resolve().parents[2]
+PAIR = "bc_jira"
+SOURCE = "business_central"
+ENTITIES = ("blocked_vendors", "purchase_invoices_awaiting_review", "stuck_purchase_orders")
+ENTITY_KEYS = {dg.AssetKey([SOURCE, e]) for e in ENTITIES}
+INBOX_KEYS = {dg.AssetKey(["inbox", SOURCE]), dg.AssetKey(["inbox", "jira"])}
+CHECK_NAME = "every_exception_has_one_open_issue"
+JOBS = {f"{PAIR}__{j}" for j in ("poll_job", "notification_job", "resolution_job", "subscription_renewal_job",
+                                  "jira_webhook_renewal_job", "reconcile_job")}
+SENSOR_JOBS = {f"{PAIR}__{SOURCE}_inbox_sensor": f"{PAIR}__notification_job",
+               f"{PAIR}__jira_inbox_sensor": f"{PAIR}__resolution_job"}
+SCHEDULE_JOBS = {f"{PAIR}__poll_schedule": f"{PAIR}__poll_job",
+                 f"{PAIR}__reconcile_schedule": f"{PAIR}__reconcile_job",
+                 f"{PAIR}__subscription_renewal_schedule": f"{PAIR}__subscription_renewal_job",
+                 f"{PAIR}__jira_webhook_renewal_schedule": f"{PAIR}__jira_webhook_renewal_job"}
+GO_LIVE = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    return load_defs()
+
+
+@pytest.fixture(scope="module")
+def repo(defs: dg.Definitions) -> dg.RepositoryDefinition:
+    return defs.get_repository_def()
+
+
+def test_the_definitions_are_loadable(defs):
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_assets_are_the_entities_and_the_two_inboxes(repo):
+    assert set(repo.asset_graph.get_all_asset_keys()) == ENTITY_KEYS | INBOX_KEYS
+
+
+def test_each_entity_has_its_reconcile_check(repo):
+    assert set(repo.asset_graph.asset_check_keys) == {dg.AssetCheckKey(k, CHECK_NAME) for k in ENTITY_KEYS}
+
+
+def test_jobs_by_name(repo):
+    user_jobs = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
+    assert user_jobs == JOBS
+    for name in JOBS:
+        job = repo.get_job(name)
+        assert job.tags["connector/integration"] == PAIR, name
+        assert job.executor_def.name == "in_process", name  # I/O-bound: one process per run (rule 5)
+
+
+def test_poll_job_materializes_the_entities_and_reconcile_job_runs_only_the_checks(defs, repo):
+    jobs = {j.name: j for j in defs.jobs}
+    poll, reconcile = jobs[f"{PAIR}__poll_job"], jobs[f"{PAIR}__reconcile_job"]
+    assert poll.selection.resolve(repo.asset_graph) == ENTITY_KEYS
+    # a poll run must not also run three full reconciliations against both live systems
+    assert poll.selection.resolve_checks(repo.asset_graph) == set()
+    assert reconcile.selection.resolve(repo.asset_graph) == set()
+    assert reconcile.selection.resolve_checks(repo.asset_graph) == {dg.AssetCheckKey(k, CHECK_NAME)
+                                                                     for k in ENTITY_KEYS}
+    assert isinstance(repo.get_job(f"{PAIR}__poll_job").partitions_def, dg.TimeWindowPartitionsDefinition)
+
+
+def test_sensors_by_name_target_and_default_status(repo):
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert set(sensors) == set(SENSOR_JOBS)
+    for name, job in SENSOR_JOBS.items():
+        assert sensors[name].job_name == job
+        assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING, name
+        assert sensors[name].required_resource_keys == {"connector_store"}, name  # no vendor resource in a tick
+
+
+def test_schedules_by_name_target_and_default_status(repo):
+    schedules = {s.name: s for s in repo.schedule_defs}
+    assert set(schedules) == set(SCHEDULE_JOBS)
+    for name, job in SCHEDULE_JOBS.items():
+        assert schedules[name].job_name == job
+        assert schedules[name].default_status == dg.DefaultScheduleStatus.RUNNING, name
+    assert schedules[f"{PAIR}__poll_schedule"].cron_schedule == "*/15 * * * *"
+    assert schedules[f"{PAIR}__poll_schedule"].execution_timezone == "UTC"
+
+
+@pytest.mark.parametrize("entity", ENTITIES)
+def test_entity_assets_are_described_owned_and_hourly_from_go_live(repo, entity):
+    node = repo.asset_graph.get(dg.AssetKey([SOURCE, entity]))
+    assert node.group_name == PAIR
+    assert node.kinds == {SOURCE, "jira"}
+    assert node.owners == ["team:finance-ops"]
+    assert node.description and node.description.strip()
+    assert node.is_materializable
+    partitions = node.partitions_def
+    assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+    assert partitions.cron_schedule == "0 * * * *"  # hourly
+    assert partitions.timezone == "UTC"
+    assert partitions.start == GO_LIVE
+    assert partitions.get_first_partition_key() == "2026-11-01-00:00"
+
+
+@pytest.mark.parametrize("source", [SOURCE, "jira"])
+def test_inbox_assets_are_external_and_described(repo, source):
+    node = repo.asset_graph.get(dg.AssetKey(["inbox", source]))
+    assert node.group_name == "inboxes"
+    assert node.kinds == {source}
+    assert node.description and node.description.strip()
+    assert node.is_external and not node.is_materializable
+    assert node.partitions_def is None
+
+
+@pytest.mark.xfail(strict=True, reason="defs/inbox/assets.py declares its AssetSpecs without owners (reported)")
+@pytest.mark.parametrize("source", [SOURCE, "jira"])
+def test_inbox_assets_have_an_owner(repo, source):
+    assert repo.asset_graph.get(dg.AssetKey(["inbox", source])).owners
+
+
+def test_resources_are_bound_once_under_their_system_names(defs):
+    assert set(defs.resources) == {"connector_store", SOURCE, "jira"}
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    """DAGSTER-STYLE rule 12: the CLI is pointed at workspace.yaml explicitly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
+    env["DAGSTER_HOME"] = str(tmp_path)
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], check=False, cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Validation successful for code location connector_pipelines" in proc.stdout + proc.stderr
