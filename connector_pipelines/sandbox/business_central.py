@@ -1,0 +1,964 @@
+"""Business Central API v2.0 sandbox (API-FACTS §2): companies, vendors, purchase invoices and orders,
+the ``Microsoft.NAV.post`` bound action, OData queries and paging, and webhook subscriptions with
+the validation handshake and batched notifications.
+
+Routes: ``/v2.0/{tenant}/{environment}/api/v2.0/...`` and ``/v2.0/{environment}/api/v2.0/...``.
+Auth: a bearer token checked by ``entra.validate(token, AUDIENCE)`` (or, with ``entra=None``, a static
+set of tokens added with ``add_token``). Faults come from ``common.FaultMiddleware``: 429 carries no
+Retry-After unless ``faults.retry_after`` is set (BC documents none on 429); 502/503 always carry one.
+
+Choices not backed by BC docs are marked UNCONFIRMED; keep them configurable or harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock
+from connector_pipelines.sandbox.specs import load_json_spec
+
+AUDIENCE = "https://api.businesscentral.dynamics.com"
+SPEC_FILE = "bc-api-v2.0-resources.from-docs.json"
+SUBSCRIPTION_LIFETIME = timedelta(days=3)
+RETRY_WINDOW = timedelta(hours=36)
+BATCH_LIMIT = 100          # entries per notification POST (UNCONFIRMED: BC documents batching, not a size)
+RETRYABLE_REPLY = {408, 429} | set(range(500, 600))
+
+# entity set -> resource (EDM entity type) name in the spec json
+ENTITY_SETS = {"vendors": "vendor", "purchaseInvoices": "purchaseInvoice", "purchaseOrders": "purchaseOrder"}
+WEBHOOK_SETS = {"vendors", "purchaseInvoices"}   # purchaseOrders is not webhook-supported (§2.3)
+NUMBER_PREFIX = {"vendors": "V", "purchaseInvoices": "PI-", "purchaseOrders": "PO-"}
+POSTABLE = ("Draft", "In Review")
+ENUM_DEFAULTS = {"blocked": " ", "status": "Draft"}
+SYSTEM_USER = "00000000-0000-0000-0000-000000000001"
+
+GUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+DT_RE = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})"
+
+
+class ODataError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        super().__init__(f"{status} {code}: {message}")
+
+
+def iso(dt: datetime) -> str:
+    """UTC ISO-8601 with milliseconds and Z, as BC shows lastModifiedDateTime."""
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_dt(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # OData allows 7 fractional digits; Python takes 6
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def odata_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """BC's error envelope; messages end with a CorrelationId (§2.4)."""
+    msg = f"{message}  CorrelationId:  {uuid.uuid4()}."
+    return JSONResponse({"error": {"code": code, "message": msg}}, status, headers or {})
+
+
+# ----------------------------------------------------------------------------------------------
+# Spec: property names and types
+# ----------------------------------------------------------------------------------------------
+class Schema:
+    def __init__(self) -> None:
+        resources = load_json_spec(SPEC_FILE)["resources"]
+        self.props: dict[str, dict[str, str]] = {}
+        self.enums: dict[str, list[str]] = {}
+        for name in ("vendor", "purchaseInvoice", "purchaseOrder", "company", "subscriptions"):
+            props = {}
+            for p in resources[name]["properties"]:
+                props[p["name"]] = p["type"]
+                if p["type"].startswith("NAV."):
+                    self.enums[p["type"][4:]] = re.findall(r'"([^"]*)"', p["description"])
+            self.props[name] = props
+
+    def default(self, prop: str, typ: str) -> Any:
+        if prop in ENUM_DEFAULTS and typ.startswith("NAV."):
+            return ENUM_DEFAULTS[prop]
+        return {"GUID": "00000000-0000-0000-0000-000000000000", "string": "", "date": "0001-01-01",
+                "datetime": "0001-01-01T00:00:00Z", "decimal": 0, "boolean": False, "int64": 0,
+                "int": 0}.get(typ, "" if not typ.startswith("NAV.") else " ")
+
+
+EDM = {"GUID": "Edm.Guid", "string": "Edm.String", "date": "Edm.Date", "datetime": "Edm.DateTimeOffset",
+       "decimal": "Edm.Decimal", "boolean": "Edm.Boolean", "int64": "Edm.Int64", "int": "Edm.Int32"}
+
+
+def edm_type(typ: str) -> str:
+    return f"Microsoft.NAV.{typ[4:]}" if typ.startswith("NAV.") else EDM.get(typ, "Edm.String")
+
+
+# ----------------------------------------------------------------------------------------------
+# OData $filter
+# ----------------------------------------------------------------------------------------------
+TOKEN_RE = re.compile(
+    rf"\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<str>'(?:[^']|'')*')|(?P<dt>{DT_RE})|(?P<date>\d{{4}}-\d{{2}}-\d{{2}})(?![\w:])"
+    rf"|(?P<guid>{GUID_RE})|(?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(?![\w-])|(?P<word>[A-Za-z_][\w.]*))")
+COMPARE = {"eq", "ne", "gt", "ge", "lt", "le"}
+
+
+def tokenize(text: str) -> list[tuple[str, Any]]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = TOKEN_RE.match(text, pos)
+        if not m or m.end() == pos:
+            raise ODataError(400, "BadRequest", f"Syntax error at position {pos} in '{text}'.")
+        pos = m.end()
+        kind = m.lastgroup
+        raw = m.group(kind)
+        if kind == "str":
+            tokens.append(("lit", raw[1:-1].replace("''", "'")))
+        elif kind == "dt":
+            tokens.append(("lit", parse_dt(raw)))
+        elif kind == "date":
+            tokens.append(("lit", date.fromisoformat(raw)))
+        elif kind == "guid":
+            tokens.append(("lit", uuid.UUID(raw)))
+        elif kind == "num":
+            tokens.append(("lit", float(raw)))
+        elif kind == "word":
+            low = raw.lower()
+            if low in ("true", "false"):
+                tokens.append(("lit", low == "true"))
+            elif low == "null":
+                tokens.append(("lit", None))
+            elif low in COMPARE or low in ("and", "or", "not"):
+                tokens.append(("op", low))
+            else:
+                tokens.append(("prop", raw))
+        else:
+            tokens.append((kind, raw))
+    return tokens
+
+
+def coerce(value: Any, typ: str) -> Any:
+    """A stored (JSON) value or a literal, as the Python value of the property's EDM type."""
+    if value is None:
+        return None
+    try:
+        if typ == "GUID":
+            return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+        if typ == "datetime":
+            return value if isinstance(value, datetime) else parse_dt(value)
+        if typ == "date":
+            if isinstance(value, datetime):
+                return value.date()
+            return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+        if typ in ("decimal", "int64", "int"):
+            return float(value)
+        if typ == "boolean":
+            return bool(value)
+    except (TypeError, ValueError):
+        raise ODataError(400, "BadRequest", f"The value '{value}' is not valid for type '{typ}'.") from None
+    return value if isinstance(value, str) else str(value)
+
+
+class FilterParser:
+    """Recursive descent: or > and > not > comparison | ( expr ). Returns a predicate on records."""
+
+    def __init__(self, text: str, props: dict[str, str], type_name: str) -> None:
+        self.tokens = tokenize(text)
+        self.i = 0
+        self.props = props
+        self.type_name = type_name
+        self.text = text
+
+    def parse(self) -> Callable[[dict[str, Any]], bool]:
+        pred = self._or()
+        if self.i != len(self.tokens):
+            raise ODataError(400, "BadRequest", f"Syntax error in filter '{self.text}'.")
+        return pred
+
+    def _peek(self) -> tuple[str, Any] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def _take(self) -> tuple[str, Any]:
+        tok = self._peek()
+        if tok is None:
+            raise ODataError(400, "BadRequest", f"Unexpected end of filter '{self.text}'.")
+        self.i += 1
+        return tok
+
+    def _or(self):
+        left = self._and()
+        while self._peek() == ("op", "or"):
+            self.i += 1
+            right = self._and()
+            left = (lambda a, b: lambda r: a(r) or b(r))(left, right)
+        return left
+
+    def _and(self):
+        left = self._unary()
+        while self._peek() == ("op", "and"):
+            self.i += 1
+            right = self._unary()
+            left = (lambda a, b: lambda r: a(r) and b(r))(left, right)
+        return left
+
+    def _unary(self):
+        if self._peek() == ("op", "not"):
+            self.i += 1
+            inner = self._unary()
+            return lambda r: not inner(r)
+        if self._peek() == ("lp", "("):
+            self.i += 1
+            inner = self._or()
+            if self._take() != ("rp", ")"):
+                raise ODataError(400, "BadRequest", f"Missing ')' in filter '{self.text}'.")
+            return inner
+        return self._comparison()
+
+    def _operand(self) -> tuple[str, Any]:
+        kind, value = self._take()
+        if kind == "prop":
+            if value not in self.props:
+                # UNCONFIRMED: exact BC code/message for an unknown property in $filter.
+                raise ODataError(400, "BadRequest_NotFound",
+                                 f"Could not find a property named '{value}' on type 'Microsoft.NAV.{self.type_name}'.")
+            return ("prop", value)
+        if kind == "lit":
+            return ("lit", value)
+        raise ODataError(400, "BadRequest", f"Syntax error in filter '{self.text}'.")
+
+    def _comparison(self):
+        left = self._operand()
+        kind, op = self._take()
+        if kind != "op" or op not in COMPARE:
+            raise ODataError(400, "BadRequest", f"Syntax error in filter '{self.text}'.")
+        right = self._operand()
+        props = self.props
+
+        def typed(operand, other):
+            # literals are coerced (once) to the type of the property they are compared with
+            if operand[0] == "lit" and other[0] == "prop":
+                return ("lit", coerce(operand[1], props[other[1]]))
+            return operand
+
+        left_t, right_t = typed(left, right), typed(right, left)
+        fn = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "gt": lambda a, b: a > b,
+              "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}[op]
+
+        def value(operand, record):
+            k, v = operand
+            return coerce(record.get(v), props[v]) if k == "prop" else v
+
+        def pred(record):
+            a, b = value(left_t, record), value(right_t, record)
+            if op not in ("eq", "ne") and (a is None or b is None):
+                return False
+            try:
+                return fn(a, b)
+            except TypeError:
+                raise ODataError(400, "BadRequest", f"Incompatible types in filter '{self.text}'.") from None
+
+        return pred
+
+
+# ----------------------------------------------------------------------------------------------
+# The sandbox
+# ----------------------------------------------------------------------------------------------
+class BusinessCentralSandbox:
+    def __init__(self, entra: Any = None, *, max_page_size: int = 20000, collection_threshold: int = 1000) -> None:
+        self.entra = entra
+        self.clock = SandboxClock()
+        # BC documents no Retry-After on 429 (§2.4): off by default, switchable via faults.retry_after.
+        self.faults = Faults(retry_after=None)
+        self.server_error_retry_after = "1"   # 502/503 carry Retry-After (§2.4) even when faults.retry_after is None
+        self.max_page_size = max_page_size
+        self.collection_threshold = collection_threshold
+        self.schema = Schema()
+        self.environments: set[tuple[str, str]] = set()
+        self.companies: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}   # cid -> set -> id -> record
+        self.tokens: set[str] = set()
+        self._subscriptions: dict[str, dict[str, Any]] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._seq = 0
+        self._numbers: Counter[str] = Counter()
+        self._actions: Counter[str] = Counter()
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.calls_total = 0
+        self.duplicate_notifications = False
+        self.drop_notifications = False
+        self.deliveries: list[dict[str, Any]] = []   # every notification POST made: url, body, status
+        self._last_batches: list[tuple[str, dict[str, Any]]] = []
+        self.handshake_method = "POST"   # UNCONFIRMED (§2.3 names no method; Graph-style POST)
+        self._lock = threading.RLock()
+        self._deliver_lock = threading.Lock()
+        self._auto_stop: threading.Event | None = None
+        self._auto_thread: threading.Thread | None = None
+        routes = [Route("/v2.0/{rest:path}", self._dispatch, methods=["GET", "POST", "PATCH", "DELETE"])]
+        self.app = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
+                                   self._server_error_response, self._count)
+
+    # -- seeding and inspection ------------------------------------------------------------------
+    def register_environment(self, tenant: str, environment: str) -> None:
+        with self._lock:
+            self.environments.add((tenant.lower(), environment.lower()))
+
+    def add_token(self, token: str) -> None:
+        with self._lock:
+            self.tokens.add(token)
+
+    def revoke_token(self, token: str) -> None:
+        with self._lock:
+            self.tokens.discard(token)
+
+    def add_company(self, name: str, **props: Any) -> str:
+        cid = str(uuid.uuid4())
+        now = iso(self.clock.now())
+        record = {p: self.schema.default(p, t) for p, t in self.schema.props["company"].items()}
+        record.update({"id": cid, "name": name, "displayName": name, "systemVersion": "26.0.0.0",
+                       "systemCreatedAt": now, "systemModifiedAt": now}, **props)
+        with self._lock:
+            self.companies[cid] = record
+            self.records[cid] = {s: {} for s in ENTITY_SETS}
+        return cid
+
+    def add_vendor(self, company_id: str, **props: Any) -> dict[str, Any]:
+        return self._create(company_id, "vendors", props)
+
+    def add_purchase_invoice(self, company_id: str, **props: Any) -> dict[str, Any]:
+        return self._create(company_id, "purchaseInvoices", props)
+
+    def add_purchase_order(self, company_id: str, **props: Any) -> dict[str, Any]:
+        return self._create(company_id, "purchaseOrders", props)
+
+    def update_record(self, company_id: str, entity_set: str, record_id: str, **changes: Any) -> dict[str, Any]:
+        return self._update(company_id, entity_set, record_id, changes)
+
+    def delete_record(self, company_id: str, entity_set: str, record_id: str) -> None:
+        self._delete(company_id, entity_set, record_id)
+
+    def get_record(self, company_id: str, entity_set: str, record_id: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._store(company_id, entity_set)[self._find_id(company_id, entity_set, record_id)])
+
+    def action_calls(self, action: str) -> int:
+        return self._actions[action]
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self._expire_subscriptions()
+            return [dict(s) for s in self._subscriptions.values()]
+
+    def pending_notifications(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def drop_pending_notifications(self) -> int:
+        with self._lock:
+            n = len(self._pending)
+            self._pending.clear()
+            return n
+
+    # -- record store ------------------------------------------------------------------------------
+    def _company_key(self, company_id: str) -> str:
+        wanted = str(company_id).strip("'").lower()
+        for cid in self.companies:
+            if cid.lower() == wanted:
+                return cid
+        raise KeyError(company_id)
+
+    def _store(self, company_id: str, entity_set: str) -> dict[str, dict[str, Any]]:
+        if entity_set not in ENTITY_SETS:
+            raise KeyError(entity_set)
+        return self.records[self._company_key(company_id)][entity_set]
+
+    def _find_id(self, company_id: str, entity_set: str, record_id: str) -> str:
+        store = self._store(company_id, entity_set)
+        rid = str(record_id).strip("'").lower()
+        for key in store:
+            if key.lower() == rid:
+                return key
+        raise KeyError(record_id)
+
+    def _new_etag(self) -> str:
+        self._seq += 1
+        return f'W/"JzE5OzE{self._seq:010d}{uuid.uuid4().hex[:8]}MDsn"'
+
+    def _create(self, company_id: str, entity_set: str, props: dict[str, Any]) -> dict[str, Any]:
+        type_name = ENTITY_SETS[entity_set]
+        spec = self.schema.props[type_name]
+        unknown = [p for p in props if p not in spec]
+        if unknown:
+            raise ValueError(f"unknown {type_name} properties: {unknown}")
+        with self._lock:
+            cid = self._company_key(company_id)
+            store = self._store(cid, entity_set)
+            record = {p: self.schema.default(p, t) for p, t in spec.items()}
+            self._numbers[entity_set] += 1
+            record["number"] = f"{NUMBER_PREFIX[entity_set]}{10000 + self._numbers[entity_set]}"
+            record.update(props)
+            record["id"] = str(props.get("id") or uuid.uuid4())
+            vendor_id = record.get("vendorId")
+            if vendor_id and entity_set != "vendors":
+                vendor = next((v for k, v in self.records[cid]["vendors"].items()
+                               if k.lower() == str(vendor_id).lower()), None)
+                if vendor:
+                    record["vendorNumber"] = props.get("vendorNumber") or vendor["number"]
+                    record["vendorName"] = props.get("vendorName") or vendor["displayName"]
+            record["lastModifiedDateTime"] = iso(self.clock.now())
+            record["@odata.etag"] = self._new_etag()
+            store[record["id"]] = record
+            self._queue(cid, entity_set, record["id"], "created", record["lastModifiedDateTime"])
+            return dict(record)
+
+    def _update(self, company_id: str, entity_set: str, record_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        spec = self.schema.props[ENTITY_SETS[entity_set]]
+        unknown = [p for p in changes if p not in spec]
+        if unknown:
+            raise ValueError(f"unknown {ENTITY_SETS[entity_set]} properties: {unknown}")
+        with self._lock:
+            cid = self._company_key(company_id)
+            record = self._store(cid, entity_set)[self._find_id(cid, entity_set, record_id)]
+            record.update(changes)
+            record["lastModifiedDateTime"] = iso(self.clock.now())
+            record["@odata.etag"] = self._new_etag()
+            self._queue(cid, entity_set, record["id"], "updated", record["lastModifiedDateTime"])
+            return dict(record)
+
+    def _delete(self, company_id: str, entity_set: str, record_id: str) -> None:
+        with self._lock:
+            cid = self._company_key(company_id)
+            store = self._store(cid, entity_set)
+            rid = self._find_id(cid, entity_set, record_id)
+            del store[rid]
+            self._queue(cid, entity_set, rid, "deleted", iso(self.clock.now()))
+
+    # -- notifications -----------------------------------------------------------------------------
+    def _queue(self, cid: str, entity_set: str, rid: str, change: str, modified: str) -> None:
+        self._expire_subscriptions()
+        resource = f"/api/v2.0/companies({cid})/{entity_set}"
+        for sub in self._subscriptions.values():
+            if sub["resource"].lower() == resource.lower():
+                self._pending.append({"subscriptionId": sub["subscriptionId"], "companyId": cid,
+                                      "entitySet": entity_set, "id": rid, "changeType": change,
+                                      "lastModifiedDateTime": modified, "queuedAt": self.clock.now()})
+
+    def _expire_subscriptions(self) -> None:
+        now = self.clock.now()
+        for sid, sub in list(self._subscriptions.items()):
+            if parse_dt(sub["expirationDateTime"]) <= now:
+                self._remove_subscription(sid)
+
+    def _remove_subscription(self, sid: str) -> None:
+        self._subscriptions.pop(sid, None)
+        self._pending = [p for p in self._pending if p["subscriptionId"] != sid]
+
+    def deliver_notifications(self) -> dict[str, Any]:
+        """POST queued notifications (synchronously), batched per notification URL, <= 100 per POST.
+
+        2xx: delivered. 408/429/5xx or no answer: kept for a later call until 36 h after the change.
+        Any other status: the subscription is deleted (§2.3). More than ``collection_threshold``
+        changes of one subscription become one ``collection`` entry.
+        """
+        with self._deliver_lock:
+            with self._lock:
+                self._expire_subscriptions()
+                now = self.clock.now()
+                self._pending = [p for p in self._pending if now - p["queuedAt"] <= RETRY_WINDOW]
+                if self.drop_notifications:
+                    dropped = len(self._pending)
+                    self._pending.clear()
+                    return {"posts": 0, "delivered": 0, "dropped": dropped, "failed": 0, "deleted_subscriptions": []}
+                pending = list(self._pending)
+                subs = {sid: dict(s) for sid, s in self._subscriptions.items()}
+            by_sub: dict[str, list[dict[str, Any]]] = {}
+            for p in pending:
+                by_sub.setdefault(p["subscriptionId"], []).append(p)
+            by_url: dict[str, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
+            for sid, entries in by_sub.items():
+                sub = subs[sid]
+                base = {"subscriptionId": sid, "clientState": sub["clientState"],
+                        "expirationDateTime": sub["expirationDateTime"]}
+                items: list[tuple[dict[str, Any], list[dict[str, Any]]]]
+                if len(entries) > self.collection_threshold:
+                    first = min(parse_dt(e["lastModifiedDateTime"]) for e in entries)
+                    last = max(e["lastModifiedDateTime"] for e in entries)
+                    # BC's docs sample spells the property "lastDateTimeModified"; the API's name is used here.
+                    since = iso(first - timedelta(milliseconds=1))
+                    resource = f"{sub['resource']}?$filter=lastModifiedDateTime gt {since}"
+                    items = [({**base, "resource": resource, "changeType": "collection",
+                               "lastModifiedDateTime": last}, entries)]
+                else:
+                    items = [({**base,
+                               "resource": f"/api/v2.0/companies({e['companyId']})/{e['entitySet']}({e['id']})",
+                               "changeType": e["changeType"], "lastModifiedDateTime": e["lastModifiedDateTime"]}, [e])
+                             for e in entries]
+                by_url.setdefault(sub["notificationUrl"], []).extend(items)
+            summary: dict[str, Any] = {"posts": 0, "delivered": 0, "failed": 0, "deleted_subscriptions": []}
+            done: set[int] = set()
+            gone: set[str] = set()
+            last: list[tuple[str, dict[str, Any]]] = []
+            with httpx.Client(trust_env=False, timeout=30.0) as http:
+                for url, items in by_url.items():
+                    for start in range(0, len(items), BATCH_LIMIT):
+                        chunk = items[start:start + BATCH_LIMIT]
+                        body = {"value": [payload for payload, _ in chunk]}
+                        status = None
+                        for _ in range(2 if self.duplicate_notifications else 1):
+                            status = self._post_notification(http, url, body)
+                            summary["posts"] += 1
+                            if status is None or not 200 <= status < 300:
+                                break
+                        if status is not None and 200 <= status < 300:
+                            last.append((url, body))
+                            summary["delivered"] += len(chunk)
+                            done |= {id(e) for _, es in chunk for e in es}
+                        elif status is None or status in RETRYABLE_REPLY:
+                            summary["failed"] += len(chunk)   # stays queued: BC retries for 36 hours
+                        else:
+                            summary["failed"] += len(chunk)   # any other status: BC deletes the subscription
+                            gone |= {payload["subscriptionId"] for payload, _ in chunk}
+            with self._lock:
+                self._pending = [p for p in self._pending if id(p) not in done]
+                for sid in gone:
+                    self._remove_subscription(sid)
+                if last:
+                    self._last_batches = last
+            summary["deleted_subscriptions"] = sorted(gone)
+            return summary
+
+    def _post_notification(self, http: httpx.Client, url: str, body: dict[str, Any]) -> int | None:
+        try:
+            status = http.post(url, content=json.dumps(body), headers={"Content-Type": "application/json"}).status_code
+        except httpx.HTTPError:
+            status = None
+        with self._lock:
+            self.deliveries.append({"url": url, "body": body, "status": status})
+        return status
+
+    def redeliver_last(self) -> int:
+        """POST the last delivered batch bodies again, as BC's at-least-once retry would."""
+        with self._lock:
+            batches = list(self._last_batches)
+        with httpx.Client(trust_env=False, timeout=30.0) as http:
+            for url, body in batches:
+                self._post_notification(http, url, body)
+        return len(batches)
+
+    def start_auto_delivery(self, interval_s: float = 1.0) -> None:
+        if self._auto_thread is not None:
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    self.deliver_notifications()
+                except Exception:   # noqa: BLE001 - a background pump must not die
+                    pass
+
+        self._auto_stop = stop
+        self._auto_thread = threading.Thread(target=loop, name="bc-sandbox-delivery", daemon=True)
+        self._auto_thread.start()
+
+    def stop_auto_delivery(self) -> None:
+        if self._auto_stop is not None:
+            self._auto_stop.set()
+        if self._auto_thread is not None:
+            self._auto_thread.join(timeout=10)
+        self._auto_stop = self._auto_thread = None
+
+    # -- HTTP plumbing -----------------------------------------------------------------------------
+    def _rate_limit_response(self, retry_after: str | None) -> Response:
+        # UNCONFIRMED: the error code BC puts on a 429 body.
+        return odata_error(429, "Application_TooManyRequests", "Too many requests reached.",
+                           {"Retry-After": retry_after} if retry_after else {})
+
+    def _server_error_response(self, status: int, retry_after: str | None) -> Response:
+        headers = {}
+        if status in (502, 503):
+            headers["Retry-After"] = retry_after or self.server_error_retry_after
+        return odata_error(status, "Internal_ServiceUnavailable", "The service is temporarily unavailable.", headers)
+
+    def _count(self, request: Request) -> None:
+        path = request.url.path
+        m = re.search(r"/api/v2\.0(/.*)?$", path)
+        template = "/api/v2.0" + re.sub(r"\([^)]*\)", "({id})", (m.group(1) or "")) if m else path
+        with self._lock:
+            self.calls_total += 1
+            self.calls[(request.method.upper(), template)] += 1
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer "):
+            return False
+        token = header[7:].strip()
+        if self.entra is not None:
+            return bool(self.entra.validate(token, AUDIENCE))
+        with self._lock:
+            return token in self.tokens
+
+    async def _dispatch(self, request: Request) -> Response:
+        try:
+            if not self._authorized(request):
+                return odata_error(401, "Authentication_InvalidCredentials",
+                                   "The server has rejected the client credentials.",
+                                   {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'})
+            rest = request.path_params["rest"]
+            m = re.match(r"^(?:(?P<tenant>[^/]+)/)?(?P<env>[^/]+)/api/v2\.0(?P<tail>/.*)?$", rest)
+            if not m or not self._environment_known(m.group("tenant"), m.group("env")):
+                return odata_error(404, "BadRequest_NotFound", "The environment or endpoint was not found.")
+            base = str(request.url).split("/api/v2.0", 1)[0] + "/api/v2.0"
+            return await self._route(request, base, (m.group("tail") or "/").rstrip("/") or "/")
+        except ODataError as e:
+            return odata_error(e.status, e.code, e.message, e.headers)
+
+    def _environment_known(self, tenant: str | None, env: str) -> bool:
+        with self._lock:
+            if tenant is None:
+                return any(e == env.lower() for _, e in self.environments)
+            return (tenant.lower(), env.lower()) in self.environments
+
+    async def _route(self, request: Request, base: str, tail: str) -> Response:
+        method = request.method.upper()
+        if tail == "/$metadata" and method == "GET":
+            return Response(self.metadata_xml(), 200, media_type="application/xml")
+        if tail == "/companies" and method == "GET":
+            with self._lock:
+                rows = [dict(c) for c in self.companies.values()]
+            return self._collection(request, base, "companies", rows, self.schema.props["company"], "company")
+        m = re.match(r"^/companies\(([^)]+)\)$", tail)
+        if m and method == "GET":
+            with self._lock:
+                try:
+                    company = dict(self.companies[self._company_key(m.group(1))])
+                except KeyError:
+                    raise ODataError(404, "BadRequest_NotFound", "The company does not exist.") from None
+            return JSONResponse({"@odata.context": f"{base}/$metadata#companies/$entity", **company})
+        if tail == "/subscriptions":
+            if method == "GET":
+                return self._collection(request, base, "subscriptions", self.subscriptions(),
+                                        self.schema.props["subscriptions"], "subscriptions")
+            if method == "POST":
+                return await self._create_subscription(request, base)
+        m = re.match(r"^/subscriptions\('?([^)']+)'?\)$", tail)
+        if m:
+            return await self._subscription_item(request, base, m.group(1), method)
+        m = re.match(r"^/companies\(([^)]+)\)/(\w+)(?:\(([^)]+)\))?(/Microsoft\.NAV\.\w+)?$", tail)
+        if m:
+            cid, entity_set, rid, action = m.groups()
+            if entity_set not in ENTITY_SETS:
+                raise ODataError(404, "BadRequest_NotFound", f"Resource '{entity_set}' was not found.")
+            with self._lock:
+                try:
+                    cid = self._company_key(cid)
+                except KeyError:
+                    raise ODataError(404, "BadRequest_NotFound", "The company does not exist.") from None
+            if action:
+                return self._action(cid, entity_set, rid, action.rsplit(".", 1)[1], method)
+            if rid is not None:
+                return await self._item(request, base, cid, entity_set, rid, method)
+            if method == "GET":
+                with self._lock:
+                    rows = [dict(r) for r in self._store(cid, entity_set).values()]
+                return self._collection(request, base, f"companies({cid})/{entity_set}", rows,
+                                        self.schema.props[ENTITY_SETS[entity_set]], ENTITY_SETS[entity_set])
+            if method == "POST":
+                body = await self._json(request)
+                try:
+                    record = self._create(cid, entity_set, {k: v for k, v in body.items() if k != "id"})
+                except ValueError as e:
+                    raise ODataError(400, "BadRequest_PropertyNotFound", str(e)) from None
+                return self._entity(base, cid, entity_set, record, 201)
+        known = tail.startswith(("/companies", "/subscriptions"))
+        raise ODataError(405 if known else 404, "BadRequest_MethodNotAllowed" if known else "BadRequest_NotFound",
+                         f"'{method} {tail}' is not supported.")
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            raise ODataError(400, "BadRequest", "The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise ODataError(400, "BadRequest", "The request body must be a JSON object.")
+        return body
+
+    def _entity(self, base: str, cid: str, entity_set: str, record: dict[str, Any], status: int = 200) -> Response:
+        body = {"@odata.context": f"{base}/$metadata#companies({cid})/{entity_set}/$entity", **record}
+        return JSONResponse(body, status, {"ETag": record["@odata.etag"]})
+
+    @staticmethod
+    def _check_if_match(request: Request, current_etag: str) -> None:
+        if_match = (request.headers.get("if-match") or "").strip()
+        if not if_match:
+            # UNCONFIRMED: BC's exact status/code when If-Match is missing (docs: "required").
+            raise ODataError(400, "BadRequest_RequiredParamNotProvided",
+                             "Could not save the record because the If-Match header is missing.")
+        if if_match != "*" and if_match != current_etag:
+            raise ODataError(409, "Request_EntityChanged", "Another user has already changed the record.")
+
+    async def _item(self, request: Request, base: str, cid: str, entity_set: str, rid: str, method: str) -> Response:
+        type_name = ENTITY_SETS[entity_set]
+        with self._lock:
+            try:
+                key = self._find_id(cid, entity_set, rid)
+                current = dict(self._store(cid, entity_set)[key])
+            except KeyError:
+                raise ODataError(404, "BadRequest_NotFound",
+                                 f"The {type_name} with id '{rid}' does not exist.") from None
+        if method == "GET":
+            select = request.query_params.get("$select")
+            if select:
+                current = self._select([current], select, self.schema.props[type_name], type_name)[0]
+            return self._entity(base, cid, entity_set, current)
+        if method == "PATCH":
+            body = await self._json(request)
+            spec = self.schema.props[type_name]
+            with self._lock:
+                if key not in self._store(cid, entity_set):
+                    raise ODataError(404, "BadRequest_NotFound", f"The {type_name} with id '{rid}' does not exist.")
+                self._check_if_match(request, self._store(cid, entity_set)[key]["@odata.etag"])
+                for prop, val in body.items():
+                    if prop.startswith("@odata."):
+                        continue
+                    if prop not in spec:
+                        raise ODataError(400, "BadRequest_PropertyNotFound",
+                                         f"Could not find a property named '{prop}' on type 'Microsoft.NAV.{type_name}'.")
+                    if prop in ("id", "lastModifiedDateTime"):
+                        raise ODataError(400, "BadRequest", f"The property '{prop}' is read-only.")
+                    typ = spec[prop]
+                    if typ.startswith("NAV.") and val not in self.schema.enums.get(typ[4:], [val]):
+                        raise ODataError(400, "BadRequest", f"'{val}' is not a valid value for '{prop}'.")
+                changes = {k: v for k, v in body.items() if not k.startswith("@odata.")}
+                record = self._update(cid, entity_set, key, changes)
+            return self._entity(base, cid, entity_set, record)
+        if method == "DELETE":
+            with self._lock:
+                if key not in self._store(cid, entity_set):
+                    raise ODataError(404, "BadRequest_NotFound", f"The {type_name} with id '{rid}' does not exist.")
+                self._check_if_match(request, self._store(cid, entity_set)[key]["@odata.etag"])
+                self._delete(cid, entity_set, key)
+            return Response(status_code=204)
+        raise ODataError(405, "BadRequest_MethodNotAllowed", f"'{method}' is not allowed here.")
+
+    def _action(self, cid: str, entity_set: str, rid: str | None, action: str, method: str) -> Response:
+        if method != "POST" or rid is None or (entity_set, action) != ("purchaseInvoices", "post"):
+            raise ODataError(400 if method == "POST" else 405, "BadRequest_MethodNotAllowed",
+                             f"The action '{action}' is not supported on '{entity_set}'.")
+        with self._lock:
+            try:
+                key = self._find_id(cid, entity_set, rid)
+            except KeyError:
+                raise ODataError(404, "BadRequest_NotFound",
+                                 f"The purchaseInvoice with id '{rid}' does not exist.") from None
+            status = self._store(cid, entity_set)[key]["status"]
+            if status not in POSTABLE:
+                # UNCONFIRMED: BC's code and wording when posting an invoice that is not a draft.
+                raise ODataError(400, "Application_DialogException",
+                                 f"The purchase invoice cannot be posted because its status is '{status}'.")
+            self._update(cid, entity_set, key, {"status": "Open"})
+            self._actions[action] += 1
+        return Response(status_code=204)
+
+    # -- collections and query options ---------------------------------------------------------
+    @staticmethod
+    def _select(rows: list[dict[str, Any]], select: str, props: dict[str, str], type_name: str) -> list[dict]:
+        names = [s.strip() for s in select.split(",") if s.strip()]
+        for n in names:
+            if n not in props:
+                raise ODataError(400, "BadRequest_NotFound",
+                                 f"Could not find a property named '{n}' on type 'Microsoft.NAV.{type_name}'.")
+        return [{**({"@odata.etag": r["@odata.etag"]} if "@odata.etag" in r else {}), **{n: r.get(n) for n in names}}
+                for r in rows]
+
+    def _collection(self, request: Request, base: str, path: str, rows: list[dict[str, Any]],
+                    props: dict[str, str], type_name: str) -> Response:
+        q = request.query_params
+        known = {"$filter", "$select", "$top", "$skip", "$orderby", "$skiptoken", "tenant", "company"}
+        for k in q.keys():
+            if k.startswith("$") and k not in known:
+                raise ODataError(400, "BadRequest", f"The query option '{k}' is not supported.")
+        if q.get("$filter"):
+            pred = FilterParser(q["$filter"], props, type_name).parse()
+            rows = [r for r in rows if pred(r)]
+        if q.get("$orderby"):
+            for part in reversed([p.strip() for p in q["$orderby"].split(",") if p.strip()]):
+                bits = part.split()
+                prop, desc = bits[0], len(bits) > 1 and bits[1].lower() == "desc"
+                if prop not in props:
+                    raise ODataError(400, "BadRequest_NotFound",
+                                     f"Could not find a property named '{prop}' on type 'Microsoft.NAV.{type_name}'.")
+                typ = props[prop]
+                rows.sort(key=lambda r, p=prop, t=typ: (r.get(p) is None,
+                                                        coerce(r.get(p), t) if r.get(p) is not None else 0),
+                          reverse=desc)
+        try:
+            skip = int(q.get("$skip", 0))
+            top = int(q["$top"]) if "$top" in q else None
+            offset = int(q.get("$skiptoken", 0))   # UNCONFIRMED: BC's skiptoken is opaque; an offset here
+        except ValueError:
+            raise ODataError(400, "BadRequest", "Invalid $top, $skip or $skiptoken.") from None
+        rows = rows[skip:]
+        if top is not None:
+            rows = rows[:top]
+        total = len(rows)
+        rows = rows[offset:]
+        pm = re.search(r"odata\.maxpagesize\s*=\s*(\d+)", request.headers.get("prefer", ""))
+        headers: dict[str, str] = {}
+        body: dict[str, Any] = {"@odata.context": f"{base}/$metadata#{path}"}
+        if pm:
+            page_size = max(1, min(int(pm.group(1)), self.max_page_size))
+            headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
+            page = rows[:page_size]
+            if offset + len(page) < total:
+                params = [(k, v) for k, v in q.multi_items() if k != "$skiptoken"]
+                params.append(("$skiptoken", str(offset + len(page))))
+                body["@odata.nextLink"] = f"{str(request.url).split('?', 1)[0]}?{urlencode(params)}"
+        else:
+            if len(rows) > self.max_page_size:
+                raise ODataError(413, "Request_EntityTooLarge",
+                                 f"The response exceeds the maximum page size of {self.max_page_size} entities; "
+                                 "use $top/$skip or Prefer: odata.maxpagesize.")
+            page = rows
+        if q.get("$select"):
+            page = self._select(page, q["$select"], props, type_name)
+        body["value"] = page
+        return JSONResponse(body, 200, headers)
+
+    # -- subscriptions ---------------------------------------------------------------------------
+    async def _handshake(self, notification_url: str) -> bool:
+        token = uuid.uuid4().hex
+        sep = "&" if "?" in notification_url else "?"
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=10.0) as http:
+                r = await http.request(self.handshake_method, f"{notification_url}{sep}validationToken={token}")
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200 and r.text.strip().strip('"') == token
+
+    def _check_resource(self, resource: str) -> str:
+        m = re.match(r"^/?api/v2\.0/companies\(([^)]+)\)/(\w+)$", resource or "")
+        if not m:
+            raise ODataError(400, "BadRequest", f"The resource '{resource}' is not valid for a subscription.")
+        with self._lock:
+            try:
+                cid = self._company_key(m.group(1))
+            except KeyError:
+                raise ODataError(400, "BadRequest_NotFound", "The company in the resource does not exist.") from None
+        if m.group(2) not in WEBHOOK_SETS:
+            # UNCONFIRMED: BC's code/wording; the fact (not webhook-supported) is from §2.3.
+            raise ODataError(400, "BadRequest", f"The resource '{m.group(2)}' does not support webhook subscriptions.")
+        return f"/api/v2.0/companies({cid})/{m.group(2)}"
+
+    async def _create_subscription(self, request: Request, base: str) -> Response:
+        body = await self._json(request)
+        url = body.get("notificationUrl")
+        if not url or not str(url).startswith(("http://", "https://")):
+            raise ODataError(400, "BadRequest_RequiredParamNotProvided", "notificationUrl is required.")
+        resource = self._check_resource(body.get("resource", ""))
+        if not await self._handshake(url):
+            # UNCONFIRMED: BC's code/wording for a failed handshake.
+            raise ODataError(400, "BadRequest", "The notification URL did not answer the validation handshake.")
+        now = self.clock.now()
+        sub = {"subscriptionId": uuid.uuid4().hex, "notificationUrl": url, "resource": resource,
+               "timestamp": self._seq, "userId": SYSTEM_USER, "lastModifiedDateTime": iso(now),
+               "clientState": body.get("clientState", ""), "expirationDateTime": iso(now + SUBSCRIPTION_LIFETIME),
+               "systemCreatedAt": iso(now), "systemCreatedBy": SYSTEM_USER, "systemModifiedAt": iso(now),
+               "systemModifiedBy": SYSTEM_USER}
+        with self._lock:
+            sub["@odata.etag"] = self._new_etag()
+            self._subscriptions[sub["subscriptionId"]] = sub
+            out = dict(sub)
+        return JSONResponse({"@odata.context": f"{base}/$metadata#subscriptions/$entity", **out}, 201,
+                            {"ETag": out["@odata.etag"]})
+
+    async def _subscription_item(self, request: Request, base: str, sid: str, method: str) -> Response:
+        with self._lock:
+            self._expire_subscriptions()
+            sub = self._subscriptions.get(sid)
+            if sub is None:
+                raise ODataError(404, "BadRequest_NotFound", f"The subscription '{sid}' does not exist.")
+            current = dict(sub)
+        ctx = {"@odata.context": f"{base}/$metadata#subscriptions/$entity"}
+        if method == "GET":
+            return JSONResponse({**ctx, **current}, 200, {"ETag": current["@odata.etag"]})
+        if method == "DELETE":
+            with self._lock:
+                self._check_if_match(request, current["@odata.etag"])
+                self._remove_subscription(sid)
+            return Response(status_code=204)
+        if method == "PATCH":
+            self._check_if_match(request, current["@odata.etag"])   # required on renew (§2.3)
+            body = await self._json(request)
+            url = body.get("notificationUrl") or current["notificationUrl"]
+            if "resource" in body and self._check_resource(body["resource"]) != current["resource"]:
+                raise ODataError(400, "BadRequest", "The resource of a subscription cannot be changed.")
+            if not await self._handshake(url):   # the handshake is required on renew too (§2.3)
+                raise ODataError(400, "BadRequest", "The notification URL did not answer the validation handshake.")
+            now = self.clock.now()
+            with self._lock:
+                sub = self._subscriptions.get(sid)
+                if sub is None:
+                    raise ODataError(404, "BadRequest_NotFound", f"The subscription '{sid}' does not exist.")
+                self._check_if_match(request, sub["@odata.etag"])
+                sub.update({"notificationUrl": url, "clientState": body.get("clientState", sub["clientState"]),
+                            "expirationDateTime": iso(now + SUBSCRIPTION_LIFETIME), "lastModifiedDateTime": iso(now),
+                            "systemModifiedAt": iso(now), "@odata.etag": self._new_etag()})
+                out = dict(sub)
+            return JSONResponse({**ctx, **out}, 200, {"ETag": out["@odata.etag"]})
+        raise ODataError(405, "BadRequest_MethodNotAllowed", f"'{method}' is not allowed here.")
+
+    # -- $metadata -------------------------------------------------------------------------------
+    def metadata_xml(self) -> str:
+        """EDMX of exactly what this sandbox implements (property names and types from the spec json)."""
+        types = {"company": "id", "vendor": "id", "purchaseInvoice": "id", "purchaseOrder": "id",
+                 "subscriptions": "subscriptionId"}
+        out = ['<?xml version="1.0" encoding="utf-8"?>',
+               '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">',
+               "<edmx:DataServices>",
+               '<Schema Namespace="Microsoft.NAV" xmlns="http://docs.oasis-open.org/odata/ns/edm">']
+        used_enums = sorted({t[4:] for name in types for t in self.schema.props[name].values() if t.startswith("NAV.")})
+        for enum in used_enums:
+            out.append(f'<EnumType Name="{enum}">')
+            for i, member in enumerate(self.schema.enums.get(enum, [])):
+                out.append(f'<Member Name="{_xml_name(member)}" Value="{i}"/>')
+            out.append("</EnumType>")
+        for name, key in types.items():
+            out.append(f'<EntityType Name="{name}"><Key><PropertyRef Name="{key}"/></Key>')
+            for prop, typ in self.schema.props[name].items():
+                nullable = ' Nullable="false"' if prop == key else ""
+                out.append(f'<Property Name="{prop}" Type="{edm_type(typ)}"{nullable}/>')
+            if name == "company":
+                for entity_set, type_name in ENTITY_SETS.items():
+                    out.append(f'<NavigationProperty Name="{entity_set}" Type="Collection(Microsoft.NAV.{type_name})" '
+                               'ContainsTarget="true"/>')
+            out.append("</EntityType>")
+        out.append('<Action Name="post" IsBound="true"><Parameter Name="bindingParameter" '
+                   'Type="Microsoft.NAV.purchaseInvoice"/></Action>')
+        out.append('<EntityContainer Name="NAV">')
+        out.append('<EntitySet Name="companies" EntityType="Microsoft.NAV.company"/>')
+        out.append('<EntitySet Name="subscriptions" EntityType="Microsoft.NAV.subscriptions"/>')
+        out += ["</EntityContainer>", "</Schema>", "</edmx:DataServices>", "</edmx:Edmx>"]
+        return "\n".join(out)
+
+
+def _xml_name(member: str) -> str:
+    """Enum member names must be identifiers: ' ' -> '_blank_', 'In Review' -> 'In_x0020_Review'."""
+    return member.replace(" ", "_x0020_") if member.strip() else "_blank_"
