@@ -60,14 +60,15 @@ class BusinessCentralResource(dg.ConfigurableResource):
     tenant_id: str
     environment: str
     client_id: str
-    client_secret: str = Field(description="Bind as dg.EnvVar: never a literal")
+    client_secret: str = Field(description="Bind as dg.EnvVar: never a literal", repr=False)
     api_url: str = "https://api.businesscentral.dynamics.com"
     authority_host: str = "https://login.microsoftonline.com"
     scope: str = "https://api.businesscentral.dynamics.com/.default"
     ca_bundle: str | None = Field(default=None, description="Extra CA bundle (PEM) for TLS to the IdP/API")
     web_client_url: str | None = Field(default=None, description="BC web client base, for links back to records")
     notification_url: str | None = Field(default=None, description="Public URL of the receiver's BC endpoint")
-    client_state: str | None = Field(default=None, description="Shared secret BC echoes in notifications (EnvVar)")
+    client_state: str | None = Field(default=None, description="Shared secret BC echoes in notifications (EnvVar)",
+                                     repr=False)
 
     def client(self):
         from connector_pipelines.systems.business_central.client import BusinessCentralClient
@@ -87,7 +88,7 @@ class JiraResource(dg.ConfigurableResource):
     """Jira Cloud REST v3 as an OAuth 2.0 (3LO) app; the rotating refresh token lives in the vault."""
 
     client_id: str
-    client_secret: str = Field(description="Bind as dg.EnvVar: never a literal")
+    client_secret: str = Field(description="Bind as dg.EnvVar: never a literal", repr=False)
     site_url: str = Field(description="The Jira site this deployment writes to, e.g. https://acme.atlassian.net")
     auth_url: str = "https://auth.atlassian.com"
     api_url: str = "https://api.atlassian.com"

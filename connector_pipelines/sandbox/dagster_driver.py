@@ -29,8 +29,10 @@ class DagsterDriver:
 
     def tick(self, sensor_name: str, *, raise_on_error: bool = True) -> TickResult:
         sensor = self.defs.get_sensor_def(sensor_name)
+        resources = {k: v for k, v in (self.defs.resources or {}).items()
+                     if k in (sensor.required_resource_keys or set())}
         with dg.build_sensor_context(instance=self.instance, cursor=self._cursors.get(sensor_name),
-                                     definitions=self.defs, sensor_name=sensor_name) as ctx:
+                                     resources=resources, sensor_name=sensor_name) as ctx:
             data = sensor.evaluate_tick(ctx)
         result = TickResult(cursor=data.cursor)
         if data.cursor is not None:
@@ -57,4 +59,9 @@ class DagsterDriver:
     def current_partition(self, asset_key: list[str], when: datetime | None = None) -> str:
         assets = self.defs.resolve_asset_graph().get(dg.AssetKey(asset_key))
         partitions = assets.partitions_def
-        return partitions.get_last_partition_key(current_time=when or datetime.now(UTC))
+        return partitions.get_partition_key_for_timestamp((when or datetime.now(UTC)).timestamp())
+
+
+def check_evaluations(result: dg.ExecuteInProcessResult) -> list:
+    """The asset check evaluations a run recorded (passed, asset_key, metadata)."""
+    return [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]

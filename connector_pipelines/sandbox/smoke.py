@@ -22,7 +22,7 @@ def run(workdir: Path) -> list[str]:
 
     from connector_pipelines.components.resources import clear_client_cache
     from connector_pipelines.sandbox import scenario as sc
-    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
+    from connector_pipelines.sandbox.dagster_driver import DagsterDriver, check_evaluations
     from connector_pipelines.sandbox.stack import consent, start_stack
 
     problems: list[str] = []
@@ -87,8 +87,7 @@ def run(workdir: Path) -> list[str]:
                 problems.append(f"invoice posted {stack.bc.action_calls('post')} times")
             step("reconciliation checks")
             result = driver.run_job("bc_jira__reconcile_job", raise_on_error=False)
-            checks = [e.event_specific_data.asset_check_evaluation for e in result.all_events
-                      if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+            checks = check_evaluations(result)
             if not checks or not all(c.passed for c in checks):
                 problems.append("reconciliation check failed")
             runs = instance.get_runs()

@@ -73,6 +73,4 @@ class EntraTokenProvider:
                 return  # a sibling thread already replaced it
             self._token = None
             self._expires_at = 0.0
-            if self._app is not None:
-                self._app.token_cache = msal.TokenCache()
-                self._app._token_cache = self._app.token_cache  # noqa: SLF001 - msal keeps both names
+            self._app = None  # a fresh msal app has an empty cache: the next call asks Entra again

@@ -124,7 +124,6 @@ def test_inbox_assets_are_external_and_described(repo, source):
     assert node.partitions_def is None
 
 
-@pytest.mark.xfail(strict=True, reason="defs/inbox/assets.py declares its AssetSpecs without owners (reported)")
 @pytest.mark.parametrize("source", [SOURCE, "jira"])
 def test_inbox_assets_have_an_owner(repo, source):
     assert repo.asset_graph.get(dg.AssetKey(["inbox", source])).owners

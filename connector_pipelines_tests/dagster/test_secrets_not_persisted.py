@@ -197,8 +197,6 @@ def test_reprs_of_vault_credentials_and_bound_resources_hide_secrets(executed):
     assert [(k, s) for k, text in reprs.items() for s in SECRETS if s in text] == []
 
 
-@pytest.mark.xfail(strict=True, reason="components/resources.py: the resolved BusinessCentralResource/JiraResource "
-                                       "repr shows client_secret/client_state (pydantic default repr); reported")
 def test_reprs_of_resolved_resources_hide_secrets(executed):
     _, seen, _, _ = executed
     reprs = {k: seen[k] for k in ("resolved_business_central", "resolved_jira")}

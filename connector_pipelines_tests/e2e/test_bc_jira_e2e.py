@@ -16,6 +16,7 @@ import pytest
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.inbox import Inbox
 from connector_pipelines.core.ledger import Ledger
+from connector_pipelines.sandbox.dagster_driver import check_evaluations
 from connector_pipelines.sandbox.scenario import (
     BC_SENSOR,
     JIRA_SENSOR,
@@ -94,8 +95,7 @@ def test_exceptions_become_one_issue_each_and_done_flows_back(storage, request):
 
     # Reconciliation: every current exception (the stuck PO) has exactly one open issue.
     result = world.driver.run_job("bc_jira__reconcile_job")
-    checks = [e.event_specific_data.asset_check_evaluation for e in result.all_events
-              if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    checks = check_evaluations(result)
     assert checks and all(c.passed for c in checks), [(c.asset_key, c.metadata) for c in checks]
     ledger = Ledger(get_engine(world.database_url))
     assert ledger.counts("bc_jira")["failed"] == 0
