@@ -1,0 +1,403 @@
+"""Business Central sandbox: OData queries and paging, If-Match, the post action, $metadata, and
+subscriptions (handshake, renewal, expiry, delivery outcomes, collection notifications)."""
+
+from __future__ import annotations
+
+import warnings
+import xml.etree.ElementTree as ET
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from connector_pipelines.sandbox.business_central import AUDIENCE, BusinessCentralSandbox
+from connector_pipelines.sandbox.common import SandboxServer, sync_transport
+
+TENANT, ENV = "72f988bf-86f1-41af-91ab-2d7cd011db47", "production"
+BASE = f"http://bc.test/v2.0/{TENANT}/{ENV}/api/v2.0"
+
+
+class StubEntra:
+    def __init__(self) -> None:
+        self.valid = {"good-token"}
+        self.audiences: list[str] = []
+
+    def validate(self, token: str, audience: str) -> dict | None:
+        self.audiences.append(audience)
+        return {"aud": audience} if token in self.valid else None
+
+
+class Receiver:
+    """A tiny notification endpoint: answers the handshake (or not) and records notification bodies."""
+
+    def __init__(self) -> None:
+        self.echo = True
+        self.status = 200
+        self.handshakes = 0
+        self.bodies: list[dict] = []
+
+        async def endpoint(request: Request) -> Response:
+            token = request.query_params.get("validationToken")
+            if token is not None:
+                self.handshakes += 1
+                return PlainTextResponse(token if self.echo else "nope", 200)
+            self.bodies.append(await request.json())
+            return Response(status_code=self.status)
+
+        self.server = SandboxServer(Starlette(routes=[Route("/hook", endpoint, methods=["GET", "POST"])]))
+
+    @property
+    def url(self) -> str:
+        return f"{self.server.base_url}/hook"
+
+    @property
+    def entries(self) -> list[dict]:
+        return [e for b in self.bodies for e in b["value"]]
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    r.server.start()
+    yield r
+    r.server.stop()
+
+
+@pytest.fixture
+def world(receiver):
+    receiver.echo, receiver.status = True, 200
+    receiver.handshakes, receiver.bodies = 0, []
+    entra = StubEntra()
+    bc = BusinessCentralSandbox(entra)
+    bc.register_environment(TENANT, ENV)
+    cid = bc.add_company("CRONUS USA, Inc.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transport = sync_transport(bc.app)
+    http = httpx.Client(transport=transport, base_url=BASE, headers={"Authorization": "Bearer good-token"})
+    yield bc, cid, http, entra
+    http.close()
+
+
+def _subscribe(http, cid, receiver, entity_set="purchaseInvoices"):
+    return http.post("/subscriptions", json={"notificationUrl": receiver.url, "clientState": "s3cret",
+                                              "resource": f"/api/v2.0/companies({cid})/{entity_set}"})
+
+
+# -- auth and routing -------------------------------------------------------------------------------
+def test_bad_token_is_401_with_bc_code_and_audience_is_bc(world):
+    bc, cid, http, entra = world
+    r = http.get("/companies", headers={"Authorization": "Bearer forged"})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "Authentication_InvalidCredentials"
+    assert "CorrelationId" in r.json()["error"]["message"]
+    assert set(entra.audiences) == {AUDIENCE}
+    assert http.get("/companies").json()["value"][0]["id"] == cid
+
+
+def test_static_tokens_and_tenantless_route():
+    bc = BusinessCentralSandbox(None)
+    bc.register_environment(TENANT, ENV)
+    bc.add_token("t1")
+    bc.add_company("X")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        http = httpx.Client(transport=sync_transport(bc.app), base_url="http://bc.test")
+    assert http.get(f"/v2.0/{ENV}/api/v2.0/companies", headers={"Authorization": "Bearer t1"}).status_code == 200
+    assert http.get(f"/v2.0/{ENV}/api/v2.0/companies", headers={"Authorization": "Bearer t2"}).status_code == 401
+    assert http.get("/v2.0/other/api/v2.0/companies", headers={"Authorization": "Bearer t1"}).status_code == 404
+    assert bc.calls_total == 3 and bc.calls[("GET", "/api/v2.0/companies")] == 3
+
+
+# -- records and OData ------------------------------------------------------------------------------
+def test_records_get_all_spec_properties_with_defaults(world):
+    bc, cid, http, _ = world
+    v = bc.add_vendor(cid, displayName="Fabrikam")
+    inv = bc.add_purchase_invoice(cid, vendorId=v["id"])
+    assert v["blocked"] == " " and v["number"] and v["lastModifiedDateTime"].endswith("Z") and v["@odata.etag"]
+    assert inv["status"] == "Draft" and inv["vendorName"] == "Fabrikam" and "payToPostCode" in inv
+    body = http.get(f"/companies({cid})/purchaseInvoices({inv['id']})").json()
+    assert body["@odata.context"].endswith(f"companies({cid})/purchaseInvoices/$entity")
+    assert body["@odata.etag"] == inv["@odata.etag"]
+    with pytest.raises(ValueError):
+        bc.add_vendor(cid, noSuchProperty=1)
+
+
+def test_filter_operators_literals_and_select(world):
+    bc, cid, http, _ = world
+    a = bc.add_vendor(cid, displayName="O'Brien Ltd", blocked="All", balance=10)
+    b = bc.add_vendor(cid, displayName="Contoso", blocked=" ", balance=250.5)
+    c = bc.add_vendor(cid, displayName="Adatum", blocked="Payment", balance=99, taxLiable=True)
+
+    def ids(flt, **extra):
+        r = http.get(f"/companies({cid})/vendors", params={"$filter": flt, **extra})
+        assert r.status_code == 200, r.text
+        return {row["id"] for row in r.json()["value"]}
+
+    assert ids("displayName eq 'O''Brien Ltd'") == {a["id"]}
+    assert ids("blocked ne ' '") == {a["id"], c["id"]}
+    assert ids("balance gt 99") == {b["id"]}
+    assert ids("balance ge 99 and balance lt 250") == {c["id"]}
+    assert ids("(blocked eq 'All' or blocked eq 'Payment') and balance le 10") == {a["id"]}
+    assert ids(f"id eq {b['id']} or id eq {c['id'].upper()}") == {b["id"], c["id"]}
+    assert ids("taxLiable eq true") == {c["id"]}
+    assert ids(f"lastModifiedDateTime ge {a['lastModifiedDateTime']}") == {a["id"], b["id"], c["id"]}
+    assert ids("lastModifiedDateTime lt 2000-01-01T00:00:00Z") == set()
+    r = http.get(f"/companies({cid})/vendors", params={"$select": "id,displayName", "$orderby": "balance desc",
+                                                        "$top": "2"})
+    rows = r.json()["value"]
+    assert [row["id"] for row in rows] == [b["id"], c["id"]]
+    assert set(rows[0]) == {"@odata.etag", "id", "displayName"}
+    r = http.get(f"/companies({cid})/vendors", params={"$orderby": "displayName", "$skip": "1"})
+    assert [row["displayName"] for row in r.json()["value"]] == ["Contoso", "O'Brien Ltd"]
+
+
+def test_unknown_property_and_bad_syntax_are_400(world):
+    bc, cid, http, _ = world
+    for params in ({"$filter": "nosuch eq 1"}, {"$select": "id,nosuch"}, {"$orderby": "nosuch"},
+                   {"$filter": "displayName eq"}, {"$filter": "(balance gt 1"}):
+        r = http.get(f"/companies({cid})/vendors", params=params)
+        assert r.status_code == 400, params
+        assert r.json()["error"]["code"].startswith("BadRequest")
+
+
+def test_paging_with_maxpagesize_follows_nextlink(world):
+    bc, cid, http, _ = world
+    made = [bc.add_purchase_invoice(cid, totalAmountIncludingTax=i)["id"] for i in range(7)]
+    url, params, seen, pages = f"/companies({cid})/purchaseInvoices", {"$filter": "totalAmountIncludingTax ge 1"}, [], 0
+    while url:
+        r = http.get(url, params=params, headers={"Prefer": "odata.maxpagesize=3"})
+        assert r.headers["Preference-Applied"] == "odata.maxpagesize=3"
+        body = r.json()
+        assert len(body["value"]) <= 3
+        seen += [row["id"] for row in body["value"]]
+        url, params = body.get("@odata.nextLink"), None
+        if url:
+            assert url.startswith(BASE) and "$skiptoken" in httpx.URL(url).params
+        pages += 1
+    assert seen == made[1:] and pages == 2
+
+
+def test_over_max_page_size_without_paging_is_413(world):
+    bc, cid, http, _ = world
+    bc.max_page_size = 3
+    for i in range(4):
+        bc.add_vendor(cid)
+    assert http.get(f"/companies({cid})/vendors").status_code == 413
+    assert http.get(f"/companies({cid})/vendors", params={"$top": "3"}).status_code == 200
+    r = http.get(f"/companies({cid})/vendors", headers={"Prefer": "odata.maxpagesize=50"})
+    assert r.status_code == 200 and len(r.json()["value"]) == 3 and "@odata.nextLink" in r.json()
+
+
+def test_patch_if_match_rules(world):
+    bc, cid, http, _ = world
+    v = bc.add_vendor(cid, blocked="All")
+    url = f"/companies({cid})/vendors({v['id']})"
+    r = http.patch(url, json={"blocked": " "})
+    assert r.status_code == 400 and bc.get_record(cid, "vendors", v["id"])["blocked"] == "All"
+    r = http.patch(url, json={"blocked": " "}, headers={"If-Match": v["@odata.etag"]})
+    assert r.status_code == 200 and r.json()["blocked"] == " "
+    assert r.json()["@odata.etag"] != v["@odata.etag"]
+    stale = http.patch(url, json={"blocked": "All"}, headers={"If-Match": v["@odata.etag"]})
+    assert stale.status_code == 409
+    assert stale.json()["error"]["code"] == "Request_EntityChanged"
+    assert stale.json()["error"]["message"].startswith("Another user has already changed the record.")
+    assert http.patch(url, json={"blocked": "All"}, headers={"If-Match": "*"}).status_code == 200
+    assert http.patch(url, json={"nosuch": 1}, headers={"If-Match": "*"}).status_code == 400
+    assert http.patch(url, json={"blocked": "Sometimes"}, headers={"If-Match": "*"}).status_code == 400
+    assert http.get(f"/companies({cid})/vendors(00000000-0000-0000-0000-000000000042)").status_code == 404
+
+
+def test_post_action_only_from_draft_or_in_review(world):
+    bc, cid, http, _ = world
+    draft = bc.add_purchase_invoice(cid, status="Draft")
+    review = bc.add_purchase_invoice(cid, status="In Review")
+    open_ = bc.add_purchase_invoice(cid, status="Open")
+    for inv in (draft, review):
+        r = http.post(f"/companies({cid})/purchaseInvoices({inv['id']})/Microsoft.NAV.post")
+        assert r.status_code == 204 and r.content == b""
+        assert bc.get_record(cid, "purchaseInvoices", inv["id"])["status"] == "Open"
+    again = http.post(f"/companies({cid})/purchaseInvoices({draft['id']})/Microsoft.NAV.post")
+    assert again.status_code == 400 and "CorrelationId" in again.json()["error"]["message"]
+    assert http.post(f"/companies({cid})/purchaseInvoices({open_['id']})/Microsoft.NAV.post").status_code == 400
+    assert bc.action_calls("post") == 2
+    assert bc.calls[("POST", "/api/v2.0/companies({id})/purchaseInvoices({id})/Microsoft.NAV.post")] == 4
+
+
+def test_metadata_describes_exactly_the_implemented_types(world):
+    bc, cid, http, _ = world
+    r = http.get("/$metadata")
+    assert r.status_code == 200 and "xml" in r.headers["content-type"]
+    ns = {"e": "http://docs.oasis-open.org/odata/ns/edm"}
+    root = ET.fromstring(r.text)
+    types = {t.get("Name"): t for t in root.iter("{http://docs.oasis-open.org/odata/ns/edm}EntityType")}
+    assert set(types) == {"company", "vendor", "purchaseInvoice", "purchaseOrder", "subscriptions"}
+    inv = {p.get("Name"): p.get("Type") for p in types["purchaseInvoice"].findall("e:Property", ns)}
+    assert len(inv) == 48
+    assert inv["lastModifiedDateTime"] == "Edm.DateTimeOffset" and inv["id"] == "Edm.Guid"
+    assert inv["status"] == "Microsoft.NAV.invoiceEntityAggregateStatus" and inv["invoiceDate"] == "Edm.Date"
+    assert "post" in {a.get("Name") for a in root.iter("{http://docs.oasis-open.org/odata/ns/edm}Action")}
+
+
+# -- faults -----------------------------------------------------------------------------------------
+def test_429_has_no_retry_after_by_default_and_503_has_one(world):
+    bc, cid, http, _ = world
+    bc.faults.rate_limit_next = 1
+    r = http.get("/companies")
+    assert r.status_code == 429 and "retry-after" not in r.headers
+    bc.faults.retry_after, bc.faults.rate_limit_next = "2", 1
+    assert http.get("/companies").headers["retry-after"] == "2"
+    bc.faults.retry_after, bc.faults.server_error_next = None, 1
+    r = http.get("/companies")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+# -- subscriptions ----------------------------------------------------------------------------------
+def test_subscription_needs_a_successful_handshake(world, receiver):
+    bc, cid, http, _ = world
+    receiver.echo = False
+    r = _subscribe(http, cid, receiver)
+    assert r.status_code == 400 and bc.subscriptions() == [] and receiver.handshakes == 1
+    receiver.echo = True
+    r = _subscribe(http, cid, receiver)
+    assert r.status_code == 201, r.text
+    sub = r.json()
+    assert sub["resource"] == f"/api/v2.0/companies({cid})/purchaseInvoices" and sub["clientState"] == "s3cret"
+    assert [s["subscriptionId"] for s in http.get("/subscriptions").json()["value"]] == [sub["subscriptionId"]]
+    assert _subscribe(http, cid, receiver, "purchaseOrders").status_code == 400   # not webhook-supported
+    unreachable = http.post("/subscriptions", json={"notificationUrl": "http://127.0.0.1:9/none",
+                                                    "resource": f"/api/v2.0/companies({cid})/vendors"})
+    assert unreachable.status_code == 400 and len(bc.subscriptions()) == 1
+
+
+def test_renew_needs_if_match_and_handshake_and_extends_three_days(world, receiver):
+    bc, cid, http, _ = world
+    sub = _subscribe(http, cid, receiver).json()
+    url = f"/subscriptions('{sub['subscriptionId']}')"
+    assert http.patch(url, json={}).status_code == 400
+    bc.clock.advance(days=2)
+    receiver.echo = False
+    assert http.patch(url, json={}, headers={"If-Match": sub["@odata.etag"]}).status_code == 400
+    receiver.echo = True
+    r = http.patch(url, json={}, headers={"If-Match": sub["@odata.etag"]})
+    assert r.status_code == 200
+    renewed = r.json()
+    from connector_pipelines.sandbox.business_central import parse_dt
+    left = parse_dt(renewed["expirationDateTime"]) - bc.clock.now()
+    assert 3 * 86400 - 60 < left.total_seconds() <= 3 * 86400
+    assert http.patch(url, json={}, headers={"If-Match": sub["@odata.etag"]}).status_code == 409
+    assert http.delete(url).status_code == 400
+    assert http.delete(url, headers={"If-Match": renewed["@odata.etag"]}).status_code == 204
+    assert bc.subscriptions() == []
+
+
+def test_subscriptions_expire_after_three_days(world, receiver):
+    bc, cid, http, _ = world
+    _subscribe(http, cid, receiver)
+    bc.clock.advance(days=2, hours=23)
+    assert len(bc.subscriptions()) == 1
+    bc.clock.advance(hours=2)
+    bc.add_purchase_invoice(cid)
+    assert bc.deliver_notifications()["delivered"] == 0
+    assert receiver.bodies == [] and bc.subscriptions() == []
+    assert http.get("/subscriptions").json()["value"] == []
+
+
+def test_notifications_carry_bc_fields_and_only_the_subscribed_set(world, receiver):
+    bc, cid, http, _ = world
+    sub = _subscribe(http, cid, receiver).json()
+    inv = bc.add_purchase_invoice(cid, status="Draft")
+    bc.add_vendor(cid)   # nobody subscribed to vendors
+    bc.add_purchase_order(cid)
+    bc.update_record(cid, "purchaseInvoices", inv["id"], status="In Review")
+    summary = bc.deliver_notifications()
+    assert summary["delivered"] == 2 and summary["posts"] == 1
+    entries = receiver.entries
+    assert [e["changeType"] for e in entries] == ["created", "updated"]
+    e = entries[0]
+    assert set(e) == {"subscriptionId", "clientState", "expirationDateTime", "resource", "changeType",
+                      "lastModifiedDateTime"}
+    assert e["subscriptionId"] == sub["subscriptionId"] and e["clientState"] == "s3cret"
+    assert e["resource"] == f"/api/v2.0/companies({cid})/purchaseInvoices({inv['id']})"
+    assert bc.deliver_notifications()["posts"] == 0   # nothing left
+
+
+def test_batches_hold_at_most_100_entries_and_duplicates_and_redelivery(world, receiver):
+    bc, cid, http, _ = world
+    _subscribe(http, cid, receiver)
+    for _ in range(150):
+        bc.add_purchase_invoice(cid)
+    assert bc.deliver_notifications()["posts"] == 2
+    assert [len(b["value"]) for b in receiver.bodies] == [100, 50]
+    bc.redeliver_last()
+    assert receiver.bodies[2:] == receiver.bodies[:2]
+    receiver.bodies = []
+    bc.duplicate_notifications = True
+    bc.add_purchase_invoice(cid)
+    bc.deliver_notifications()
+    assert len(receiver.bodies) == 2 and receiver.bodies[0] == receiver.bodies[1]
+
+
+def test_a_400_reply_deletes_the_subscription(world, receiver):
+    bc, cid, http, _ = world
+    _subscribe(http, cid, receiver)
+    bc.add_purchase_invoice(cid)
+    receiver.status = 400
+    summary = bc.deliver_notifications()
+    assert summary["delivered"] == 0 and len(summary["deleted_subscriptions"]) == 1
+    assert bc.subscriptions() == [] and bc.pending_notifications() == 0
+
+
+def test_a_503_reply_is_retried_until_36_hours(world, receiver):
+    bc, cid, http, _ = world
+    _subscribe(http, cid, receiver, "vendors")
+    v = bc.add_vendor(cid)
+    receiver.status = 503
+    assert bc.deliver_notifications()["failed"] == 1
+    assert len(bc.subscriptions()) == 1 and bc.pending_notifications() == 1
+    receiver.status = 200
+    receiver.bodies = []
+    assert bc.deliver_notifications()["delivered"] == 1
+    assert receiver.entries[0]["resource"].endswith(f"/vendors({v['id']})")
+    # a change that keeps failing is given up after 36 hours
+    receiver.status = 429
+    bc.add_vendor(cid)
+    bc.deliver_notifications()
+    sub = bc.subscriptions()[0]
+    http.patch(f"/subscriptions('{sub['subscriptionId']}')", json={}, headers={"If-Match": "*"})  # keep it alive
+    bc.clock.advance(hours=37)
+    http.patch(f"/subscriptions('{sub['subscriptionId']}')", json={}, headers={"If-Match": "*"})
+    receiver.status, receiver.bodies = 200, []
+    assert bc.deliver_notifications()["delivered"] == 0 and receiver.bodies == []
+
+
+def test_more_changes_than_the_threshold_become_one_collection_entry(world, receiver):
+    bc, cid, http, _ = world
+    bc.collection_threshold = 5
+    _subscribe(http, cid, receiver)
+    made = [bc.add_purchase_invoice(cid) for _ in range(6)]
+    bc.deliver_notifications()
+    assert len(receiver.entries) == 1
+    entry = receiver.entries[0]
+    assert entry["changeType"] == "collection"
+    prefix = f"/api/v2.0/companies({cid})/purchaseInvoices?$filter=lastModifiedDateTime gt "
+    assert entry["resource"].startswith(prefix)
+    # the filter, sent back to the API, covers every changed record
+    flt = entry["resource"].split("?$filter=", 1)[1]
+    rows = http.get(f"/companies({cid})/purchaseInvoices", params={"$filter": flt}).json()["value"]
+    assert {r["id"] for r in made} <= {r["id"] for r in rows}
+
+
+def test_drop_notifications_and_drop_pending(world, receiver):
+    bc, cid, http, _ = world
+    _subscribe(http, cid, receiver)
+    bc.add_purchase_invoice(cid)
+    assert bc.drop_pending_notifications() == 1
+    bc.drop_notifications = True
+    bc.add_purchase_invoice(cid)
+    bc.deliver_notifications()
+    bc.drop_notifications = False
+    assert bc.deliver_notifications()["posts"] == 0 and receiver.bodies == []
