@@ -13,6 +13,7 @@ Choices not backed by BC docs are marked UNCONFIRMED; keep them configurable or 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import uuid
@@ -32,6 +33,7 @@ from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxC
 from connector_pipelines.sandbox.specs import load_json_spec
 
 AUDIENCE = "https://api.businesscentral.dynamics.com"
+log = logging.getLogger(__name__)
 SPEC_FILE = "bc-api-v2.0-resources.from-docs.json"
 SUBSCRIPTION_LIFETIME = timedelta(days=3)
 RETRY_WINDOW = timedelta(hours=36)
@@ -177,6 +179,14 @@ def coerce(value: Any, typ: str) -> Any:
     return value if isinstance(value, str) else str(value)
 
 
+def _either(a, b):
+    return lambda r: a(r) or b(r)
+
+
+def _both(a, b):
+    return lambda r: a(r) and b(r)
+
+
 class FilterParser:
     """Recursive descent: or > and > not > comparison | ( expr ). Returns a predicate on records."""
 
@@ -208,7 +218,7 @@ class FilterParser:
         while self._peek() == ("op", "or"):
             self.i += 1
             right = self._and()
-            left = (lambda a, b: lambda r: a(r) or b(r))(left, right)
+            left = _either(left, right)
         return left
 
     def _and(self):
@@ -216,7 +226,7 @@ class FilterParser:
         while self._peek() == ("op", "and"):
             self.i += 1
             right = self._unary()
-            left = (lambda a, b: lambda r: a(r) and b(r))(left, right)
+            left = _both(left, right)
         return left
 
     def _unary(self):
@@ -571,8 +581,8 @@ class BusinessCentralSandbox:
             while not stop.wait(interval_s):
                 try:
                     self.deliver_notifications()
-                except Exception:   # noqa: BLE001 - a background pump must not die
-                    pass
+                except Exception:   # a background pump must not die
+                    log.exception("BC sandbox: notification delivery failed")
 
         self._auto_stop = stop
         self._auto_thread = threading.Thread(target=loop, name="bc-sandbox-delivery", daemon=True)
@@ -792,7 +802,7 @@ class BusinessCentralSandbox:
                     props: dict[str, str], type_name: str) -> Response:
         q = request.query_params
         known = {"$filter", "$select", "$top", "$skip", "$orderby", "$skiptoken", "tenant", "company"}
-        for k in q.keys():
+        for k in q:
             if k.startswith("$") and k not in known:
                 raise ODataError(400, "BadRequest", f"The query option '{k}' is not supported.")
         if q.get("$filter"):

@@ -89,7 +89,7 @@ def _subscribe(http, cid, receiver, entity_set="purchaseInvoices"):
 
 # -- auth and routing -------------------------------------------------------------------------------
 def test_bad_token_is_401_with_bc_code_and_audience_is_bc(world):
-    bc, cid, http, entra = world
+    _bc, cid, http, entra = world
     r = http.get("/companies", headers={"Authorization": "Bearer forged"})
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "Authentication_InvalidCredentials"
@@ -156,7 +156,7 @@ def test_filter_operators_literals_and_select(world):
 
 
 def test_unknown_property_and_bad_syntax_are_400(world):
-    bc, cid, http, _ = world
+    _bc, cid, http, _ = world
     for params in ({"$filter": "nosuch eq 1"}, {"$select": "id,nosuch"}, {"$orderby": "nosuch"},
                    {"$filter": "displayName eq"}, {"$filter": "(balance gt 1"}):
         r = http.get(f"/companies({cid})/vendors", params=params)
@@ -228,7 +228,7 @@ def test_post_action_only_from_draft_or_in_review(world):
 
 
 def test_metadata_describes_exactly_the_implemented_types(world):
-    bc, cid, http, _ = world
+    _bc, _cid, http, _ = world
     r = http.get("/$metadata")
     assert r.status_code == 200 and "xml" in r.headers["content-type"]
     ns = {"e": "http://docs.oasis-open.org/odata/ns/edm"}
@@ -244,7 +244,7 @@ def test_metadata_describes_exactly_the_implemented_types(world):
 
 # -- faults -----------------------------------------------------------------------------------------
 def test_429_has_no_retry_after_by_default_and_503_has_one(world):
-    bc, cid, http, _ = world
+    bc, _cid, http, _ = world
     bc.faults.rate_limit_next = 1
     r = http.get("/companies")
     assert r.status_code == 429 and "retry-after" not in r.headers

@@ -71,7 +71,7 @@ def world():
 
 
 def test_companies_and_company_id(world):
-    bc, cid, client, _ = world
+    _bc, cid, client, _ = world
     assert client.company_id("CRONUS USA, Inc.") == cid
     with pytest.raises(LookupError):
         client.company_id("Nope Inc.")
