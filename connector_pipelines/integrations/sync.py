@@ -100,7 +100,7 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, jira: J
                 missing.append(key)
     prefix = source.external_id(entity, "")
     jql = (f'project = "{integration.target.project_key}" AND statusCategory != "{done_cat}" '
-           f'AND {external_id_field.clause_names[0]} is not EMPTY')
+           f'AND {external_id_field.jql_clause} is not EMPTY')
     orphaned, open_count = {}, 0
     for issue in jira.search_jql(jql, ["status", external_id_field.id]):
         ext = (issue.get("fields") or {}).get(external_id_field.id) or ""
