@@ -1,0 +1,191 @@
+"""ResolutionProcessor: a Jira issue moved to Done acts back on the source record exactly once.
+
+Events are the sandbox's own webhook payloads (a dynamic webhook is registered, the people act in Jira).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector_pipelines.core import adf
+from connector_pipelines.core.http import ApiError
+from connector_pipelines.core.ledger import DONE, FAILED, QUARANTINED
+from connector_pipelines.integrations.resolution import ResolutionProcessor, done_transition, resolve_key
+from connector_pipelines.integrations.sources.base import ResolutionOutcome
+from connector_pipelines_tests.integrations.test_jira_writer import CLOUD, COMMENT, Harness, make_harness
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    for harness in make_harness(tmp_path):
+        harness.jira.register_webhook("https://receiver.example/jira", ["jira:issue_updated", "comment_created"],
+                                      "project = FIN")
+        yield harness
+
+
+def events_of(h: Harness, action: Callable[[], Any]) -> list[dict[str, Any]]:
+    """The webhook payloads Jira queues while ``action`` runs."""
+    before = len(h.sandbox.pending_deliveries)
+    action()
+    return [json.loads(d.body) for d in h.sandbox.pending_deliveries[before:]]
+
+
+def opened(h: Harness, *ids: str) -> dict[str, str]:
+    """Open one issue per vendor through the writer: record id -> issue key."""
+    entity = h.entity()
+    for rid in ids:
+        h.vendor(rid)
+    h.writer().upsert(entity, h.source.all(entity))
+    return {rid: h.ledger.get("bc_jira", f"fake:vendors:{rid}").target_key for rid in ids}
+
+
+def done(h: Harness, key: str) -> list[dict[str, Any]]:
+    return events_of(h, lambda: h.sandbox.transition_as_user(CLOUD, key, "Done", "acc-person"))
+
+
+def processor(h: Harness, run_id: str = "run-r") -> ResolutionProcessor:
+    return ResolutionProcessor(h.integration, h.source, h.jira, h.ledger, run_id)
+
+
+def comments(h: Harness, key: str) -> list[str]:
+    return [adf.plain_text(c.body) for c in h.sandbox.sites[CLOUD].issue(key).comments]
+
+
+def test_a_done_transition_resolves_the_source_once_and_comments_the_outcome(h: Harness):
+    keys = opened(h, "1", "2")
+    events = done(h, keys["1"])
+    assert len(events) == 1 and done_transition(events[0])
+
+    report = processor(h).process(events)
+
+    assert h.source.resolved == [("blocked_vendors", "1")]
+    assert report.acted == 1 and report.failed == 0 and report.ignored == 0
+    assert report.outcomes == {keys["1"]: "1 fixed at the source"}
+    [comment] = comments(h, keys["1"])
+    assert "1 fixed at the source" in comment
+    assert comments(h, keys["2"]) == []
+    row = h.ledger.get("bc_jira", resolve_key("fake:vendors:1"))
+    assert row.state == DONE and row.target_key == keys["1"] and row.action == "unblock_vendor"
+    assert row.context["outcome"] == "acted" and row.run_id == "run-r"
+    # the issue row is untouched
+    assert h.ledger.get("bc_jira", "fake:vendors:1").action == "issue"
+
+
+def test_the_same_done_event_twice_resolves_once(h: Harness):
+    keys = opened(h, "1")
+    events = done(h, keys["1"])
+
+    first = processor(h).process(events + events)  # re-delivered within one batch
+    second = processor(h, "run-r2").process(events)  # and again in a later run
+
+    assert h.source.resolved == [("blocked_vendors", "1")]
+    assert first.acted == 1 and first.repeated == 1
+    assert second.acted == 0 and second.repeated == 1
+    assert len(comments(h, keys["1"])) == 1
+    assert h.ledger.get("bc_jira", resolve_key("fake:vendors:1")).run_id == "run-r"
+
+
+def test_reopened_and_done_again_does_not_act_twice(h: Harness):
+    keys = opened(h, "1")
+    processor(h).process(done(h, keys["1"]))
+    events_of(h, lambda: h.sandbox.transition_as_user(CLOUD, keys["1"], "In Progress"))
+    report = processor(h).process(done(h, keys["1"]))
+    assert h.source.resolved == [("blocked_vendors", "1")]
+    assert report.repeated == 1
+
+
+def test_an_event_for_an_issue_the_integration_did_not_open_is_ignored(h: Harness):
+    opened(h, "1")
+    theirs = h.create_as_user("fake:vendors:99", "someone else's issue")
+    report = processor(h).process(done(h, theirs["key"]))
+    assert h.source.resolved == []
+    assert report.ignored == 1 and report.acted == 0
+    assert comments(h, theirs["key"]) == []
+
+
+def test_non_status_updates_comments_and_other_transitions_are_ignored(h: Harness):
+    key = opened(h, "1")["1"]
+    to_progress = events_of(h, lambda: h.sandbox.transition_as_user(CLOUD, key, "In Progress"))
+    commented = events_of(h, lambda: h.sandbox.comment_as_user(CLOUD, key, "looking at it"))
+    done(h, key)  # the Done event itself is never processed here
+    # once the issue is Done, every later event carries a done status: only a status change may count
+    edited = events_of(h, lambda: h.jira.edit_issue(key, {"summary": "edited while Done"}))
+    commented_done = events_of(h, lambda: h.sandbox.comment_as_user(CLOUD, key, "still here"))
+    events = to_progress + commented + edited + commented_done
+    assert [e["webhookEvent"] for e in events] == [
+        "jira:issue_updated", "comment_created", "jira:issue_updated", "comment_created"]
+    assert edited[0]["issue"]["fields"]["status"]["statusCategory"]["key"] == "done"
+    assert commented_done[0]["issue"]["fields"]["status"]["statusCategory"]["key"] == "done"
+
+    report = processor(h).process(events)
+
+    assert h.source.resolved == []
+    assert report.ignored == 4 and report.acted == 0
+    assert h.ledger.get("bc_jira", resolve_key("fake:vendors:1")) is None
+
+
+def test_a_not_applicable_outcome_is_quarantined_with_the_message(h: Harness):
+    keys = opened(h, "1")
+    h.source.outcomes["1"] = ResolutionOutcome("not_applicable", "Vendor V1 no longer exists in the ERP")
+
+    report = processor(h).process(done(h, keys["1"]))
+
+    assert report.not_applicable == 1 and report.acted == 0
+    row = h.ledger.get("bc_jira", resolve_key("fake:vendors:1"))
+    assert row.state == QUARANTINED
+    assert row.last_error == "Vendor V1 no longer exists in the ERP"
+    assert row.context["outcome"] == "not_applicable"
+    assert any("no longer exists" in c for c in comments(h, keys["1"]))
+
+
+def test_an_already_outcome_is_done_and_commented(h: Harness):
+    keys = opened(h, "1")
+    h.source.outcomes["1"] = ResolutionOutcome("already", "Vendor V1 is not blocked; nothing to do")
+    report = processor(h).process(done(h, keys["1"]))
+    assert report.already == 1
+    assert h.ledger.get("bc_jira", resolve_key("fake:vendors:1")).state == DONE
+    assert any("nothing to do" in c for c in comments(h, keys["1"]))
+
+
+def test_an_api_error_from_resolve_marks_failed_and_a_rerun_retries_it(h: Harness):
+    keys = opened(h, "1")
+    events = done(h, keys["1"])
+    h.source.outcomes["1"] = ApiError("fake", "PATCH", "/vendors(1)", 503, {"error": "ERP is down"})
+    h.reset_calls()
+
+    report = processor(h).process(events)
+
+    assert report.failed == 1 and report.acted == 0
+    assert "unblock_vendor failed" in report.failures[keys["1"]]
+    row = h.ledger.get("bc_jira", resolve_key("fake:vendors:1"))
+    assert row.state == FAILED and "503" in row.last_error
+    assert comments(h, keys["1"]) == [] and h.calls(COMMENT) == 0
+
+    del h.source.outcomes["1"]
+    again = processor(h, "run-retry").process(events)
+
+    assert again.acted == 1
+    assert h.source.resolved == [("blocked_vendors", "1"), ("blocked_vendors", "1")]
+    row = h.ledger.get("bc_jira", resolve_key("fake:vendors:1"))
+    assert row.state == DONE and row.last_error is None and row.run_id == "run-retry"
+    assert len(comments(h, keys["1"])) == 1
+
+
+def test_a_failed_comment_does_not_undo_or_repeat_the_resolution(h: Harness, monkeypatch):
+    keys = opened(h, "1")
+    events = done(h, keys["1"])
+
+    def refuse(key, body):
+        raise ApiError("jira", "POST", f"/issue/{key}/comment", 403, {"errorMessages": ["no"]})
+
+    monkeypatch.setattr(h.jira, "add_comment", refuse)
+    report = processor(h).process(events)
+    assert report.acted == 1
+    assert h.ledger.get("bc_jira", resolve_key("fake:vendors:1")).state == DONE
+    processor(h).process(events)
+    assert h.source.resolved == [("blocked_vendors", "1")]
