@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
-# Never let the machine's CA-bundle variables or a developer's settings leak into a test.
+# Never let a developer's CONNECTOR_* settings leak into a test.
 for _var in list(os.environ):
     if _var.startswith("CONNECTOR_"):
         os.environ.pop(_var)
@@ -71,6 +71,7 @@ def _world(tmp_path: Path, monkeypatch, storage: str, pg_name: str | None) -> It
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     if storage == "postgres":
         database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_name}"
+        monkeypatch.setenv("CONNECTOR_INBOX_SETTLE_S", "0.3")
         overrides = {"storage": {"postgres": {"postgres_db": {
             "scheme": "postgresql+psycopg2", "hostname": "127.0.0.1", "port": 5432, "db_name": pg_name,
             "username": "postgres", "password": ""}}}}
@@ -85,7 +86,8 @@ def _world(tmp_path: Path, monkeypatch, storage: str, pg_name: str | None) -> It
         clear_client_cache()
         with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as instance:
             defs = load_defs()
-            yield World(stack, DagsterDriver(defs, instance), defs, instance, database_url)
+            settle = 0.35 if storage == "postgres" else 0.0
+            yield World(stack, DagsterDriver(defs, instance, settle_s=settle), defs, instance, database_url)
     finally:
         clear_client_cache()
         stack.stop()

@@ -356,6 +356,20 @@ def _project_filter(project_key: str):
     return belongs
 
 
+def inbox_settle_seconds(dialect: str) -> float:
+    """How long a new inbox row waits before a sensor takes it (CONNECTOR_INBOX_SETTLE_S).
+
+    SQLite serialises writers, so ids become visible in order: 0. On PostgreSQL a sequence value is
+    taken before a (slower) concurrent commit; 2 s lets such a row appear before the cursor passes it.
+    """
+    import os
+
+    configured = os.environ.get("CONNECTOR_INBOX_SETTLE_S")
+    if configured:
+        return float(configured)
+    return 0.0 if dialect == "sqlite" else 2.0
+
+
 def build_inbox_sensor(name: str, source: str, job: dg.JobDefinition, op_name: str, tags: dict[str, str], *,
                        description: str, row_filter=None, batch_size: int = 500, max_runs_per_tick: int = 4,
                        interval_s: int = 5) -> dg.SensorDefinition:
@@ -370,7 +384,7 @@ def build_inbox_sensor(name: str, source: str, job: dg.JobDefinition, op_name: s
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         store = context.resources.connector_store
         inbox = store.inbox()
-        settle = 0.0 if store.engine().dialect.name == "sqlite" else 2.0
+        settle = inbox_settle_seconds(store.engine().dialect.name)
         cursor = int(context.cursor or 0)
         run_requests = []
         for _ in range(max_runs_per_tick):

@@ -7,6 +7,7 @@ and config — so run history, run keys and cursors are Dagster's own, only the 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,12 +23,15 @@ class TickResult:
 
 
 class DagsterDriver:
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, settle_s: float = 0.0) -> None:
         self.defs = defs
         self.instance = instance
         self._cursors: dict[str, str | None] = {}
+        self.settle_s = settle_s
 
     def tick(self, sensor_name: str, *, raise_on_error: bool = True) -> TickResult:
+        if self.settle_s:  # let just-received inbox rows age past the sensor's settle window
+            time.sleep(self.settle_s)
         sensor = self.defs.get_sensor_def(sensor_name)
         resources = {k: v for k, v in (self.defs.resources or {}).items()
                      if k in (sensor.required_resource_keys or set())}
