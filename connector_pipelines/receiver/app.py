@@ -2,20 +2,23 @@
 
 Answers (DESIGN.md §3, ANCHORS.md §3.5):
 - 2xx once stored (a re-delivery that the inbox already holds is also 2xx);
-- 503 + Retry-After when it cannot store (BC and Jira retry, and BC keeps the subscription);
+- 503 + Retry-After when it cannot store, or cannot verify because its own secret is missing for BC
+  (BC and Jira retry; BC deletes a subscription on any answer other than 408/429/5xx);
 - 4xx only for a forgery (401), a malformed body (400) or an oversized one (413) — counted in
   ``cp_inbox_rejections`` and never stored as work.
-Adding a source (D365 business events, Monday, Acumatica) = one ``Source`` with its verifier and
-dedupe keys, registered in ``create_app``.
+
+Adding a source (D365 business events, Monday, Acumatica) = one ``Source``: a ``verify(request,
+raw_body) -> Verified | Rejection`` and a ``dedupe_keys(verified) -> [(key, payload)]``, appended to
+``sources()``; the generic endpoint does the size limit, rejections, storage and answers.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,36 +28,67 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from connector_pipelines.core.inbox import Inbox
-from connector_pipelines.receiver.verify import same_secret, valid_app_jwt, valid_hub_signature
+from connector_pipelines.receiver.verify import (
+    MalformedJSON,
+    parse_json,
+    same_secret,
+    valid_app_jwt,
+    valid_hub_signature,
+)
 
 log = logging.getLogger("connector_pipelines.receiver")
 
+BC_SOURCE = "business_central"
+BC_PATH = "/webhooks/business-central"
+JIRA_SOURCE = "jira"
+JIRA_PATH = "/webhooks/jira"
+
 MAX_VALIDATION_TOKEN = 1024
+MAX_DEDUPE_KEY = 512          # cp_inbox.dedupe_key is String(512)
+RETRY_AFTER_S = "30"
 
 
 @dataclass(frozen=True)
 class ReceiverSettings:
-    bc_client_state: str | None = None
-    jira_app_client_secret: str | None = None
-    jira_admin_webhook_secret: str | None = None
+    bc_client_state: str | None = None            # shared secret echoed by BC in every notification
+    jira_app_client_secret: str | None = None     # verifies dynamic (OAuth-app) webhook JWTs
+    jira_admin_webhook_secret: str | None = None  # verifies admin webhooks' X-Hub-Signature
     max_body_bytes: int = 1_000_000
 
     @classmethod
     def from_env(cls) -> ReceiverSettings:
-        return cls(bc_client_state=os.environ.get("CONNECTOR_BC_CLIENT_STATE"),
-                   jira_app_client_secret=os.environ.get("CONNECTOR_JIRA_CLIENT_SECRET"),
-                   jira_admin_webhook_secret=os.environ.get("CONNECTOR_JIRA_WEBHOOK_SECRET"),
-                   max_body_bytes=int(os.environ.get("CONNECTOR_RECEIVER_MAX_BODY_BYTES", "1000000")))
+        """CONNECTOR_BC_CLIENT_STATE, CONNECTOR_JIRA_CLIENT_SECRET, CONNECTOR_JIRA_WEBHOOK_SECRET
+        (an empty value counts as unset) and optionally CONNECTOR_RECEIVER_MAX_BODY_BYTES."""
+        return cls(bc_client_state=os.environ.get("CONNECTOR_BC_CLIENT_STATE") or None,
+                   jira_app_client_secret=os.environ.get("CONNECTOR_JIRA_CLIENT_SECRET") or None,
+                   jira_admin_webhook_secret=os.environ.get("CONNECTOR_JIRA_WEBHOOK_SECRET") or None,
+                   max_body_bytes=int(os.environ.get("CONNECTOR_RECEIVER_MAX_BODY_BYTES") or 1_000_000))
 
-    def __repr__(self) -> str:  # never print the secrets
-        return f"ReceiverSettings(max_body_bytes={self.max_body_bytes})"
+    def __repr__(self) -> str:  # never print the secrets, only whether they are set
+        return (f"ReceiverSettings(bc_client_state={'set' if self.bc_client_state else None}, "
+                f"jira_app_client_secret={'set' if self.jira_app_client_secret else None}, "
+                f"jira_admin_webhook_secret={'set' if self.jira_admin_webhook_secret else None}, "
+                f"max_body_bytes={self.max_body_bytes})")
 
 
-class Rejection(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-        super().__init__(reason)
+@dataclass(frozen=True)
+class Rejection:
+    """A refused call: its HTTP status and a short category (never a secret or body content)."""
+
+    status: int
+    reason: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A call whose sender is proven: the parsed body plus facts the source took from the headers."""
+
+    body: Any
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+Items = list[tuple[str, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -63,121 +97,189 @@ class Source:
 
     name: str
     path: str
-    # (request headers, raw body, parsed JSON) -> list of (dedupe key, payload) to store; raises Rejection
-    accept: Callable[[Any, bytes, Any], list[tuple[str, dict[str, Any]]]]
-    handshake: Callable[[Request], Response | None] | None = None
+    verify: Callable[[Request, bytes], Verified | Rejection]
+    dedupe_keys: Callable[[Verified], Items]
+    # Answers a call before the body is read (e.g. BC's validationToken echo); None = not a handshake.
+    handshake: Callable[[Request], Response | Rejection | None] | None = None
+    methods: tuple[str, ...] = ("POST",)
 
 
-# -- Business Central -------------------------------------------------------------------------------
-def bc_handshake(request: Request) -> Response | None:
-    """BC's validation handshake: echo ``validationToken`` as plain text with 200."""
+# -- Business Central (API-FACTS §2.3) ---------------------------------------------------------------
+def bc_handshake(request: Request) -> Response | Rejection | None:
+    """Validation handshake on create and renew: echo ``validationToken`` verbatim, 200, plain text."""
     token = request.query_params.get("validationToken")
     if token is None:
         return None
     if len(token) > MAX_VALIDATION_TOKEN:
-        raise Rejection(400, "validation_token_too_long")
-    return PlainTextResponse(token, 200)
+        return Rejection(400, "validation_token_too_long")
+    return PlainTextResponse(token, 200, headers={"X-Content-Type-Options": "nosniff"})
 
 
-def bc_accept(settings: ReceiverSettings):
-    def accept(_headers: Any, _raw: bytes, body: Any) -> list[tuple[str, dict[str, Any]]]:
+def bc_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified | Rejection]:
+    def verify(_request: Request, raw: bytes) -> Verified | Rejection:
+        if not settings.bc_client_state:
+            # Not a forgery but our own misconfiguration: a 4xx would make BC delete the subscription,
+            # a 503 keeps it (and its 36 h of retries) until the secret is configured.
+            return Rejection(503, "not_configured", {"Retry-After": RETRY_AFTER_S})
+        try:
+            body = parse_json(raw)
+        except MalformedJSON:
+            return Rejection(400, "malformed_body")
         entries = body.get("value") if isinstance(body, dict) else None
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-            raise Rejection(400, "malformed_body")
-        if not all(same_secret(e.get("clientState"), settings.bc_client_state) for e in entries):
-            raise Rejection(401, "bad_client_state")
-        out = []
+            return Rejection(400, "malformed_body")
+        # Every entry must carry the secret (one POST can batch several subscriptions): one forged
+        # entry refuses the whole call, and nothing of it is stored. Every entry is compared (no early
+        # exit), so the answer's timing does not tell which entry failed.
+        matches = [same_secret(e.get("clientState"), settings.bc_client_state) for e in entries]
+        if not all(matches):
+            return Rejection(401, "bad_client_state")
         for e in entries:
-            if not e.get("subscriptionId") or not e.get("resource"):
-                raise Rejection(400, "malformed_body")
-            key = f"{e['subscriptionId']}|{e['resource']}|{e.get('lastModifiedDateTime', '')}|{e.get('changeType', '')}"
-            out.append((key, {k: v for k, v in e.items() if k != "clientState"}))
-        return out
+            if not isinstance(e.get("subscriptionId"), str) or not e["subscriptionId"] \
+                    or not isinstance(e.get("resource"), str) or not e["resource"]:
+                return Rejection(400, "malformed_body")
+        return Verified(entries)
 
-    return accept
+    return verify
 
 
-# -- Jira -------------------------------------------------------------------------------------------
-def jira_accept(settings: ReceiverSettings):
-    def accept(headers: Any, raw: bytes, body: Any) -> list[tuple[str, dict[str, Any]]]:
+def bc_dedupe_keys(verified: Verified) -> Items:
+    """``{subscriptionId}|{resource}|{lastModifiedDateTime}|{changeType}`` per entry (collection too).
+
+    The stored payload is the entry without ``clientState``: the secret never reaches the inbox, run
+    config or logs (DESIGN.md §3 Auth).
+    """
+    out: Items = []
+    for e in verified.body:
+        key = f"{e['subscriptionId']}|{e['resource']}|{e.get('lastModifiedDateTime', '')}|{e.get('changeType', '')}"
+        out.append((key, {k: v for k, v in e.items() if k != "clientState"}))
+    return out
+
+
+# -- Jira (API-FACTS §4.4, ANCHORS §3.1-3.2) ------------------------------------------------------------
+def jira_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified | Rejection]:
+    def verify(request: Request, raw: bytes) -> Verified | Rejection:
+        headers = request.headers
+        # The signature first, over the raw bytes: an unsigned call learns nothing about its body.
         if headers.get("authorization"):
             if not valid_app_jwt(headers.get("authorization"), settings.jira_app_client_secret):
-                raise Rejection(401, "bad_signature")
+                return Rejection(401, "bad_signature" if settings.jira_app_client_secret else "jwt_not_configured")
             kind = "jwt"
         elif headers.get("x-hub-signature"):
             if not valid_hub_signature(headers.get("x-hub-signature"), settings.jira_admin_webhook_secret, raw):
-                raise Rejection(401, "bad_signature")
+                return Rejection(401, "bad_signature" if settings.jira_admin_webhook_secret
+                                 else "hmac_not_configured")
             kind = "hmac"
         else:
-            raise Rejection(401, "missing_signature")
-        identifier = headers.get("x-atlassian-webhook-identifier")
-        if not identifier or not isinstance(body, dict):
-            raise Rejection(400, "malformed_body")
-        return [(identifier, {"event": body, "signature_kind": kind,
-                              "retry": headers.get("x-atlassian-webhook-retry", "0")})]
+            return Rejection(401, "missing_signature")
+        identifier = (headers.get("x-atlassian-webhook-identifier") or "").strip()
+        if not identifier:
+            return Rejection(400, "missing_identifier")
+        try:
+            body = parse_json(raw)
+        except MalformedJSON:
+            return Rejection(400, "malformed_body")
+        if not isinstance(body, dict):
+            return Rejection(400, "malformed_body")
+        retry = (headers.get("x-atlassian-webhook-retry") or "").strip()
+        return Verified(body, {"identifier": identifier, "signature_kind": kind,
+                               "retry": int(retry) if retry.isdigit() else None})
 
-    return accept
+    return verify
+
+
+def jira_dedupe_keys(verified: Verified) -> Items:
+    """X-Atlassian-Webhook-Identifier: unique within the site and unchanged across retries."""
+    f = verified.facts
+    return [(f["identifier"], {"event": verified.body, "signature_kind": f["signature_kind"], "retry": f["retry"]})]
+
+
+def sources(settings: ReceiverSettings) -> list[Source]:
+    """Every inbound source the receiver serves. A new one is one entry here."""
+    return [
+        Source(BC_SOURCE, BC_PATH, bc_verify(settings), bc_dedupe_keys, handshake=bc_handshake,
+               methods=("GET", "POST")),
+        Source(JIRA_SOURCE, JIRA_PATH, jira_verify(settings), jira_dedupe_keys),
+    ]
+
+
+def bounded_key(key: str) -> str:
+    """Keys longer than the column (e.g. a collection resource with a long $filter) become a digest."""
+    if len(key) <= MAX_DEDUPE_KEY:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception without SQLAlchemy's statement parameters (which would carry the payload)."""
+    return f"{type(exc).__name__}: {getattr(exc, 'orig', None) or type(exc).__name__}"
 
 
 def create_app(inbox: Inbox, settings: ReceiverSettings) -> Starlette:
-    sources = [
-        Source("business_central", "/webhooks/business-central", bc_accept(settings), bc_handshake),
-        Source("jira", "/webhooks/jira", jira_accept(settings)),
-    ]
+    for name, value in (("CONNECTOR_BC_CLIENT_STATE", settings.bc_client_state),
+                        ("CONNECTOR_JIRA_CLIENT_SECRET", settings.jira_app_client_secret),
+                        ("CONNECTOR_JIRA_WEBHOOK_SECRET", settings.jira_admin_webhook_secret)):
+        if not value:
+            log.warning("%s is not set: deliveries that need it will be refused", name)
 
-    def reject(source: str, status: int, reason: str) -> Response:
-        log.warning("rejected %s webhook: %s (%d)", source, reason, status)
+    def reject(request: Request, source: str, r: Rejection) -> Response:
+        client = request.client.host if request.client else "-"
+        log.warning("rejected %s webhook from %s: %s (%d)", source, client, r.reason, r.status)
         try:
-            inbox.reject(source, reason, status)
-        except SQLAlchemyError:
-            log.exception("could not count a rejection")
-        return JSONResponse({"error": reason}, status)
+            inbox.reject(source, r.reason, r.status)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("could not count a %s rejection: %s", source, _describe(exc))
+        return JSONResponse({"error": r.reason}, r.status, headers=r.headers or None)
 
-    async def read_limited(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise Rejection(413, "body_too_large")
+    async def read_limited(request: Request) -> bytes | Rejection:
+        """The body, refused with 413 as soon as it is known to exceed the limit (never all read first)."""
+        declared = request.headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return Rejection(413, "body_too_large")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > settings.max_body_bytes:
-                raise Rejection(413, "body_too_large")
+                return Rejection(413, "body_too_large")
             chunks.append(chunk)
         return b"".join(chunks)
 
     def endpoint(source: Source):
         async def handle(request: Request) -> Response:
-            try:
-                if source.handshake is not None:
-                    answer = source.handshake(request)
-                    if answer is not None:
-                        return answer
-                if request.method != "POST":
-                    return JSONResponse({"error": "method_not_allowed"}, 405)
-                raw = await read_limited(request)
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    raise Rejection(400, "malformed_body") from None
-                items = source.accept(request.headers, raw, body)
-            except Rejection as r:
-                return reject(source.name, r.status, r.reason)
+            if source.handshake is not None:
+                answer = source.handshake(request)
+                if isinstance(answer, Rejection):
+                    return reject(request, source.name, answer)
+                if answer is not None:
+                    return answer
+            if request.method != "POST":
+                return JSONResponse({"error": "method_not_allowed"}, 405, headers={"Allow": "POST"})
+            raw = await read_limited(request)
+            if isinstance(raw, Rejection):
+                return reject(request, source.name, raw)
+            verdict = source.verify(request, raw)
+            if isinstance(verdict, Rejection):
+                return reject(request, source.name, verdict)
+            items = [(bounded_key(key), payload) for key, payload in source.dedupe_keys(verdict)]
             try:
                 new = inbox.put_many(source.name, items)
-            except (SQLAlchemyError, OSError):
-                log.exception("inbox unavailable; asking %s to retry", source.name)
-                return JSONResponse({"error": "inbox_unavailable"}, 503, headers={"Retry-After": "30"})
+            except (SQLAlchemyError, OSError) as exc:
+                # Entries stored before the failure dedupe on the sender's retry.
+                log.error("inbox unavailable; asking %s to retry: %s", source.name, _describe(exc))
+                return JSONResponse({"error": "inbox_unavailable"}, 503, headers={"Retry-After": RETRY_AFTER_S})
             return JSONResponse({"stored": new, "duplicates": len(items) - new}, 202)
 
         return handle
 
     async def healthz(_request: Request) -> Response:
         try:
-            inbox.rejections("healthz")
-        except SQLAlchemyError:
-            return JSONResponse({"status": "degraded", "inbox": "unavailable"}, 503)
+            with inbox.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1").scalar_one()
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("healthz: inbox unavailable: %s", _describe(exc))
+            return JSONResponse({"status": "unavailable", "inbox": "unavailable"}, 503)
         return JSONResponse({"status": "ok", "inbox": "ok"})
 
-    routes = [Route(s.path, endpoint(s), methods=["GET", "POST"]) for s in sources]
+    routes = [Route(s.path, endpoint(s), methods=list(s.methods)) for s in sources(settings)]
     routes.append(Route("/healthz", healthz, methods=["GET"]))
     return Starlette(routes=routes)
