@@ -201,6 +201,23 @@ def h(tmp_path: Path) -> Iterator[Harness]:
     yield from make_harness(tmp_path)
 
 
+def spy_batch_sizes(h: Harness) -> dict[str, list[int]]:
+    """Record how many keys each JQL lookup names and how many issues each bulk create carries."""
+    sizes: dict[str, list[int]] = {"search": [], "bulk": []}
+    real_post = h.jira.http.post
+
+    def post(url, **kw):
+        body = kw.get("json") or {}
+        if url.endswith("/issue/bulk"):
+            sizes["bulk"].append(len(body["issueUpdates"]))
+        elif url.endswith("/search/jql") and "nextPageToken" not in body:
+            sizes["search"].append(body["jql"].count(" ~ "))
+        return real_post(url, **kw)
+
+    h.jira.http.post = post
+    return sizes
+
+
 # =====================================================================================================
 # Tests
 # =====================================================================================================
@@ -210,9 +227,11 @@ def test_first_upsert_bulk_creates_one_issue_per_record_with_one_search_and_one_
         h.vendor(f"{n:04d}")
     writer = h.writer()
     h.reset_calls()
+    sizes = spy_batch_sizes(h)
 
     report = writer.upsert(entity, h.source.all(entity))
 
+    assert sizes == {"search": [50, 50, 20], "bulk": [50, 50, 20]}
     assert report.counts() == {"created": 120, "updated": 0, "skipped": 0, "failed": 0, "duplicates_found": 0}
     assert h.calls(SEARCH) == 3
     assert h.calls(BULK) == 3

@@ -133,9 +133,11 @@ def test_a_not_applicable_outcome_is_quarantined_with_the_message(h: Harness):
     keys = opened(h, "1")
     h.source.outcomes["1"] = ResolutionOutcome("not_applicable", "Vendor V1 no longer exists in the ERP")
 
-    report = processor(h).process(done(h, keys["1"]))
+    events = done(h, keys["1"])
+    report = processor(h).process(events + events)
 
-    assert report.not_applicable == 1 and report.acted == 0
+    assert h.source.resolved == [("blocked_vendors", "1")]
+    assert report.not_applicable == 1 and report.acted == 0 and report.repeated == 1
     row = h.ledger.get("bc_jira", resolve_key("fake:vendors:1"))
     assert row.state == QUARANTINED
     assert row.last_error == "Vendor V1 no longer exists in the ERP"
@@ -158,9 +160,10 @@ def test_an_api_error_from_resolve_marks_failed_and_a_rerun_retries_it(h: Harnes
     h.source.outcomes["1"] = ApiError("fake", "PATCH", "/vendors(1)", 503, {"error": "ERP is down"})
     h.reset_calls()
 
-    report = processor(h).process(events)
+    report = processor(h).process(events + events)  # a re-delivery in the same batch is not a retry
 
-    assert report.failed == 1 and report.acted == 0
+    assert h.source.resolved == [("blocked_vendors", "1")]
+    assert report.failed == 1 and report.acted == 0 and report.repeated == 1
     assert "unblock_vendor failed" in report.failures[keys["1"]]
     row = h.ledger.get("bc_jira", resolve_key("fake:vendors:1"))
     assert row.state == FAILED and "503" in row.last_error
