@@ -1,4 +1,10 @@
-"""A throwaway CA and a server certificate for localhost / 127.0.0.1 (msal refuses http authorities)."""
+"""A throwaway CA and a server certificate for localhost / 127.0.0.1 / ::1 (msal refuses http authorities).
+
+``make_tls(directory)`` writes ``ca.pem`` (the CA certificate), ``ca-bundle.pem`` (the bundle clients
+pass as ``verify=`` / ``ca_bundle``: just this CA, so nothing else is trusted), ``server.pem`` and
+``server-key.pem`` (mode 0600), and returns their paths. Give ``server_cert``/``server_key`` to
+``SandboxServer(ssl_certfile=..., ssl_keyfile=...)``; its ``base_url`` then says ``https://localhost:<port>``.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_tls(directory: Path) -> TlsFiles:
+def make_tls(directory: Path | str) -> TlsFiles:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -45,7 +51,8 @@ def make_tls(directory: Path) -> TlsFiles:
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.IPAddress(ipaddress.ip_address("::1"))]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -59,4 +66,5 @@ def make_tls(directory: Path) -> TlsFiles:
     files.server_cert.write_bytes(cert.public_bytes(pem))
     files.server_key.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                    serialization.NoEncryption()))
+    files.server_key.chmod(0o600)
     return files
