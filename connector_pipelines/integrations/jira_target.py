@@ -210,8 +210,10 @@ class JiraIssueWriter:
         try:
             result = self.jira.bulk_create([to_create[k].fields for k in keys])
         except ApiError as exc:  # every element failed (Jira answers 400 only then) or retries ran out
+            # Earlier chunks of 50 may have been created before the failing call: keep the rows as
+            # *intent* (with the error) so the retry looks them up — search lag included — before creating.
             self.ledger.mark_failed(self.integration.name, [
-                self._failure(entity, k, to_create[k], "create", exc) for k in keys], self.run_id)
+                self._failure(entity, k, to_create[k], "create", exc) for k in keys], self.run_id, state=INTENT)
             report.failed += len(keys)
             report.failures.update({k: str(exc) for k in keys})
             return

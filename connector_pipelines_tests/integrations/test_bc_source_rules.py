@@ -155,3 +155,11 @@ def test_collection_since_reads_the_lower_bound(resource, expected):
 ])
 def test_collection_since_is_none_without_a_usable_lower_bound(resource):
     assert bc()._collection_since(resource) is None
+
+
+def test_collection_since_stops_at_a_following_query_parameter():
+    from connector_pipelines.integrations.sources.business_central import _collection_since
+
+    got = _collection_since("/api/v2.0/companies(c)/purchaseInvoices?$filter=lastModifiedDateTime gt "
+                            "2026-11-20T10:15:30Z&$top=5")
+    assert got is not None and got.isoformat() == "2026-11-20T10:15:30+00:00"

@@ -160,6 +160,6 @@ def _collection_since(resource: str) -> datetime | None:
     for prop in ("lastModifiedDateTime", "lastDateTimeModified"):
         marker = f"{prop} gt "
         if marker in query:
-            token = query.split(marker, 1)[1].split()[0].strip("')&")
+            token = query.split(marker, 1)[1].split()[0].split("&", 1)[0].strip("')")
             return _parse_dt(token)
     return None
