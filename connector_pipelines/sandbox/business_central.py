@@ -12,6 +12,7 @@ Choices not backed by BC docs are marked UNCONFIRMED; keep them configurable or 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -292,9 +293,21 @@ class FilterParser:
 # The sandbox
 # ----------------------------------------------------------------------------------------------
 class BusinessCentralSandbox:
-    def __init__(self, entra: Any = None, *, max_page_size: int = 20000, collection_threshold: int = 1000) -> None:
+    """BC API v2.0 on one Starlette app (``self.app``); serve it with ``SandboxServer`` or ``sync_transport``.
+
+    ``entra``: an ``EntraSandbox`` (tokens validated with audience ``AUDIENCE``) or None (then only tokens
+    added with ``add_token`` are accepted). ``max_page_size``: the most entities one response may hold
+    (BC online: 20,000; more without paging is a 413). ``collection_threshold``: more changes than this
+    for one subscription in one delivery window become a single ``collection`` notification (BC: 1,000).
+    Seed with ``register_environment``, ``add_company``, ``add_vendor``, ``add_purchase_invoice``,
+    ``add_purchase_order``, ``update_record``, ``delete_record``; inspect with ``records``, ``get_record``,
+    ``subscriptions``, ``calls`` (Counter of (method, route template)), ``calls_total``, ``deliveries``.
+    """
+
+    def __init__(self, entra: Any = None, *, max_page_size: int = 20000, collection_threshold: int = 1000,
+                 clock: SandboxClock | None = None) -> None:
         self.entra = entra
-        self.clock = SandboxClock()
+        self.clock = clock or SandboxClock()
         # BC documents no Retry-After on 429 (§2.4): off by default, switchable via faults.retry_after.
         self.faults = Faults(retry_after=None)
         self.server_error_retry_after = "1"   # 502/503 carry Retry-After (§2.4) even when faults.retry_after is None
@@ -303,11 +316,12 @@ class BusinessCentralSandbox:
         self.schema = Schema()
         self.environments: set[tuple[str, str]] = set()
         self.companies: dict[str, dict[str, Any]] = {}
-        self.records: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}   # cid -> set -> id -> record
+        self._records: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}   # cid -> set -> id -> record
         self.tokens: set[str] = set()
         self._subscriptions: dict[str, dict[str, Any]] = {}
         self._pending: list[dict[str, Any]] = []
         self._seq = 0
+        self._rowids: dict[str, int] = {}
         self._numbers: Counter[str] = Counter()
         self._actions: Counter[str] = Counter()
         self.calls: Counter[tuple[str, str]] = Counter()
@@ -316,7 +330,12 @@ class BusinessCentralSandbox:
         self.drop_notifications = False
         self.deliveries: list[dict[str, Any]] = []   # every notification POST made: url, body, status
         self._last_batches: list[tuple[str, dict[str, Any]]] = []
-        self.handshake_method = "POST"   # UNCONFIRMED (§2.3 names no method; Graph-style POST)
+        # The handshake (§2.3): BC calls notificationUrl?validationToken=… and wants 200 + the token in the
+        # body ("as plain text" in the Dataverse-API variant). UNCONFIRMED: the HTTP method (the docs name
+        # none; POST as in Microsoft Graph's webhook handshake) and the time limit (5 s is from a third-party
+        # blog, kauffmann.nl); both are settings.
+        self.handshake_method = "POST"
+        self.handshake_timeout_s = 5.0
         self._lock = threading.RLock()
         self._deliver_lock = threading.Lock()
         self._auto_stop: threading.Event | None = None
@@ -346,7 +365,8 @@ class BusinessCentralSandbox:
                        "systemCreatedAt": now, "systemModifiedAt": now}, **props)
         with self._lock:
             self.companies[cid] = record
-            self.records[cid] = {s: {} for s in ENTITY_SETS}
+            self._rowid(cid)
+            self._records[cid] = {s: {} for s in ENTITY_SETS}
         return cid
 
     def add_vendor(self, company_id: str, **props: Any) -> dict[str, Any]:
@@ -363,6 +383,11 @@ class BusinessCentralSandbox:
 
     def delete_record(self, company_id: str, entity_set: str, record_id: str) -> None:
         self._delete(company_id, entity_set, record_id)
+
+    def records(self, company_id: str, entity_set: str) -> list[dict[str, Any]]:
+        """Copies of every record of ``entity_set`` in the company (insertion order)."""
+        with self._lock:
+            return [dict(r) for r in self._store(company_id, entity_set).values()]
 
     def get_record(self, company_id: str, entity_set: str, record_id: str) -> dict[str, Any]:
         with self._lock:
@@ -397,7 +422,7 @@ class BusinessCentralSandbox:
     def _store(self, company_id: str, entity_set: str) -> dict[str, dict[str, Any]]:
         if entity_set not in ENTITY_SETS:
             raise KeyError(entity_set)
-        return self.records[self._company_key(company_id)][entity_set]
+        return self._records[self._company_key(company_id)][entity_set]
 
     def _find_id(self, company_id: str, entity_set: str, record_id: str) -> str:
         store = self._store(company_id, entity_set)
@@ -406,6 +431,14 @@ class BusinessCentralSandbox:
             if key.lower() == rid:
                 return key
         raise KeyError(record_id)
+
+    def _rowid(self, key: str) -> int:
+        """A stable, increasing row number per key: the default order and the paging key (like BC's
+        primary key; UNCONFIRMED which key BC's default order uses for each API page)."""
+        k = str(key).lower()
+        if k not in self._rowids:
+            self._rowids[k] = len(self._rowids) + 1
+        return self._rowids[k]
 
     def _new_etag(self) -> str:
         self._seq += 1
@@ -427,7 +460,7 @@ class BusinessCentralSandbox:
             record["id"] = str(props.get("id") or uuid.uuid4())
             vendor_id = record.get("vendorId")
             if vendor_id and entity_set != "vendors":
-                vendor = next((v for k, v in self.records[cid]["vendors"].items()
+                vendor = next((v for k, v in self._records[cid]["vendors"].items()
                                if k.lower() == str(vendor_id).lower()), None)
                 if vendor:
                     record["vendorNumber"] = props.get("vendorNumber") or vendor["number"]
@@ -435,6 +468,7 @@ class BusinessCentralSandbox:
             record["lastModifiedDateTime"] = iso(self.clock.now())
             record["@odata.etag"] = self._new_etag()
             store[record["id"]] = record
+            self._rowid(record["id"])
             self._queue(cid, entity_set, record["id"], "created", record["lastModifiedDateTime"])
             return dict(record)
 
@@ -805,31 +839,38 @@ class BusinessCentralSandbox:
         for k in q:
             if k.startswith("$") and k not in known:
                 raise ODataError(400, "BadRequest", f"The query option '{k}' is not supported.")
+        key_prop = "subscriptionId" if type_name == "subscriptions" else "id"
+        with self._lock:
+            rows = [(self._rowid(r[key_prop]), r) for r in rows]
         if q.get("$filter"):
             pred = FilterParser(q["$filter"], props, type_name).parse()
-            rows = [r for r in rows if pred(r)]
-        if q.get("$orderby"):
-            for part in reversed([p.strip() for p in q["$orderby"].split(",") if p.strip()]):
-                bits = part.split()
-                prop, desc = bits[0], len(bits) > 1 and bits[1].lower() == "desc"
-                if prop not in props:
-                    raise ODataError(400, "BadRequest_NotFound",
-                                     f"Could not find a property named '{prop}' on type 'Microsoft.NAV.{type_name}'.")
-                typ = props[prop]
-                rows.sort(key=lambda r, p=prop, t=typ: (r.get(p) is None,
-                                                        coerce(r.get(p), t) if r.get(p) is not None else 0),
-                          reverse=desc)
+            rows = [(n, r) for n, r in rows if pred(r)]
+        rows.sort(key=lambda nr: nr[0])   # default order: the row key; ties of $orderby keep it
+        order: list[tuple[str, bool]] = []
+        for part in [p.strip() for p in q.get("$orderby", "").split(",") if p.strip()]:
+            bits = part.split()
+            prop, desc = bits[0], len(bits) > 1 and bits[1].lower() == "desc"
+            if prop not in props:
+                raise ODataError(400, "BadRequest_NotFound",
+                                 f"Could not find a property named '{prop}' on type 'Microsoft.NAV.{type_name}'.")
+            order.append((prop, desc))
+        for prop, desc in reversed(order):
+            typ = props[prop]
+            rows.sort(key=lambda nr, p=prop, t=typ: _sort_value(nr[1].get(p), t), reverse=desc)
         try:
             skip = int(q.get("$skip", 0))
             top = int(q["$top"]) if "$top" in q else None
-            offset = int(q.get("$skiptoken", 0))   # UNCONFIRMED: BC's skiptoken is opaque; an offset here
         except ValueError:
-            raise ODataError(400, "BadRequest", "Invalid $top, $skip or $skiptoken.") from None
+            raise ODataError(400, "BadRequest", "Invalid $top or $skip.") from None
         rows = rows[skip:]
         if top is not None:
             rows = rows[:top]
-        total = len(rows)
-        rows = rows[offset:]
+        if q.get("$skiptoken"):
+            # The skiptoken carries the sort key of the last row served, so a record that changes (or
+            # leaves the filter) between two pages never shifts other rows out of the result — like
+            # BC's key-based skiptoken. UNCONFIRMED: BC's token format (opaque here: base64 JSON).
+            after = _decode_skiptoken(q["$skiptoken"], len(order))
+            rows = [nr for nr in rows if _after(nr, after, order, props)]
         pm = re.search(r"odata\.maxpagesize\s*=\s*(\d+)", request.headers.get("prefer", ""))
         headers: dict[str, str] = {}
         body: dict[str, Any] = {"@odata.context": f"{base}/$metadata#{path}"}
@@ -837,9 +878,11 @@ class BusinessCentralSandbox:
             page_size = max(1, min(int(pm.group(1)), self.max_page_size))
             headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
             page = rows[:page_size]
-            if offset + len(page) < total:
+            if len(rows) > page_size:
+                n, last = page[-1]
+                token = _encode_skiptoken([last.get(p) for p, _ in order] + [n])
                 params = [(k, v) for k, v in q.multi_items() if k != "$skiptoken"]
-                params.append(("$skiptoken", str(offset + len(page))))
+                params.append(("$skiptoken", token))
                 body["@odata.nextLink"] = f"{str(request.url).split('?', 1)[0]}?{urlencode(params)}"
         else:
             if len(rows) > self.max_page_size:
@@ -847,9 +890,10 @@ class BusinessCentralSandbox:
                                  f"The response exceeds the maximum page size of {self.max_page_size} entities; "
                                  "use $top/$skip or Prefer: odata.maxpagesize.")
             page = rows
+        out = [r for _, r in page]
         if q.get("$select"):
-            page = self._select(page, q["$select"], props, type_name)
-        body["value"] = page
+            out = self._select(out, q["$select"], props, type_name)
+        body["value"] = out
         return JSONResponse(body, 200, headers)
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -857,7 +901,7 @@ class BusinessCentralSandbox:
         token = uuid.uuid4().hex
         sep = "&" if "?" in notification_url else "?"
         try:
-            async with httpx.AsyncClient(trust_env=False, timeout=10.0) as http:
+            async with httpx.AsyncClient(trust_env=False, timeout=self.handshake_timeout_s) as http:
                 r = await http.request(self.handshake_method, f"{notification_url}{sep}validationToken={token}")
         except httpx.HTTPError:
             return False
@@ -894,6 +938,7 @@ class BusinessCentralSandbox:
                "systemModifiedBy": SYSTEM_USER}
         with self._lock:
             sub["@odata.etag"] = self._new_etag()
+            self._rowid(sub["subscriptionId"])
             self._subscriptions[sub["subscriptionId"]] = sub
             out = dict(sub)
         return JSONResponse({"@odata.context": f"{base}/$metadata#subscriptions/$entity", **out}, 201,
@@ -967,6 +1012,39 @@ class BusinessCentralSandbox:
         out.append('<EntitySet Name="subscriptions" EntityType="Microsoft.NAV.subscriptions"/>')
         out += ["</EntityContainer>", "</Schema>", "</edmx:DataServices>", "</edmx:Edmx>"]
         return "\n".join(out)
+
+
+def _sort_value(value: Any, typ: str) -> tuple[bool, Any]:
+    """Ascending sort key of a stored value: nulls last, then by the property's EDM type."""
+    if value is None:
+        return (True, 0)
+    typed = coerce(value, typ)
+    return (False, str(typed) if isinstance(typed, uuid.UUID) else typed)
+
+
+def _encode_skiptoken(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
+
+
+def _decode_skiptoken(token: str, n_order: int) -> list[Any]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, TypeError):
+        raise ODataError(400, "BadRequest_InvalidToken", "The skip token is not valid.") from None
+    if not isinstance(values, list) or len(values) != n_order + 1 or not isinstance(values[-1], int):
+        raise ODataError(400, "BadRequest_InvalidToken", "The skip token is not valid.")
+    return values
+
+
+def _after(row: tuple[int, dict[str, Any]], token: list[Any], order: list[tuple[str, bool]],
+           props: dict[str, str]) -> bool:
+    """Whether ``row`` sorts strictly after the row the skiptoken names ($orderby keys, then row key)."""
+    n, record = row
+    for (prop, desc), tok in zip(order, token):
+        a, b = _sort_value(record.get(prop), props[prop]), _sort_value(tok, props[prop])
+        if a != b:
+            return (a < b) if desc else (a > b)
+    return n > token[-1]
 
 
 def _xml_name(member: str) -> str:

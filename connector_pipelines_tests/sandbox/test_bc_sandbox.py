@@ -401,3 +401,117 @@ def test_drop_notifications_and_drop_pending(world, receiver):
     bc.deliver_notifications()
     bc.drop_notifications = False
     assert bc.deliver_notifications()["posts"] == 0 and receiver.bodies == []
+
+
+# -- paging keys, seed helpers, real Entra tokens ---------------------------------------------------
+def _pages(http, url, params, size):
+    pages = []
+    while url:
+        body = http.get(url, params=params, headers={"Prefer": f"odata.maxpagesize={size}"}).json()
+        pages.append([row["id"] for row in body["value"]])
+        url, params = body.get("@odata.nextLink"), None
+    return pages
+
+
+def test_skiptoken_is_key_based_so_a_change_between_pages_skips_no_other_row(world):
+    bc, cid, http, _ = world
+    start = bc.clock.now()
+    bc.clock.advance(seconds=1)
+    made = [bc.add_vendor(cid, balance=i)["id"] for i in range(9)]
+    end = bc.clock.now()
+    flt = (f"lastModifiedDateTime gt {start.isoformat().replace('+00:00', 'Z')} and "
+           f"lastModifiedDateTime le {end.isoformat().replace('+00:00', 'Z')}")
+    url = f"/companies({cid})/vendors"
+    first = http.get(url, params={"$filter": flt}, headers={"Prefer": "odata.maxpagesize=3"}).json()
+    assert [r["id"] for r in first["value"]] == made[:3]
+    bc.clock.advance(seconds=5)
+    bc.update_record(cid, "vendors", made[1], displayName="moved out of the window")   # leaves the filter
+    rest = _pages(http, first["@odata.nextLink"], None, 3)
+    assert [i for page in rest for i in page] == made[3:]   # offset paging would have skipped made[3]
+    # ordered paging: every row once, in $orderby order, across pages
+    pages = _pages(http, url, {"$orderby": "balance desc"}, 4)
+    assert [i for page in pages for i in page] == list(reversed(made)) and len(pages) == 3
+    assert http.get(url, params={"$skiptoken": "garbage"}).status_code == 400
+
+
+def test_records_helper_update_and_delete_queue_notifications(world, receiver):
+    bc, cid, http, _ = world
+    _subscribe(http, cid, receiver, "vendors")
+    v = bc.add_vendor(cid, displayName="A")
+    bc.clock.advance(seconds=1)
+    updated = bc.update_record(cid, "vendors", v["id"], blocked="Payment")
+    assert updated["@odata.etag"] != v["@odata.etag"] and updated["lastModifiedDateTime"] > v["lastModifiedDateTime"]
+    assert [r["blocked"] for r in bc.records(cid, "vendors")] == ["Payment"]
+    bc.delete_record(cid, "vendors", v["id"])
+    assert bc.records(cid, "vendors") == []
+    bc.deliver_notifications()
+    assert [e["changeType"] for e in receiver.entries] == ["created", "updated", "deleted"]
+
+
+def test_patch_through_the_api_notifies_and_post_requires_auth_first(world, receiver):
+    bc, cid, http, _ = world
+    _subscribe(http, cid, receiver)
+    inv = bc.add_purchase_invoice(cid)
+    bc.drop_pending_notifications()
+    r = http.patch(f"/companies({cid})/purchaseInvoices({inv['id']})", json={"vendorInvoiceNumber": "X-1"},
+                   headers={"If-Match": inv["@odata.etag"]})
+    assert r.status_code == 200 and r.headers["etag"] == r.json()["@odata.etag"]
+    r = http.post(f"/companies({cid})/purchaseInvoices({inv['id']})/Microsoft.NAV.post",
+                  headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and bc.records(cid, "purchaseInvoices")[0]["status"] == "Draft"
+    bc.deliver_notifications()
+    assert [e["changeType"] for e in receiver.entries] == ["updated"]
+
+
+def test_with_the_entra_sandbox_tokens_and_expiry():
+    from connector_pipelines.sandbox.entra import EntraSandbox
+
+    entra = EntraSandbox()
+    entra.register_app(TENANT, "app", "secret", [f"{AUDIENCE}/.default", "https://other.example/.default"])
+    bc = BusinessCentralSandbox(entra)
+    bc.register_environment(TENANT, ENV)
+    bc.add_company("X")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        login = httpx.Client(transport=sync_transport(entra.app), base_url="https://login.test")
+        http = httpx.Client(transport=sync_transport(bc.app), base_url=BASE)
+
+    def token(scope):
+        return login.post(f"/{TENANT}/oauth2/v2.0/token", data={"grant_type": "client_credentials",
+                                                                "client_id": "app", "client_secret": "secret",
+                                                                "scope": scope}).json()
+
+    good = token(f"{AUDIENCE}/.default")
+    auth = {"Authorization": f"Bearer {good['access_token']}"}
+    assert http.get("/companies", headers=auth).status_code == 200
+    other = token("https://other.example/.default")["access_token"]
+    assert http.get("/companies", headers={"Authorization": f"Bearer {other}"}).status_code == 401   # wrong aud
+    entra.clock.advance(seconds=good["expires_in"] + 1)
+    r = http.get("/companies", headers=auth)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "Authentication_InvalidCredentials"
+    fresh = {"Authorization": f"Bearer {token(f'{AUDIENCE}/.default')['access_token']}"}
+    assert http.get("/companies", headers=fresh).status_code == 200
+    entra.revoke_all()
+    assert http.get("/companies", headers=fresh).status_code == 401
+
+
+def test_handshake_method_is_configurable(world, receiver):
+    bc, cid, http, _ = world
+    bc.handshake_method = "GET"
+    assert _subscribe(http, cid, receiver).status_code == 201 and receiver.handshakes == 1
+
+
+def test_auto_delivery_in_the_background(world, receiver):
+    import time
+
+    bc, cid, http, _ = world
+    _subscribe(http, cid, receiver)
+    bc.start_auto_delivery(0.05)
+    try:
+        bc.add_purchase_invoice(cid)
+        deadline = time.monotonic() + 5
+        while not receiver.bodies and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        bc.stop_auto_delivery()
+    assert [e["changeType"] for e in receiver.entries] == ["created"]

@@ -1,4 +1,5 @@
-"""BusinessCentralClient against the BC sandbox on a loopback port."""
+"""BusinessCentralClient against the BC sandbox on a loopback port, with tokens from the Entra sandbox
+served over TLS (msal + the throwaway CA), exactly as in production but for the hosts."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ from starlette.routing import Route
 from connector_pipelines.core.http import ApiError, RetrySettings
 from connector_pipelines.sandbox.business_central import BusinessCentralSandbox, parse_dt
 from connector_pipelines.sandbox.common import SandboxServer
+from connector_pipelines.sandbox.entra import EntraSandbox
+from connector_pipelines.sandbox.tls import make_tls
 from connector_pipelines.systems.business_central import BusinessCentralClient, odata_datetime
+from connector_pipelines.systems.entra import EntraTokenProvider
 
 TENANT, ENV = "72f988bf-86f1-41af-91ab-2d7cd011db47", "production"
+CLIENT_ID, SECRET = "6b7a3a6c-0f4e-4c43-9b5e-5c7f0b1d2e01", "bc-client-test-secret~0123456789"
+SCOPE = "https://api.businesscentral.dynamics.com/.default"
+TINY_RETRY = RetrySettings(initial_backoff_s=0.01, max_backoff_s=0.05, max_retry_after_s=0.5)
 
 
 class StaticTokens:
@@ -57,15 +64,38 @@ def receiver():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def entra_tls(tmp_path_factory):
+    tls = make_tls(tmp_path_factory.mktemp("tls"))
+    entra = EntraSandbox()
+    entra.register_app(TENANT, CLIENT_ID, SECRET, [SCOPE])
+    with SandboxServer(entra.app, ssl_certfile=str(tls.server_cert), ssl_keyfile=str(tls.server_key)) as server:
+        yield entra, server, tls
+
+
 @pytest.fixture
-def world():
+def world(entra_tls):
+    entra, entra_server, tls = entra_tls
+    bc = BusinessCentralSandbox(entra)
+    bc.register_environment(TENANT, ENV)
+    cid = bc.add_company("CRONUS USA, Inc.")
+    tokens = EntraTokenProvider(TENANT, CLIENT_ID, SECRET, SCOPE, authority_host=entra_server.base_url,
+                                ca_bundle=str(tls.ca_bundle), clock=entra.clock.timestamp)
+    with SandboxServer(bc.app) as server:
+        client = BusinessCentralClient.connect(server.base_url, TENANT, ENV, tokens, retry=TINY_RETRY)
+        yield bc, cid, client, tokens
+        client.close()
+        tokens.close()
+
+
+@pytest.fixture
+def static_world():
     bc = BusinessCentralSandbox(None)
     bc.register_environment(TENANT, ENV)
     cid = bc.add_company("CRONUS USA, Inc.")
     tokens = StaticTokens(bc)
     with SandboxServer(bc.app) as server:
-        client = BusinessCentralClient.connect(server.base_url, TENANT, ENV, tokens,
-                                               retry=RetrySettings(initial_backoff_s=0.01, max_backoff_s=0.05))
+        client = BusinessCentralClient.connect(server.base_url, TENANT, ENV, tokens, retry=TINY_RETRY)
         yield bc, cid, client, tokens
         client.close()
 
@@ -104,7 +134,8 @@ def test_modified_between_reads_every_page_of_the_window(world):
     assert inside[0] not in [r["id"] for r in edge] and inside[-1] in [r["id"] for r in edge]
     few = list(client.modified_between(cid, "purchaseInvoices", start, end, filter="totalAmountIncludingTax lt 2",
                                        select=["id", "number"]))
-    assert [r["id"] for r in few] == inside[:2] and set(few[0]) == {"@odata.etag", "id", "number"}
+    assert [r["id"] for r in few] == inside[:2]
+    assert set(few[0]) == {"@odata.etag", "id", "lastModifiedDateTime", "number"}
 
 
 def test_modified_between_pages_through_nextlinks(world):
@@ -205,6 +236,8 @@ def test_a_429_storm_without_retry_after_ends_in_success(world):
     bc.faults.rate_limit_next = 3
     assert len(list(client.list(cid, "vendors"))) == 1
     assert bc.faults.served_429 == 3 and client.http.retries == 3
+    # no Retry-After: exponential backoff with jitter, 0.01 * 2**n * [0.5, 1.5] -> at least 0.035 s in all
+    assert 0.035 <= client.http.waited_s <= 0.11
 
 
 def test_a_503_with_retry_after_zero_ends_in_success(world):
@@ -215,8 +248,33 @@ def test_a_503_with_retry_after_zero_ends_in_success(world):
     assert bc.faults.served_5xx == 1 and client.http.retries == 1 and client.http.waited_s == 0
 
 
-def test_a_revoked_token_triggers_one_invalidate_and_retry(world):
+def test_an_access_token_revoked_mid_run_is_refreshed_once(world):
     bc, cid, client, tokens = world
+    for i in range(30):
+        bc.add_vendor(cid, balance=i)
+    client.companies()   # the run's first token
+    issued = bc.entra.tokens_issued
+    rows = []
+    for n, row in enumerate(client.list(cid, "vendors", page_size=10)):
+        rows.append(row["id"])
+        if n == 12:
+            bc.entra.revoke_all()   # mid-run: page 2 is being read, page 3 comes next
+    assert len(rows) == 30 and len(set(rows)) == 30
+    assert tokens.tokens_fetched == 2 and bc.entra.tokens_issued - issued == 1
+    assert bc.calls[("GET", "/api/v2.0/companies({id})/vendors")] == 4   # 3 pages + the refused one
+
+
+def test_an_expired_access_token_is_replaced_before_use(world):
+    bc, cid, client, tokens = world
+    assert client.company_id("CRONUS USA, Inc.") == cid
+    calls = client.http.calls
+    bc.entra.clock.advance(hours=2)   # past any Entra lifetime (60-90 min)
+    assert client.company_id("CRONUS USA, Inc.") == cid
+    assert tokens.tokens_fetched == 2 and client.http.calls - calls == 1   # refreshed before, no 401
+
+
+def test_a_provider_that_cannot_produce_a_working_token_surfaces_the_401(static_world):
+    bc, cid, client, tokens = static_world
     client.companies()
     bc.revoke_token("token-1")
     calls = client.http.calls
@@ -228,3 +286,4 @@ def test_a_revoked_token_triggers_one_invalidate_and_retry(world):
     with pytest.raises(ApiError) as err:
         client.companies()
     assert err.value.status == 401 and tokens.invalidated == ["token-1", "token-2"]
+    assert err.value.body["error"]["code"] == "Authentication_InvalidCredentials"

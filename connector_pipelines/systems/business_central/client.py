@@ -109,11 +109,19 @@ class BusinessCentralClient:
     def modified_between(self, company_id: str, entity_set: str, start: datetime, end: datetime, *,
                          filter: str | None = None,
                          select: Iterable[str] | str | None = None) -> Iterator[dict[str, Any]]:
-        """Records with start < lastModifiedDateTime <= end (and the extra filter, if any)."""
+        """Records with start < lastModifiedDateTime <= end (and the extra filter, if any), oldest change first.
+
+        The window is half-open so consecutive windows (end of one = start of the next) neither miss nor
+        repeat a record. With ``select``, ``id`` and ``lastModifiedDateTime`` are always included.
+        """
         flt = f"lastModifiedDateTime gt {odata_datetime(start)} and lastModifiedDateTime le {odata_datetime(end)}"
         if filter:
             flt = f"{flt} and ({filter})"
-        return self.list(company_id, entity_set, filter=flt, select=select)
+        fields = _select(select)
+        if fields:
+            fields = ",".join(dict.fromkeys(["id", "lastModifiedDateTime",
+                                             *[f.strip() for f in fields.split(",") if f.strip()]]))
+        return self.list(company_id, entity_set, filter=flt, select=fields, orderby="lastModifiedDateTime")
 
     def get_many(self, company_id: str, entity_set: str, ids: Iterable[str], *, chunk: int = ID_CHUNK,
                  select: Iterable[str] | str | None = None) -> dict[str, dict[str, Any]]:
