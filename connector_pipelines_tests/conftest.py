@@ -22,8 +22,8 @@ for _var in list(os.environ):
 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database on the machine's server (a down server fails the test)."""
-    name = f"cp_test_{uuid.uuid4().hex[:10]}"
+    """A throwaway PostgreSQL database on the machine's server (a down server fails the test, never skips)."""
+    name = f"cp_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -32,15 +32,17 @@ def pg_database() -> Iterator[str]:
     finally:
         from connector_pipelines.core import db
 
-        for url, engine in list(db._engines.items()):
-            if name in url:
-                engine.dispose()
-                db._engines.pop(url, None)
+        for url in [u for u in db._engines if name in u]:
+            db._engines.pop(url).dispose()
         with admin.connect() as conn:
-            conn.exec_driver_sql(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()")
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_database) -> str:
+    """The SQLAlchemy URL of a throwaway PostgreSQL database."""
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_database}"
 
 
 @dataclass

@@ -158,7 +158,8 @@ class SandboxServer:
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
             lifespan="off",
-            timeout_keep_alive=30,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"sandbox:{self.port}", daemon=True)

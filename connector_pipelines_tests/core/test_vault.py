@@ -18,7 +18,6 @@ from connector_pipelines.core.db import credentials, get_engine
 from connector_pipelines.core.vault import VAULT_KEYS_ENV, Vault, VaultError
 
 REPO = Path(__file__).resolve().parents[2]
-PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 SECRET = "s3cr3t-refresh-token-value-0123456789"
 
 
@@ -28,24 +27,6 @@ def sqlite_url(tmp_path, monkeypatch):
     monkeypatch.delenv(db.DATABASE_URL_ENV, raising=False)
     return f"sqlite:///{tmp_path}/vault.sqlite"
 
-
-@pytest.fixture
-def pg_url():
-    """A throwaway PostgreSQL database; if the server is down this fails (it must not skip)."""
-    name = f"cp_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    try:
-        yield url
-    finally:
-        engine = db._engines.pop(url, None)
-        if engine is not None:
-            engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_round_trip_dict_and_str(sqlite_url):

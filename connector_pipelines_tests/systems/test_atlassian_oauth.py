@@ -19,9 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
-from connector_pipelines.core import db
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.http import ResilientClient
 from connector_pipelines.core.vault import Vault
@@ -39,7 +37,6 @@ from connector_pipelines.systems.atlassian import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 CLIENT_ID, CLIENT_SECRET = "cp-app", "cp-app-secret"
 REDIRECT = "http://localhost:8765/callback"
 SCOPES = ["read:jira-work", "write:jira-work", "offline_access"]
@@ -67,24 +64,6 @@ def sqlite_url(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     return f"sqlite:///{tmp_path}/vault.sqlite"
 
-
-@pytest.fixture
-def pg_url():
-    """A throwaway PostgreSQL database; if the server is down this fails (it must not skip)."""
-    name = f"cp_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    try:
-        yield url
-    finally:
-        engine = db._engines.pop(url, None)
-        if engine is not None:
-            engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def get_code(base_url: str, scopes=SCOPES, redirect=REDIRECT) -> str:
