@@ -129,8 +129,8 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
         build_inbox_sensor(f"{name}__jira_inbox_sensor", JIRA_SOURCE, resolution_job,
                            f"{name}__apply_jira_resolutions", tags,
                            row_filter=_project_filter(integration.target.project_key),
-                           description=f"Launch one {name} resolution run per batch of Jira events "
-                                       f"of project {integration.target.project_key}."),
+                           description=f"Launch one {name} resolution run per batch of Jira status "
+                                       f"transitions in project {integration.target.project_key}."),
     ]
     return dg.Definitions(assets=assets, asset_checks=checks, schedules=schedules, sensors=sensors,
                           jobs=[poll_job, reconcile_job, notification_job, resolution_job, subscription_job,
@@ -345,8 +345,18 @@ def _poll_schedule(integration: IntegrationDefinition, poll_job, partitions) -> 
 
 
 def _project_filter(project_key: str):
+    """Jira rows this pair can act on: a status transition of an issue in its project.
+
+    Other events (comments — including the echo of our own outcome comments — and field edits) stay
+    in the inbox as audit but launch no run.
+    """
+
     def belongs(row: InboxRow) -> bool:
         event = row.payload.get("event", row.payload)
+        if event.get("webhookEvent") != "jira:issue_updated":
+            return False
+        if not any(i.get("field") == "status" for i in (event.get("changelog") or {}).get("items") or []):
+            return False
         issue = event.get("issue") or {}
         project = ((issue.get("fields") or {}).get("project") or {}).get("key")
         if project:

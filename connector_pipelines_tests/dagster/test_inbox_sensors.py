@@ -93,11 +93,14 @@ def bc_payload(i: int) -> dict:
             "changeType": "updated", "lastModifiedDateTime": f"2026-11-20T10:00:{i % 60:02d}Z", "note": MARKER}
 
 
-def jira_payload(issue_key: str, project: str | None) -> dict:
+def jira_payload(issue_key: str, project: str | None, event: str = "jira:issue_updated",
+                 changed: str = "status") -> dict:
     issue: dict = {"key": issue_key}
     if project:
         issue["fields"] = {"project": {"key": project}}
-    return {"event": {"webhookEvent": "jira:issue_updated", "issue": issue, "note": MARKER}, "signature_kind": "jwt"}
+    body = {"webhookEvent": event, "issue": issue, "note": MARKER,
+            "changelog": {"items": [{"field": changed, "fromString": "To Do", "toString": "Done"}]}}
+    return {"event": body, "signature_kind": "jwt"}
 
 
 def put(store: ConnectorStore, source: str, payloads: list[dict], prefix: str = "k") -> list[int]:
@@ -250,3 +253,16 @@ def test_a_tick_builds_no_vendor_client(defs, instance, store):
         sensor = defs.resolve_sensor_def(name)
         assert sensor.required_resource_keys == {"connector_store"}
         assert len(tick(sensor, instance, store).run_requests) == 1
+
+
+def test_jira_sensor_launches_nothing_for_comments_or_field_edits(defs, instance, store):
+    """Only status transitions can resolve anything: comments (our own outcome comments echo back)
+    and field edits stay in the inbox as audit but launch no run."""
+    sensor = defs.get_sensor_def(JIRA_SENSOR)
+    put(store, "jira", [jira_payload("FIN-1", "FIN", event="comment_created"),
+                        jira_payload("FIN-2", "FIN", changed="summary")])
+    result = tick(sensor, instance, store)
+    assert not result.run_requests
+    ids = put(store, "jira", [jira_payload("FIN-3", "FIN")])
+    result = tick(sensor, instance, store, cursor=result.cursor)
+    assert [rr.run_config["ops"][JIRA_OP]["config"]["inbox_ids"] for rr in result.run_requests] == [ids]
