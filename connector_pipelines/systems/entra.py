@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import msal
 import msal.exceptions
 import requests
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ class EntraTokenProvider:
 
     def __init__(self, tenant_id: str, client_id: str, client_secret: str, scope: str,
                  authority_host: str = "https://login.microsoftonline.com", ca_bundle: str | None = None,
-                 *, clock: Callable[[], float] = time.time, timeout_s: float = 30.0) -> None:
+                 *, clock: Callable[[], float] = time.time, timeout_s: float = 30.0,
+                 transient_attempts: int = 4) -> None:
+        self.transient_attempts = transient_attempts
         self.tenant_id = tenant_id
         self.client_id = client_id
         self._secret = client_secret
@@ -124,6 +127,14 @@ class EntraTokenProvider:
             cache.remove_at(entry)
 
     def get_token(self) -> str:
+        """A valid access token; transient Entra failures (429, 5xx, network) are retried a few times
+        with exponential backoff, permanent ones (bad secret, unknown scope) raise at once."""
+        retrying = Retrying(retry=retry_if_exception(lambda e: isinstance(e, EntraAuthError) and e.transient),
+                            stop=stop_after_attempt(self.transient_attempts),
+                            wait=wait_exponential_jitter(initial=0.5, max=8), reraise=True)
+        return retrying(self._get_token_once)
+
+    def _get_token_once(self) -> str:
         with self._lock:
             if self._token is not None and self._clock() >= self._expires_at - REFRESH_MARGIN_S:
                 # Our clock says the last token is (nearly) expired; msal's cache might still disagree.

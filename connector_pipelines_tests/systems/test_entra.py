@@ -149,9 +149,17 @@ def test_concurrent_callers_share_one_token(world):
     assert len(set(got)) == 1 and entra.tokens_issued - before == 1
 
 
-def test_entra_throttling_is_reported_not_swallowed(world):
+def test_transient_entra_failures_are_retried_then_succeed(world):
     entra, _server, _tls, _made = world
     p = provider(world)
+    entra.faults.server_error_next = 2   # two 503s, then a token
+    assert entra.validate(p.get_token(), BC) is not None
+    assert entra.faults.server_error_next == 0
+
+
+def test_entra_throttling_is_reported_not_swallowed(world):
+    entra, _server, _tls, _made = world
+    p = provider(world, transient_attempts=1)
     entra.faults.server_error_next = 1
     with pytest.raises(EntraAuthError) as err:
         p.get_token()
