@@ -28,3 +28,20 @@ def test_vault_cli_lists_names_never_values(world, capsys):
     assert cli.main(["vault", "list"]) == 0
     out = capsys.readouterr().out
     assert "atlassian:jira" in out and "refresh_token" not in out
+
+
+def test_vault_cli_put_and_rotate_to_a_new_key(world, capsys, monkeypatch):
+    from connector_pipelines.core.db import get_engine
+    from connector_pipelines.core.vault import Vault
+
+    monkeypatch.setenv("MY_SECRET_INPUT", '{"token": "abc-123"}')
+    assert cli.main(["vault", "put", "demo:secret", "--from-env", "MY_SECRET_INPUT"]) == 0
+    assert cli.main(["vault", "generate-key"]) == 0
+    new_key = capsys.readouterr().out.strip().splitlines()[-1]
+    old = world.stack.env["CONNECTOR_VAULT_KEYS"]
+    monkeypatch.setenv("CONNECTOR_VAULT_KEYS", f"{new_key},{old}")
+    assert cli.main(["vault", "rotate"]) == 0
+    # the old key can now be dropped: everything decrypts with the new one alone
+    vault = Vault(get_engine(world.database_url), [new_key])
+    assert vault.get("demo:secret") == {"token": "abc-123"}
+    assert "abc-123" not in capsys.readouterr().out

@@ -1,0 +1,103 @@
+"""The resilient HTTP client's rules, on a scripted transport (no sleeping: waits are recorded)."""
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from connector_pipelines.core.http import ApiError, ResilientClient, RetrySettings, parse_retry_after
+
+
+class Tokens:
+    def __init__(self):
+        self.n = 0
+        self.invalidated = []
+
+    def get_token(self):
+        return f"t{self.n}"
+
+    def invalidate(self, token):
+        self.invalidated.append(token)
+        self.n += 1
+
+
+def client(responses, auth=None, **retry):
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return responses.pop(0)
+
+    waits = []
+    c = ResilientClient("vendor", "http://vendor.test", auth, transport=httpx.MockTransport(handler),
+                        retry=RetrySettings(**retry) if retry else None, sleep=waits.append,
+                        reason_header="RateLimit-Reason")
+    return c, seen, waits
+
+
+def test_retry_after_seconds_and_http_date():
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
+    assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0.0
+    assert parse_retry_after("soon", now) is None and parse_retry_after(None) is None
+
+
+def test_429_honours_retry_after_then_succeeds():
+    c, seen, waits = client([httpx.Response(429, headers={"Retry-After": "3"}),
+                             httpx.Response(503, headers={"Retry-After": "1"}), httpx.Response(200, json={"ok": 1})])
+    assert c.get("/x").json() == {"ok": 1}
+    assert waits == [3.0, 1.0] and len(seen) == 3 and c.stats()["retries"] == 2
+
+
+def test_without_retry_after_backoff_is_exponential_with_jitter_and_bounded():
+    c, seen, waits = client([httpx.Response(429)] * 4, max_attempts=4, initial_backoff_s=1.0, max_backoff_s=3.0)
+    with pytest.raises(ApiError) as err:
+        c.get("/x")
+    assert err.value.status == 429 and len(seen) == 4
+    assert len(waits) == 3
+    assert 0.5 <= waits[0] <= 1.5 and 1.0 <= waits[1] <= 3.0 and waits[2] <= 4.5
+
+
+def test_retry_after_is_capped():
+    c, _seen, waits = client([httpx.Response(429, headers={"Retry-After": "99999"}), httpx.Response(200)],
+                             max_retry_after_s=10)
+    c.get("/x")
+    assert waits == [10]
+
+
+def test_401_refreshes_the_token_once_and_retries_once():
+    tokens = Tokens()
+    c, seen, _ = client([httpx.Response(401), httpx.Response(200, json={})], auth=tokens)
+    c.get("/x")
+    assert tokens.invalidated == ["t0"]
+    assert [r.headers["Authorization"] for r in seen] == ["Bearer t0", "Bearer t1"]
+    tokens2 = Tokens()
+    c2, seen2, _ = client([httpx.Response(401), httpx.Response(401, json={"error": "no"})], auth=tokens2)
+    with pytest.raises(ApiError) as err:
+        c2.get("/x")
+    assert err.value.status == 401 and len(seen2) == 2 and tokens2.invalidated == ["t0"]
+
+
+def test_permanent_errors_raise_at_once_with_the_vendors_reason():
+    c, seen, waits = client([httpx.Response(400, json={"errorMessages": ["bad jql"], "errors": {}},
+                                            headers={"RateLimit-Reason": "jira-burst-based"})])
+    with pytest.raises(ApiError) as err:
+        c.get("/x")
+    assert len(seen) == 1 and waits == []
+    assert "bad jql" in str(err.value) and err.value.reason == "jira-burst-based"
+
+
+def test_transport_errors_are_retried():
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        if len(calls) < 3:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200)
+
+    waits = []
+    c = ResilientClient("v", "http://v.test", transport=httpx.MockTransport(handler), sleep=waits.append)
+    assert c.get("/x").status_code == 200 and len(calls) == 3 and len(waits) == 2
