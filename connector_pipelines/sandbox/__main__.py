@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -18,7 +19,11 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every sandbox call")
     parser.add_argument("--no-receiver", action="store_true")
     args = parser.parse_args()
-    stack = start_stack(Path(args.workdir), receiver=not args.no_receiver, latency_s=args.latency_ms / 1000)
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    database_url = os.environ.get("CONNECTOR_DATABASE_URL") or f"sqlite:///{workdir / 'connector_pipelines.sqlite'}"
+    stack = start_stack(workdir, receiver=not args.no_receiver, latency_s=args.latency_ms / 1000,
+                        database_url=database_url)
     stack.bc.start_auto_delivery(2.0)
     stack.jira.start_auto_delivery(1.0)
     print(json.dumps(stack.describe(), indent=2), flush=True)
