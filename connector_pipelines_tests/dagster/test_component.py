@@ -141,8 +141,9 @@ def test_a_second_yaml_is_its_own_pair(tmp_path, monkeypatch):
     store = ConnectorStore(database_url=url)
     try:
         inbox = store.inbox()
-        inbox.put("jira", "d1", {"event": {"issue": {"key": "FIN-1", "fields": {"project": {"key": "FIN"}}}}})
-        inbox.put("jira", "d2", {"event": {"issue": {"key": "OPS-7", "fields": {"project": {"key": "OPS"}}}}})
+        moved = {"webhookEvent": "jira:issue_updated", "changelog": {"items": [{"field": "status"}]}}
+        inbox.put("jira", "d1", {"event": {**moved, "issue": {"key": "FIN-1", "fields": {"project": {"key": "FIN"}}}}})
+        inbox.put("jira", "d2", {"event": {**moved, "issue": {"key": "OPS-7", "fields": {"project": {"key": "OPS"}}}}})
         with dg.instance_for_test() as instance:
             ctx = dg.build_sensor_context(instance=instance, resources={"connector_store": store})
             result = repo.get_sensor_def("bc_ops__jira_inbox_sensor").evaluate_tick(ctx)
