@@ -73,13 +73,25 @@ def report_metadata(counts: dict[str, int], write: WriteReport, calls: dict[str,
     return md
 
 
+def _write_errors_text(failed: int, what: str) -> str:
+    return (f"{failed} record(s) could not be written ({what}); they are marked failed in the ledger and "
+            "re-executing this run (or re-materializing the partition) retries exactly those.")
+
+
 def _fail_on_write_errors(what: str, report_failed: int, md: dict[str, Any]) -> None:
     if report_failed:
-        raise dg.Failure(
-            description=f"{report_failed} record(s) could not be written ({what}); they are marked failed in the "
-                        "ledger and re-executing this run (or re-materializing the partition) retries exactly those.",
-            metadata=md,
-        )
+        raise dg.Failure(description=_write_errors_text(report_failed, what), metadata=md)
+
+
+def _close_inbox_batch(inbox, rows: list[InboxRow], run_id: str, failures: dict[str, str], md: dict[str, Any],
+                       describe) -> None:
+    """End of an inbox-batch op: rows marked processed, or failed (with the errors) and the op fails,
+    so re-executing the run retries exactly the failed records (the ledger skips the rest)."""
+    ids = [r.id for r in rows]
+    if failures:
+        inbox.mark(ids, "failed", run_id, "; ".join(failures.values())[:2000])
+        raise dg.Failure(description=describe(len(failures)), metadata=md)
+    inbox.mark(ids, "processed", run_id)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,10 +231,8 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
             total.merge(rep)
         calls = {integration.source: source.api_calls() - before[0], "jira": writer.jira.http.calls - before[1]}
         md = report_metadata({"notifications": len(rows), **total.counts()}, total.write, calls)
-        if total.write.failed:
-            inbox.mark([r.id for r in rows], "failed", context.run_id, "; ".join(total.write.failures.values())[:2000])
-        _fail_on_write_errors("notification batch", total.write.failed, md)
-        inbox.mark([r.id for r in rows], "processed", context.run_id)
+        _close_inbox_batch(inbox, rows, context.run_id, total.write.failures, md, lambda n: _write_errors_text(
+            n, "notification batch"))
         return dg.Output(None, metadata=md)
 
     @dg.job(name=f"{name}__notification_job", tags={**tags, "connector/trigger": "webhook"},
@@ -253,12 +263,10 @@ def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> 
             md["outcomes"] = dg.MetadataValue.md("\n".join(
                 f"- [{k}]({jira.browse_url(k)}): {v}" for k, v in list(report.outcomes.items())[:50]))
         context.log.info(f"resolutions: {report.counts()}")
-        if report.failed:
+        if report.failures:
             md["failures"] = dg.MetadataValue.md("\n".join(f"- {k}: {v}" for k, v in report.failures.items()))
-            inbox.mark([r.id for r in rows], "failed", context.run_id)
-            raise dg.Failure(description=f"{report.failed} resolution(s) failed; re-execute to retry them "
-                                         "(done ones are skipped by the ledger).", metadata=md)
-        inbox.mark([r.id for r in rows], "processed", context.run_id)
+        _close_inbox_batch(inbox, rows, context.run_id, report.failures, md, lambda n: (
+            f"{n} resolution(s) failed; re-execute to retry them (done ones are skipped by the ledger)."))
         return dg.Output(None, metadata=md)
 
     @dg.job(name=f"{name}__resolution_job", tags={**tags, "connector/trigger": "jira_webhook"},
