@@ -136,10 +136,9 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
                               cron_schedule="27 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING),
     ]
     sensors = [
-        build_inbox_sensor(f"{name}__{src}_inbox_sensor", src, notification_job, f"{name}__sync_notified_records", tags,
+        build_inbox_sensor(f"{name}__{src}_inbox_sensor", src, notification_job, tags,
                            description=f"Launch one {name} notification run per batch of {src} webhook rows."),
-        build_inbox_sensor(f"{name}__jira_inbox_sensor", JIRA_SOURCE, resolution_job,
-                           f"{name}__apply_jira_resolutions", tags,
+        build_inbox_sensor(f"{name}__jira_inbox_sensor", JIRA_SOURCE, resolution_job, tags,
                            row_filter=_project_filter(integration.target.project_key),
                            description=f"Launch one {name} resolution run per batch of Jira status "
                                        f"transitions in project {integration.target.project_key}."),
@@ -212,6 +211,18 @@ def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, res
     return _check
 
 
+def _single_op_job(op_def: dg.OpDefinition, name: str, tags: dict[str, str], trigger: str,
+                   description: str) -> dg.JobDefinition:
+    """The one-op job every sensor/schedule here launches: pair tags plus its trigger, in-process."""
+
+    @dg.job(name=name, tags={**tags, "connector/trigger": trigger}, executor_def=dg.in_process_executor,
+            description=description)
+    def _job():
+        op_def()
+
+    return _job
+
+
 def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
     name = integration.name
 
@@ -235,13 +246,8 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
             n, "notification batch"))
         return dg.Output(None, metadata=md)
 
-    @dg.job(name=f"{name}__notification_job", tags={**tags, "connector/trigger": "webhook"},
-            executor_def=dg.in_process_executor,
-            description=f"One batch of {integration.source} notifications -> Jira issues.")
-    def notification_job():
-        sync_notified_records()
-
-    return notification_job
+    return _single_op_job(sync_notified_records, f"{name}__notification_job", tags, "webhook",
+                          f"One batch of {integration.source} notifications -> Jira issues.")
 
 
 def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
@@ -269,13 +275,8 @@ def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> 
             f"{n} resolution(s) failed; re-execute to retry them (done ones are skipped by the ledger)."))
         return dg.Output(None, metadata=md)
 
-    @dg.job(name=f"{name}__resolution_job", tags={**tags, "connector/trigger": "jira_webhook"},
-            executor_def=dg.in_process_executor,
-            description="Jira issues moved to done act back on the source documents.")
-    def resolution_job():
-        apply_jira_resolutions()
-
-    return resolution_job
+    return _single_op_job(apply_jira_resolutions, f"{name}__resolution_job", tags, "jira_webhook",
+                          "Jira issues moved to done act back on the source documents.")
 
 
 def _subscription_renewal_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
@@ -295,13 +296,8 @@ def _subscription_renewal_job(integration: IntegrationDefinition, resource_keys,
               "renewed": dg.MetadataValue.int(sum(r["action"] == "renewed" for r in results))}
         return dg.Output(None, metadata=md)
 
-    @dg.job(name=f"{name}__subscription_renewal_job", tags={**tags, "connector/trigger": "renewal"},
-            executor_def=dg.in_process_executor,
-            description=f"Keep {integration.source} webhook subscriptions alive (BC: 3-day expiry).")
-    def job():
-        ensure_source_subscriptions()
-
-    return job
+    return _single_op_job(ensure_source_subscriptions, f"{name}__subscription_renewal_job", tags, "renewal",
+                          f"Keep {integration.source} webhook subscriptions alive (BC: 3-day expiry).")
 
 
 def _jira_webhook_renewal_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
@@ -317,13 +313,8 @@ def _jira_webhook_renewal_job(integration: IntegrationDefinition, resource_keys,
         context.log.info(f"Jira webhook {result['webhook_id']}: {result['action']} (expires {result['expires']})")
         return dg.Output(None, metadata={"webhook": dg.MetadataValue.json(result)})
 
-    @dg.job(name=f"{name}__jira_webhook_renewal_job", tags={**tags, "connector/trigger": "renewal"},
-            executor_def=dg.in_process_executor,
-            description="Keep the Jira dynamic webhook registered and refreshed.")
-    def job():
-        ensure_jira_webhook_op()
-
-    return job
+    return _single_op_job(ensure_jira_webhook_op, f"{name}__jira_webhook_renewal_job", tags, "renewal",
+                          "Keep the Jira dynamic webhook registered and refreshed.")
 
 
 def _last_partition_key(partitions: dg.PartitionsDefinition, at: datetime) -> str | None:
@@ -388,7 +379,7 @@ def inbox_settle_seconds(dialect: str) -> float:
     return 0.0 if dialect == "sqlite" else 2.0
 
 
-def build_inbox_sensor(name: str, source: str, job: dg.JobDefinition, op_name: str, tags: dict[str, str], *,
+def build_inbox_sensor(name: str, source: str, job: dg.JobDefinition, tags: dict[str, str], *,
                        description: str, row_filter=None, batch_size: int = 500, max_runs_per_tick: int = 4,
                        interval_s: int = 5) -> dg.SensorDefinition:
     """A cursor sensor over the local inbox: one RunRequest per batch, run_key from the rows it covers.
@@ -396,6 +387,9 @@ def build_inbox_sensor(name: str, source: str, job: dg.JobDefinition, op_name: s
     The tick reads only the project's database (never a vendor API), is bounded by
     ``batch_size * max_runs_per_tick`` rows, and reports the inbox depth as an observation.
     """
+
+    [op_node] = job.graph.nodes  # a one-op job (_single_op_job): its op takes the inbox ids as config
+    op_name = op_node.name
 
     @dg.sensor(name=name, job=job, minimum_interval_seconds=interval_s, description=description,
                required_resource_keys={"connector_store"}, default_status=dg.DefaultSensorStatus.RUNNING)

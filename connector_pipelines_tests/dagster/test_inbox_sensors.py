@@ -194,7 +194,7 @@ def test_a_tick_covers_1200_rows_in_three_runs_of_at_most_500(defs, instance, st
 def test_max_runs_per_tick_bounds_a_tick_and_the_next_tick_resumes(defs, instance, store):
     ids = put_many_fast(store, BC, 1200)
     notification_job = defs.resolve_job_def(f"{PAIR}__notification_job")
-    sensor = build_inbox_sensor("bounded", BC, notification_job, BC_OP, {}, description="test",
+    sensor = build_inbox_sensor("bounded", BC, notification_job, {}, description="test",
                                 batch_size=100, max_runs_per_tick=4)
 
     first = tick(sensor, instance, store)
