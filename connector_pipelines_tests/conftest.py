@@ -45,6 +45,22 @@ def pg_url(pg_database) -> str:
     return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_database}"
 
 
+@pytest.fixture(scope="module")
+def entra_over_tls(tmp_path_factory):
+    """The Entra ID sandbox on a loopback port over TLS (msal refuses http), with its throwaway CA.
+
+    Yields (entra, server, tls); each test module registers the apps it needs on ``entra``.
+    """
+    from connector_pipelines.sandbox.common import SandboxServer
+    from connector_pipelines.sandbox.entra import EntraSandbox
+    from connector_pipelines.sandbox.tls import make_tls
+
+    tls = make_tls(tmp_path_factory.mktemp("tls"))
+    entra = EntraSandbox()
+    with SandboxServer(entra.app, ssl_certfile=str(tls.server_cert), ssl_keyfile=str(tls.server_key)) as server:
+        yield entra, server, tls
+
+
 @dataclass
 class World:
     stack: object

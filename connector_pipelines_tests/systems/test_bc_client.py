@@ -14,8 +14,6 @@ from starlette.routing import Route
 from connector_pipelines.core.http import ApiError, RetrySettings
 from connector_pipelines.sandbox.business_central import BusinessCentralSandbox, parse_dt
 from connector_pipelines.sandbox.common import SandboxServer
-from connector_pipelines.sandbox.entra import EntraSandbox
-from connector_pipelines.sandbox.tls import make_tls
 from connector_pipelines.systems.business_central import BusinessCentralClient, odata_datetime
 from connector_pipelines.systems.entra import EntraTokenProvider
 
@@ -64,18 +62,10 @@ def receiver():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def entra_tls(tmp_path_factory):
-    tls = make_tls(tmp_path_factory.mktemp("tls"))
-    entra = EntraSandbox()
-    entra.register_app(TENANT, CLIENT_ID, SECRET, [SCOPE])
-    with SandboxServer(entra.app, ssl_certfile=str(tls.server_cert), ssl_keyfile=str(tls.server_key)) as server:
-        yield entra, server, tls
-
-
 @pytest.fixture
-def world(entra_tls):
-    entra, entra_server, tls = entra_tls
+def world(entra_over_tls):
+    entra, entra_server, tls = entra_over_tls
+    entra.register_app(TENANT, CLIENT_ID, SECRET, [SCOPE])
     bc = BusinessCentralSandbox(entra)
     bc.register_environment(TENANT, ENV)
     cid = bc.add_company("CRONUS USA, Inc.")

@@ -11,9 +11,6 @@ import threading
 
 import pytest
 
-from connector_pipelines.sandbox.common import SandboxServer
-from connector_pipelines.sandbox.entra import EntraSandbox
-from connector_pipelines.sandbox.tls import make_tls
 from connector_pipelines.systems.entra import EntraAuthError, EntraTokenProvider
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -23,18 +20,9 @@ BC = "https://api.businesscentral.dynamics.com"
 SCOPE = f"{BC}/.default"
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tls = make_tls(tmp_path_factory.mktemp("tls"))
-    entra = EntraSandbox()
-    entra.register_app(TENANT, CLIENT_ID, SECRET, [SCOPE])
-    with SandboxServer(entra.app, ssl_certfile=str(tls.server_cert), ssl_keyfile=str(tls.server_key)) as server:
-        yield entra, server, tls
-
-
 @pytest.fixture
-def world(served, monkeypatch, tmp_path):
-    entra, server, tls = served
+def world(entra_over_tls, monkeypatch, tmp_path):
+    entra, server, tls = entra_over_tls
     bogus = str(tmp_path / "no-such-ca-bundle.pem")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", bogus)
     monkeypatch.setenv("CURL_CA_BUNDLE", bogus)
