@@ -46,6 +46,11 @@ def make_source(integration: IntegrationDefinition, resources: Any):
 
         bc = resources.business_central
         return BusinessCentralSource(bc.client(), integration.company, bc.web_client_url)
+    if integration.source == "finance_operations":
+        from connector_pipelines.integrations.sources.finance_operations import FinanceOperationsSource
+
+        fo = resources.finance_operations
+        return FinanceOperationsSource(fo.client(), integration.company, fo.environment_url)
     raise dg.Failure(f"no source adapter for {integration.source!r}", allow_retries=False)
 
 
@@ -55,8 +60,21 @@ def make_writer(integration: IntegrationDefinition, resources: Any, run_id: str)
     return JiraIssueWriter(jira, store.ledger(), integration, run_id)
 
 
-def report_metadata(counts: dict[str, int], write: WriteReport, calls: dict[str, int]) -> dict[str, Any]:
+def _log_quarantined(log, report: SyncReport) -> None:
+    for key, reason in list(report.quarantined.items())[:MAX_LINKS_IN_METADATA]:
+        log.warning(f"quarantined {key}: {reason}")
+    if len(report.quarantined) > MAX_LINKS_IN_METADATA:
+        log.warning(f"… and {len(report.quarantined) - MAX_LINKS_IN_METADATA} more quarantined (see the ledger)")
+    for reason in report.ignored_reasons[:10]:
+        log.info(f"ignored notification: {reason}")
+
+
+def report_metadata(counts: dict[str, int], write: WriteReport, calls: dict[str, int],
+                    quarantined: dict[str, str] | None = None) -> dict[str, Any]:
     md: dict[str, Any] = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
+    if quarantined:
+        md["quarantined_records"] = dg.MetadataValue.md("\n".join(
+            f"- `{k}`: {v}" for k, v in list(quarantined.items())[:MAX_LINKS_IN_METADATA]))
     md.update({f"api_calls_{k}": dg.MetadataValue.int(v) for k, v in calls.items()})
     if write.links:
         rows = list(write.links.items())[:MAX_LINKS_IN_METADATA]
@@ -122,34 +140,47 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
                                         description="Reconcile every current exception against the open Jira issues.")
     notification_job = _notification_job(integration, resource_keys, tags)
     resolution_job = _resolution_job(integration, resource_keys, tags)
-    subscription_job = _subscription_renewal_job(integration, resource_keys, tags)
     jira_webhook_job = _jira_webhook_renewal_job(integration, resource_keys, tags)
+    jobs = [poll_job, reconcile_job, notification_job, resolution_job, jira_webhook_job]
+    capabilities = integration.capabilities
 
     schedules = [
-        _poll_schedule(integration, poll_job, partitions),
         dg.ScheduleDefinition(name=f"{name}__reconcile_schedule", job=reconcile_job, cron_schedule="7 * * * *",
                               execution_timezone=integration.polling.timezone,
                               default_status=dg.DefaultScheduleStatus.RUNNING),
-        dg.ScheduleDefinition(name=f"{name}__subscription_renewal_schedule", job=subscription_job,
-                              cron_schedule="17 */6 * * *", default_status=dg.DefaultScheduleStatus.RUNNING),
         dg.ScheduleDefinition(name=f"{name}__jira_webhook_renewal_schedule", job=jira_webhook_job,
                               cron_schedule="27 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING),
     ]
+    if capabilities.windowed_polling:
+        # Sources without a modified timestamp (F&O) are pushed only: their windows replay the inbox on demand.
+        schedules.insert(0, _poll_schedule(integration, poll_job, partitions))
+    if capabilities.subscriptions:
+        subscription_job = _subscription_renewal_job(integration, resource_keys, tags)
+        jobs.append(subscription_job)
+        schedules.append(dg.ScheduleDefinition(name=f"{name}__subscription_renewal_schedule", job=subscription_job,
+                                               cron_schedule="17 */6 * * *",
+                                               default_status=dg.DefaultScheduleStatus.RUNNING))
     sensors = [
         build_inbox_sensor(f"{name}__{src}_inbox_sensor", src, notification_job, tags,
                            description=f"Launch one {name} notification run per batch of {src} webhook rows."),
         build_inbox_sensor(f"{name}__jira_inbox_sensor", JIRA_SOURCE, resolution_job, tags,
-                           row_filter=_project_filter(integration.target.project_key),
-                           description=f"Launch one {name} resolution run per batch of Jira status "
-                                       f"transitions in project {integration.target.project_key}."),
+                           row_filter=_project_filter(integration.project_keys(),
+                                                      integration.target.resolution_comment_prefix),
+                           description=f"Launch one {name} resolution run per batch of Jira status transitions "
+                                       f"(and resolution comments) in {', '.join(integration.project_keys())}."),
     ]
-    return dg.Definitions(assets=assets, asset_checks=checks, schedules=schedules, sensors=sensors,
-                          jobs=[poll_job, reconcile_job, notification_job, resolution_job, subscription_job,
-                                jira_webhook_job])
+    return dg.Definitions(assets=assets, asset_checks=checks, schedules=schedules, sensors=sensors, jobs=jobs)
 
 
 def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partitions, resource_keys, owners):
     key = dg.AssetKey([integration.source, entity.name])
+    if integration.capabilities.windowed_polling:
+        window_text = (f"One partition = the {entity.entity_set} changed in one hour (lastModifiedDateTime); "
+                       "materializing it opens or updates one Jira issue per exception.")
+    else:
+        window_text = (f"Announced by {entity.business_event}. One partition = the business events received in "
+                       f"one hour; materializing it re-reads their {entity.entity_set} over OData and opens or "
+                       "updates one Jira issue per exception (done ones are skipped by the ledger).")
 
     @dg.asset(
         key=key,
@@ -159,8 +190,7 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         owners=owners,
         pool="jira_site",
         required_resource_keys=resource_keys,
-        description=(f"{entity.description} One partition = the {entity.entity_set} changed in one hour "
-                     f"(lastModifiedDateTime); materializing it opens or updates one Jira issue per exception."),
+        description=f"{entity.description} {window_text}",
         tags={"connector/entity": entity.name},
         retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL,
                                     jitter=dg.Jitter.PLUS_MINUS),
@@ -170,9 +200,17 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         source = make_source(integration, context.resources)
         writer = make_writer(integration, context.resources, context.run_id)
         before = (source.api_calls(), writer.jira.http.calls)
-        report = sync_window(source, writer, entity, window.start.astimezone(UTC), window.end.astimezone(UTC))
+        start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
+        if integration.capabilities.windowed_polling:
+            report = sync_window(source, writer, entity, start, end)
+        else:
+            rows = context.resources.connector_store.inbox().received_between(integration.source, start, end)
+            report = SyncReport()
+            for rep in sync_notified(integration, source, writer, [r.payload for r in rows], [entity]).values():
+                report.merge(rep)
+        _log_quarantined(context.log, report)
         calls = {integration.source: source.api_calls() - before[0], "jira": writer.jira.http.calls - before[1]}
-        md = report_metadata(report.counts(), report.write, calls)
+        md = report_metadata(report.counts(), report.write, calls, report.quarantined)
         md["window"] = dg.MetadataValue.text(f"{window.start.isoformat()} .. {window.end.isoformat()}")
         context.log.info(f"{entity.name} {md['window'].text}: {report.counts()}")
         _fail_on_write_errors(f"{entity.name} window", report.write.failed, md)
@@ -240,8 +278,9 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
         for entity_name, rep in reports.items():
             context.log.info(f"{entity_name}: {rep.counts()}")
             total.merge(rep)
+        _log_quarantined(context.log, total)
         calls = {integration.source: source.api_calls() - before[0], "jira": writer.jira.http.calls - before[1]}
-        md = report_metadata({"notifications": len(rows), **total.counts()}, total.write, calls)
+        md = report_metadata({"notifications": len(rows), **total.counts()}, total.write, calls, total.quarantined)
         _close_inbox_batch(inbox, rows, context.run_id, total.write.failures, md, lambda n: _write_errors_text(
             n, "notification batch"))
         return dg.Output(None, metadata=md)
@@ -343,24 +382,28 @@ def _poll_schedule(integration: IntegrationDefinition, poll_job, partitions) -> 
     return poll_schedule
 
 
-def _project_filter(project_key: str):
-    """Jira rows this pair can act on: a status transition of an issue in its project.
+def _project_filter(project_keys: list[str], comment_prefix: str | None = None):
+    """Jira rows this pair can act on: a status transition, or a resolution comment, of an issue in
+    one of its projects.
 
-    Other events (comments — including the echo of our own outcome comments — and field edits) stay
-    in the inbox as audit but launch no run.
+    Other events (other comments — including the echo of our own outcome comments — and field edits)
+    stay in the inbox as audit but launch no run.
     """
+    from connector_pipelines.integrations.resolution import resolution_comment
 
     def belongs(row: InboxRow) -> bool:
         event = row.payload.get("event", row.payload)
-        if event.get("webhookEvent") != "jira:issue_updated":
-            return False
-        if not any(i.get("field") == "status" for i in (event.get("changelog") or {}).get("items") or []):
+        kind = event.get("webhookEvent")
+        if kind == "jira:issue_updated":
+            if not any(i.get("field") == "status" for i in (event.get("changelog") or {}).get("items") or []):
+                return False
+        elif resolution_comment(event, comment_prefix) is None:
             return False
         issue = event.get("issue") or {}
         project = ((issue.get("fields") or {}).get("project") or {}).get("key")
         if project:
-            return project == project_key
-        return str(issue.get("key", "")).startswith(f"{project_key}-")
+            return project in project_keys
+        return any(str(issue.get("key", "")).startswith(f"{k}-") for k in project_keys)
 
     return belongs
 

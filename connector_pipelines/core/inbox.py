@@ -7,7 +7,7 @@ run per batch; the run marks the rows it processed. Nothing here talks to a vend
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +26,11 @@ class InboxRow:
     payload: dict[str, Any]
     status: str
     run_id: str | None
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """Stored timestamps are naive UTC (utcnow); aware inputs are converted, naive ones taken as UTC."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _row(r: Any) -> InboxRow:
@@ -80,6 +85,14 @@ class Inbox:
                 if r.received_at.timestamp() > horizon:
                     return rows[:i]
         return rows
+
+    def received_between(self, source: str, start: datetime, end: datetime) -> list[InboxRow]:
+        """Rows of ``source`` received in [start, end), oldest first (a window's replay)."""
+        start, end = _naive_utc(start), _naive_utc(end)
+        q = (sa.select(inbox).where(inbox.c.source == source, inbox.c.received_at >= start,
+                                    inbox.c.received_at < end).order_by(inbox.c.id))
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
 
     def get(self, ids: list[int]) -> list[InboxRow]:
         if not ids:

@@ -70,7 +70,49 @@ class TargetField(BaseModel):
     kind: FieldKind = "text"
 
 
-Resolution = Literal["post_purchase_invoice", "unblock_vendor", "record_outcome"]
+Resolution = Literal["post_purchase_invoice", "unblock_vendor", "record_outcome", "workflow_action"]
+
+SourceSystem = Literal["business_central", "finance_operations"]
+
+
+class SourceCapabilities(BaseModel):
+    """What a source system offers the factory: windowed polling on a modified timestamp, push
+    subscriptions the connector must create and renew."""
+
+    label: str
+    windowed_polling: bool
+    subscriptions: bool
+
+
+SOURCE_CAPABILITIES: dict[str, SourceCapabilities] = {
+    # BC: lastModifiedDateTime on every API entity; webhook subscriptions expire after 3 days.
+    "business_central": SourceCapabilities(label="Business Central", windowed_polling=True,
+                                           subscriptions=True),
+    # F&O: data entities expose no common modified timestamp; business events are pushed to an endpoint
+    # an administrator configures in F&O (nothing to renew). A window = the events received in it.
+    "finance_operations": SourceCapabilities(label="Dynamics 365 Finance & Operations",
+                                             windowed_polling=False, subscriptions=False),
+}
+
+
+class StateCheck(BaseModel):
+    """Before a non-idempotent action: the document field that says whether it is still due."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    due: list[str] = Field(description="Values in which the action is still due")
+    already: list[str] = Field(default_factory=list, description="Values meaning someone already did it")
+
+
+class LineSummary(BaseModel):
+    """Summarise the document's lines (read in the same call with a one-level $expand) into
+    ``LineCount`` and ``LinesTotal`` on the record, for headers that carry no total of their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    navigation: str = Field(description="Navigation property of the header holding its lines")
+    amount_field: str = Field(description="Line field summed into LinesTotal")
 
 
 class EntitySync(BaseModel):
@@ -83,12 +125,27 @@ class EntitySync(BaseModel):
     entity_set: str = Field(description="The source API's collection, e.g. purchaseInvoices")
     document_label: str = Field(description="What a person calls one record, e.g. 'Purchase invoice'")
     webhook: bool = Field(False, description="The source notifies changes (subscription); polling still catches up")
-    exception: list[ExceptionRule]
+    exception: list[ExceptionRule] = Field(default_factory=list)
     issue_type: str = "Task"
     summary: str
     fields: list[TargetField] = Field(default_factory=list)
     context: list[str] = Field(default_factory=list, description="Record fields shown in the issue description")
     resolution: Resolution = "record_outcome"
+    project_key: str | None = Field(None, description="Jira project for this entity (default: target.project_key)")
+    # -- event-driven sources (F&O business events) ---------------------------------------------------
+    business_event: str | None = Field(None, description="F&O BusinessEventId announcing a document of this set")
+    event_keys: dict[str, str] = Field(default_factory=dict, description=(
+        "Entity field <- business-event payload field: the fields that find the document over OData "
+        "(dataAreaId comes from the event's legal entity)"))
+    lines: LineSummary | None = None
+    menu_item: str | None = Field(None, description="F&O display menu item for the link back to the record")
+    # -- resolution settings ---------------------------------------------------------------------------
+    state_check: StateCheck | None = Field(None, description="workflow_action: act only while the field is due")
+    workflow_action: str | None = Field(None, description=(
+        "workflow_action: the bound OData action (Microsoft.Dynamics.DataEntities.<name>) that advances "
+        "the document's workflow"))
+    outcome_field: str | None = Field(None, description=(
+        "record_outcome: a writable text field of the document that receives the Jira outcome"))
 
     @field_validator("name")
     @classmethod
@@ -97,12 +154,17 @@ class EntitySync(BaseModel):
             raise ValueError(f"entity name '{v}' must be snake_case (it becomes an asset key)")
         return v
 
-    @field_validator("exception")
-    @classmethod
-    def _some_rules(cls, v: list[ExceptionRule]) -> list[ExceptionRule]:
-        if not v:
-            raise ValueError("an entity needs at least one exception rule (otherwise every record is an exception)")
-        return v
+    @model_validator(mode="after")
+    def _consistent(self) -> EntitySync:
+        if not self.exception and not self.business_event:
+            raise ValueError(f"entity '{self.name}' needs at least one exception rule (otherwise every record is "
+                             "an exception), unless a business event announces each exception")
+        if self.business_event and not self.event_keys:
+            raise ValueError(f"entity '{self.name}': business_event needs event_keys (entity field <- event field)")
+        if self.resolution == "workflow_action" and not (self.workflow_action and self.state_check):
+            raise ValueError(f"entity '{self.name}': resolution workflow_action needs workflow_action and "
+                             "state_check (the action is not idempotent: read the state first)")
+        return self
 
     def is_exception(self, record: dict[str, Any], now: datetime | None = None) -> bool:
         return all(rule.matches(record, now) for rule in self.exception)
@@ -113,6 +175,10 @@ class EntitySync(BaseModel):
             names |= {n for _, n, _, _ in string.Formatter().parse(tpl) if n}
         return names | set(self.context) | {r.field for r in self.exception}
 
+    @property
+    def event_driven(self) -> bool:
+        return self.business_event is not None
+
 
 class JiraTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -120,6 +186,9 @@ class JiraTarget(BaseModel):
     project_key: str
     external_id_field: str = Field("ERP External ID", description="Name of the Jira text custom field holding the source key")
     done_status_category: str = "done"
+    resolution_comment_prefix: str | None = Field("Resolution:", description=(
+        "A person's comment starting with this text resolves the issue like a done transition "
+        "(the rest of the comment is the outcome recorded at the source); None = transitions only"))
 
 
 class PollingSettings(BaseModel):
@@ -143,7 +212,7 @@ class IntegrationDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    source: Literal["business_central"]
+    source: SourceSystem
     company: str = Field(description="Source company / legal entity the integration watches")
     target: JiraTarget
     polling: PollingSettings
@@ -157,7 +226,24 @@ class IntegrationDefinition(BaseModel):
         names = [e.name for e in self.entities]
         if len(names) != len(set(names)):
             raise ValueError(f"entity names must be unique in integration '{self.name}': {names}")
+        if not self.capabilities.windowed_polling:
+            polled = [e.name for e in self.entities if not e.event_driven]
+            if polled:
+                raise ValueError(f"{self.source} has no windowed polling: entities {polled} need a business_event")
+        events = [e.business_event for e in self.entities if e.business_event]
+        if len(events) != len(set(events)):
+            raise ValueError(f"one business event may announce one entity only in '{self.name}': {events}")
         return self
+
+    @property
+    def capabilities(self) -> SourceCapabilities:
+        return SOURCE_CAPABILITIES[self.source]
+
+    def project_for(self, entity: EntitySync) -> str:
+        return entity.project_key or self.target.project_key
+
+    def project_keys(self) -> list[str]:
+        return sorted({self.project_for(e) for e in self.entities})
 
     def entity(self, name: str) -> EntitySync:
         for e in self.entities:

@@ -91,9 +91,8 @@ class JiraIssueWriter:
 
     # -- planning ---------------------------------------------------------------------------------
     def desired_fields(self, entity: EntitySync, record: SourceRecord) -> dict[str, Any]:
-        t = self.integration.target
         fields: dict[str, Any] = {
-            "project": {"key": t.project_key},
+            "project": {"key": self.integration.project_for(entity)},
             "issuetype": {"name": entity.issue_type},
             "summary": render(entity.summary, record.data)[:255] or f"{entity.document_label} {record.record_id}",
             "description": self.description(entity, record),
@@ -113,7 +112,7 @@ class JiraIssueWriter:
     def description(self, entity: EntitySync, record: SourceRecord) -> dict[str, Any]:
         rows = [["Field", "Value"]] + [[name, format_value(record.data.get(name)) or "-"] for name in entity.context]
         blocks = [adf.paragraph(adf.text(f"{entity.document_label} needs attention in "
-                                         f"{self.integration.source.replace('_', ' ').title()} "
+                                         f"{self.integration.capabilities.label} "
                                          f"({self.integration.company}): {entity.description}"))]
         if entity.context:
             blocks.append(adf.table(rows, header=True))
@@ -148,7 +147,7 @@ class JiraIssueWriter:
             else:
                 to_lookup[key] = p
 
-        found = self._find_existing(to_lookup, known)
+        found = self._find_existing(self.integration.project_for(entity), to_lookup, known)
         to_create: dict[str, _Planned] = {}
         for key, p in to_lookup.items():
             issues = found.get(key, [])
@@ -166,18 +165,18 @@ class JiraIssueWriter:
         self._create(entity, to_create, report)
         return report
 
-    def _find_existing(self, to_lookup: dict[str, _Planned], known: dict[str, LedgerEntry]) -> dict[str, list[dict]]:
+    def _find_existing(self, project: str, to_lookup: dict[str, _Planned],
+                       known: dict[str, LedgerEntry]) -> dict[str, list[dict]]:
         if not to_lookup:
             return {}
         keys = list(to_lookup)
-        found = self.jira.find_by_external_ids(self.external_id_field, keys, self.integration.target.project_key,
-                                               ["summary", "status"])
+        found = self.jira.find_by_external_ids(self.external_id_field, keys, project, ["summary", "status"])
         # Intent rows mean a create may have happened before a crash: ride out search lag once.
         missing_intents = [k for k in keys if not found.get(k) and known.get(k) and known[k].state == INTENT]
         if missing_intents and self.intent_recheck_s > 0:
             time.sleep(self.intent_recheck_s)
-            again = self.jira.find_by_external_ids(self.external_id_field, missing_intents,
-                                                   self.integration.target.project_key, ["summary", "status"])
+            again = self.jira.find_by_external_ids(self.external_id_field, missing_intents, project,
+                                                   ["summary", "status"])
             found.update({k: v for k, v in again.items() if v})
         return found
 

@@ -3,8 +3,9 @@
 For each Jira event (from the webhook inbox):
 - find the source record through the ledger (issue key -> source key); events for issues this
   integration did not open are ignored;
-- only a transition *into* a status of the done category triggers the resolution (comments and
-  other edits are recorded as ignored);
+- a transition *into* a status of the done category triggers the resolution, and so does a person's
+  comment starting with ``target.resolution_comment_prefix`` ("Resolution: ...": the rest of the
+  comment is the outcome recorded at the source); other events are recorded as ignored;
 - the resolution has its own ledger row ``<source key>#resolve``: once done, a repeated Done
   webhook does nothing more;
 - the source adapter reads the document's current status and acts only if the action is still due
@@ -47,6 +48,20 @@ def resolve_key(source_key: str) -> str:
     return f"{source_key}#resolve"
 
 
+def resolution_comment(event: dict[str, Any], prefix: str | None) -> str | None:
+    """The outcome text of a ``comment_created`` event whose comment starts with ``prefix``, else None.
+
+    Our own outcome comments start with "connector_pipelines:", so they never match a sane prefix.
+    """
+    if not prefix or event.get("webhookEvent") != "comment_created":
+        return None
+    body = (event.get("comment") or {}).get("body")
+    text = (adf.plain_text(body) if isinstance(body, dict) else str(body or "")).strip()
+    if not text.lower().startswith(prefix.lower()):
+        return None
+    return text[len(prefix):].strip() or "(no text)"
+
+
 def done_transition(event: dict[str, Any], done_category: str = "done") -> bool:
     """True when the event moved the issue into a status of the done category."""
     if event.get("webhookEvent") != "jira:issue_updated":
@@ -71,9 +86,11 @@ class ResolutionProcessor:
         report = ResolutionReport()
         # Several events for one issue in a batch: the first done transition is the one that counts.
         seen: set[str] = set()
+        target = self.integration.target
         for event in events:
             issue_key = ((event.get("issue") or {}).get("key")) or ""
-            if not issue_key or not done_transition(event, self.integration.target.done_status_category):
+            note = resolution_comment(event, target.resolution_comment_prefix)
+            if not issue_key or (note is None and not done_transition(event, target.done_status_category)):
                 report.ignored += 1
                 continue
             owners = [e for e in self.ledger.by_target(self.integration.name, issue_key) if e.action == "issue"]
@@ -84,10 +101,12 @@ class ResolutionProcessor:
                 report.repeated += 1
                 continue
             seen.add(issue_key)
-            self._resolve_one(issue_key, owners[0].source_key, owners[0].entity, report)
+            self._resolve_one(issue_key, owners[0].source_key, owners[0].entity, report,
+                              note or f"resolved in Jira (moved to {_status_name(event)})")
         return report
 
-    def _resolve_one(self, issue_key: str, source_key: str, entity_name: str, report: ResolutionReport) -> None:
+    def _resolve_one(self, issue_key: str, source_key: str, entity_name: str, report: ResolutionReport,
+                     note: str) -> None:
         name = self.integration.name
         key = resolve_key(source_key)
         previous = self.ledger.get(name, key)
@@ -96,11 +115,11 @@ class ResolutionProcessor:
             return
         entity = self.integration.entity(entity_name)
         _, record_id = self.source.parse_external_id(source_key)
-        context = {"issue": issue_key, "entity": entity_name, "resolution": entity.resolution}
+        context = {"issue": issue_key, "entity": entity_name, "resolution": entity.resolution, "note": note[:500]}
         self.ledger.record_intents(name, [{"source_key": key, "entity": entity_name, "action": entity.resolution,
                                            "context": context}], self.run_id)
         try:
-            outcome = self.source.resolve(entity, record_id)
+            outcome = self.source.resolve(entity, record_id, f"{issue_key}: {note}")
         except ApiError as exc:
             msg = f"{entity.resolution} failed: {exc}"[:2000]
             self.ledger.mark_failed(name, [{"source_key": key, "entity": entity_name, "action": entity.resolution,
@@ -127,3 +146,8 @@ class ResolutionProcessor:
                 adf.text("connector_pipelines: ", strong=True), adf.text(message))))
         except ApiError as exc:  # the source action is done; a missing comment must not undo or repeat it
             log.warning("could not comment the outcome on %s: %s", issue_key, exc)
+
+
+def _status_name(event: dict[str, Any]) -> str:
+    status = ((event.get("issue") or {}).get("fields") or {}).get("status") or {}
+    return status.get("name") or "done"

@@ -23,15 +23,22 @@ class SyncReport:
     read: int = 0
     not_exceptions: int = 0
     write: WriteReport = field(default_factory=WriteReport)
+    quarantined: dict[str, str] = field(default_factory=dict)   # external id -> why (announced, not readable)
+    ignored: int = 0
+    ignored_reasons: list[str] = field(default_factory=list)
 
     def merge(self, other: SyncReport) -> SyncReport:
         self.read += other.read
         self.not_exceptions += other.not_exceptions
         self.write.merge(other.write)
+        self.quarantined.update(other.quarantined)
+        self.ignored += other.ignored
+        self.ignored_reasons.extend(other.ignored_reasons[:50 - len(self.ignored_reasons)])
         return self
 
     def counts(self) -> dict[str, int]:
-        return {"records_read": self.read, "not_exceptions": self.not_exceptions, **self.write.counts()}
+        return {"records_read": self.read, "not_exceptions": self.not_exceptions, **self.write.counts(),
+                "quarantined": len(self.quarantined), "ignored_notifications": self.ignored}
 
 
 def _upsert_exceptions(writer: JiraIssueWriter, entity: EntitySync, records: list[SourceRecord]) -> SyncReport:
@@ -48,21 +55,53 @@ def sync_window(source: SourceAdapter, writer: JiraIssueWriter, entity: EntitySy
 
 
 def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, writer: JiraIssueWriter,
-                  payloads: list[dict[str, Any]]) -> dict[str, SyncReport]:
-    """Fetch the full records the notifications name (few calls: OData filters over many ids)."""
-    changes = source.changes_from_notifications(payloads)
+                  payloads: list[dict[str, Any]], entities: list[EntitySync] | None = None) -> dict[str, SyncReport]:
+    """Fetch the full records the notifications name (few calls: OData filters over many ids).
+
+    A record a notification announced but the source cannot return is *quarantined* in the ledger
+    with the reason (and what announced it); the rest of the batch proceeds. Deleted records are not.
+    """
+    entities = entities if entities is not None else integration.entities
+    changes = source.changes_from_notifications(entities, payloads)
     reports: dict[str, SyncReport] = {}
-    for entity in integration.entities:
-        ids = sorted(changes.ids.get(entity.entity_set, set()))
-        windows = [(s, e) for es, s, e in changes.windows if es == entity.entity_set]
+    if changes.ignored:
+        first = reports.setdefault(entities[0].name, SyncReport()) if entities else SyncReport()
+        first.ignored += changes.ignored
+        first.ignored_reasons.extend(changes.ignored_reasons)
+    for entity in entities:
+        ids = sorted(changes.ids.get(entity.name, set()))
+        windows = [(s, e) for name, s, e in changes.windows if name == entity.name]
         if not ids and not windows:
             continue
         report = reports.setdefault(entity.name, SyncReport())
         if ids:
-            report.merge(_upsert_exceptions(writer, entity, source.fetch_by_ids(entity, ids)))
+            records = source.fetch_by_ids(entity, ids)
+            report.merge(_upsert_exceptions(writer, entity, records))
+            found = {r.record_id for r in records}
+            deleted = changes.deleted.get(entity.name, set())
+            missing = [i for i in ids if i not in found and i not in deleted]
+            if missing:
+                report.quarantined.update(_quarantine_missing(writer, source, entity, missing, changes))
         for start, end in windows:
             report.merge(sync_window(source, writer, entity, start, end))
     return reports
+
+
+def _quarantine_missing(writer: JiraIssueWriter, source: SourceAdapter, entity: EntitySync, missing: list[str],
+                        changes: Any) -> dict[str, str]:
+    """Ledger rows in state ``quarantined`` with a reason a person can act on; a later event (or a
+    re-run after the record is fixed) finds the record and opens the issue as usual."""
+    reasons: dict[str, str] = {}
+    rows = []
+    for record_id in missing:
+        key = source.external_id(entity, record_id)
+        origin = ", ".join(changes.announced_by.get(record_id, [])[:5])
+        reason = source.describe_missing(entity, record_id) + (f"; announced by {origin}" if origin else "")
+        reasons[key] = reason
+        rows.append({"source_key": key, "entity": entity.name, "action": "issue", "last_error": reason[:2000],
+                     "context": {"record": record_id, "announced_by": origin}})
+    writer.ledger.quarantine(writer.integration.name, rows, writer.run_id)
+    return reasons
 
 
 @dataclass
@@ -85,7 +124,8 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, jira: J
     longer an exception is orphaned (reported, not failed: the person closing it may be on it)."""
     current = {r.external_id: r for r in source.fetch_current_exceptions(entity)}
     done_cat = integration.target.done_status_category
-    found = jira.find_by_external_ids(external_id_field, list(current), integration.target.project_key,
+    project = integration.project_for(entity)
+    found = jira.find_by_external_ids(external_id_field, list(current), project,
                                       ["status", external_id_field.id]) if current else {}
     missing, duplicates, stale = [], {}, {}
     for key in current:
@@ -99,9 +139,13 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, jira: J
             else:
                 missing.append(key)
     prefix = source.external_id(entity, "")
-    jql = (f'project = "{integration.target.project_key}" AND statusCategory != "{done_cat}" '
+    jql = (f'project = "{project}" AND statusCategory != "{done_cat}" '
            f'AND {external_id_field.jql_clause} is not EMPTY')
     orphaned, open_count = {}, 0
+    if not entity.exception:
+        # Event-driven without a state rule (e.g. "vendor invoice posted"): no current state defines the
+        # exceptions, so an open issue is never orphaned by the source's state.
+        return Reconciliation(len(current), 0, missing, duplicates, stale, orphaned)
     for issue in jira.search_jql(jql, ["status", external_id_field.id]):
         ext = (issue.get("fields") or {}).get(external_id_field.id) or ""
         if not ext.startswith(prefix):

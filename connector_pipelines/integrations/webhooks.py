@@ -87,7 +87,8 @@ def ensure_bc_subscriptions(integration: IntegrationDefinition, bc_resource: Any
 
 def jira_webhook_filter(integration: IntegrationDefinition) -> str:
     # Dynamic webhooks cannot filter on our custom field (API-FACTS §4.4): filter by project, check later.
-    return f"project = {integration.target.project_key}"
+    keys = integration.project_keys()
+    return f"project = {keys[0]}" if len(keys) == 1 else f"project in ({', '.join(keys)})"
 
 
 JIRA_EVENTS = ["jira:issue_updated", "comment_created"]

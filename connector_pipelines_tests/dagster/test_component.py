@@ -80,21 +80,26 @@ def entity0(doc: dict) -> dict:
 
 BAD_VALUES: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("op_like", lambda d: entity0(d)["exception"][0].update(op="like"),
-     "entities.list[EntitySync].0.exception.0.op", "'eq', 'ne', 'in', 'not_in' or 'older_than_days'"),
+     "EntitySync]].0.exception.0.op", "'eq', 'ne', 'in', 'not_in' or 'older_than_days'"),
     ("unknown_resolution", lambda d: entity0(d).update(resolution="delete_vendor"),
-     "entities.list[EntitySync].0.resolution", "'post_purchase_invoice', 'unblock_vendor' or 'record_outcome'"),
+     "EntitySync]].0.resolution", "'post_purchase_invoice', 'unblock_vendor', 'record_outcome' or 'workflow_action'"),
     ("no_exception_rules", lambda d: entity0(d).update(exception=[]),
-     "entities.list[EntitySync].0.exception", "at least one exception rule"),
+     "EntitySync]].0", "at least one exception rule"),
     ("in_without_list", lambda d: entity0(d)["exception"][0].update(value="Payment"),
-     "entities.list[EntitySync].0.exception.0", "op 'in' needs a list value"),
+     "EntitySync]].0.exception.0", "op 'in' needs a list value"),
     ("unknown_source", lambda d: d["attributes"].update(source="sap"),
-     "source", "Input should be 'business_central'"),
+     "source", "Input should be 'business_central' or 'finance_operations'"),
+    ("workflow_action_without_state_check", lambda d: entity0(d).update(resolution="workflow_action",
+                                                                        workflow_action="SubmitToWorkflow"),
+     "EntitySync]].0", "needs workflow_action and state_check"),
+    ("business_event_without_keys", lambda d: entity0(d).update(business_event="VendorInvoicePostedBusinessEvent"),
+     "EntitySync]].0", "business_event needs event_keys"),
     ("bad_go_live", lambda d: d["attributes"]["polling"].update(go_live="2026-13-01"),
      "polling.PollingSettings.go_live", "month must be in 1..12"),
     ("misspelt_key", lambda d: d["attributes"]["target"].update(projectkey="FIN"),
      "target.JiraTarget.projectkey", "Extra inputs are not permitted"),
     ("camel_case_entity", lambda d: entity0(d).update(name="BlockedVendors"),
-     "entities.list[EntitySync].0.name", "must be snake_case"),
+     "EntitySync]].0.name", "must be snake_case"),
 ]
 
 

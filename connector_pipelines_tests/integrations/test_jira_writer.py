@@ -62,6 +62,7 @@ class FakeSource:
         self.records: dict[str, dict[str, dict[str, Any]]] = {}
         self.outcomes: dict[str, ResolutionOutcome | Exception] = {}
         self.resolved: list[tuple[str, str]] = []
+        self.notes: list[str | None] = []
         self.calls = 0
 
     def put(self, entity_set: str, record_id: str, **data: Any) -> dict[str, Any]:
@@ -97,14 +98,20 @@ class FakeSource:
         self.calls += 1
         return [r for r in self.all(entity) if entity.is_exception(r.data)]
 
-    def changes_from_notifications(self, payloads: list[dict[str, Any]]) -> ChangeSet:
+    def changes_from_notifications(self, entities: list[EntitySync], payloads: list[dict[str, Any]]) -> ChangeSet:
         changes = ChangeSet()
         for p in payloads:
-            changes.ids.setdefault(p["entity_set"], set()).add(p["id"])
+            for e in entities:
+                if e.entity_set == p["entity_set"]:
+                    changes.add(e.name, p["id"], f"fake notification {p['id']}")
         return changes
 
-    def resolve(self, entity: EntitySync, record_id: str) -> ResolutionOutcome:
+    def describe_missing(self, entity: EntitySync, record_id: str) -> str:
+        return f"fake ERP has no {entity.entity_set} {record_id}"
+
+    def resolve(self, entity: EntitySync, record_id: str, note: str | None = None) -> ResolutionOutcome:
         self.resolved.append((entity.name, record_id))
+        self.notes.append(note)
         outcome = self.outcomes.get(record_id, ResolutionOutcome("acted", f"{record_id} fixed at the source"))
         if isinstance(outcome, Exception):
             raise outcome

@@ -1,4 +1,4 @@
-"""The source-side contract every ERP adapter implements (Business Central now; F&O, Acumatica next).
+"""The source-side contract every ERP adapter implements (Business Central, F&O; Acumatica next).
 
 An adapter turns entity definitions into API calls of one system client. It knows nothing of
 Dagster or of the target; the sync engine and the Dagster factories only talk to this protocol.
@@ -26,12 +26,25 @@ class SourceRecord:
 
 @dataclass
 class ChangeSet:
-    """What a batch of notifications announced: record ids per entity set, plus windows to re-poll."""
+    """What a batch of notifications announced: record ids per entity (by entity *name*: two entities
+    may read the same entity set), plus windows to re-poll, and what announced each record."""
 
     ids: dict[str, set[str]] = field(default_factory=dict)
     windows: list[tuple[str, datetime, datetime]] = field(default_factory=list)
     deleted: dict[str, set[str]] = field(default_factory=dict)
     ignored: int = 0
+    ignored_reasons: list[str] = field(default_factory=list)
+    announced_by: dict[str, list[str]] = field(default_factory=dict)   # record id -> e.g. "ControlNumber 5637…"
+
+    def add(self, entity: str, record_id: str, origin: str | None = None) -> None:
+        self.ids.setdefault(entity, set()).add(record_id)
+        if origin:
+            self.announced_by.setdefault(record_id, []).append(origin)
+
+    def ignore(self, reason: str) -> None:
+        self.ignored += 1
+        if len(self.ignored_reasons) < 50:
+            self.ignored_reasons.append(reason)
 
 
 @dataclass(frozen=True)
@@ -58,8 +71,16 @@ class SourceAdapter(Protocol):
 
     def fetch_current_exceptions(self, entity: EntitySync) -> list[SourceRecord]: ...
 
-    def changes_from_notifications(self, payloads: list[dict[str, Any]]) -> ChangeSet: ...
+    def changes_from_notifications(self, entities: list[EntitySync], payloads: list[dict[str, Any]]) -> ChangeSet:
+        """Which records of ``entities`` the stored webhook payloads announce (ids keyed by entity name)."""
+        ...
 
-    def resolve(self, entity: EntitySync, record_id: str) -> ResolutionOutcome: ...
+    def resolve(self, entity: EntitySync, record_id: str, note: str | None = None) -> ResolutionOutcome:
+        """Act on the document once (after reading its current state); ``note`` = the person's outcome."""
+        ...
+
+    def describe_missing(self, entity: EntitySync, record_id: str) -> str:
+        """Why an announced record could not be read (quarantine reason)."""
+        ...
 
     def api_calls(self) -> int: ...

@@ -90,18 +90,25 @@ class BusinessCentralSource:
         rows = list(self.client.list(self.company_id, entity.entity_set, filter=odata_filter(entity.exception)))
         return [r for r in self._records(entity, rows) if entity.is_exception(r.data)]
 
-    def changes_from_notifications(self, payloads: list[dict[str, Any]]) -> ChangeSet:
+    def changes_from_notifications(self, entities: list[EntitySync], payloads: list[dict[str, Any]]) -> ChangeSet:
         """BC notifications carry no data: only which resource changed (or a collection filter)."""
         changes = ChangeSet()
+        by_set: dict[str, list[str]] = {}
+        for e in entities:
+            by_set.setdefault(e.entity_set, []).append(e.name)
         for p in payloads:
             resource = unquote(p.get("resource", ""))
             try:
                 company_id, entity_set, record_id = BusinessCentralClient.parse_resource(resource.split("?", 1)[0])
             except ValueError:
-                changes.ignored += 1
+                changes.ignore(f"not a BC resource: {resource[:120]}")
                 continue
             if company_id.lower() != self.company_id.lower():
-                changes.ignored += 1
+                changes.ignore(f"another company: {company_id}")
+                continue
+            names = by_set.get(entity_set, [])
+            if not names:
+                changes.ignore(f"no entity of this integration reads {entity_set}")
                 continue
             change = p.get("changeType", "updated")
             if change == "collection" or record_id is None:
@@ -109,16 +116,23 @@ class BusinessCentralSource:
                 since = _collection_since(resource)
                 until = _parse_dt(p.get("lastModifiedDateTime")) or datetime.now(since.tzinfo if since else None)
                 if since is not None:
-                    changes.windows.append((entity_set, since, until))
+                    changes.windows.extend((name, since, until) for name in names)
                 else:
-                    changes.ignored += 1
+                    changes.ignore(f"collection notification without a lastModifiedDateTime bound: {resource[:120]}")
                 continue
-            bucket = changes.deleted if change == "deleted" else changes.ids
-            bucket.setdefault(entity_set, set()).add(record_id)
+            for name in names:
+                if change == "deleted":
+                    changes.deleted.setdefault(name, set()).add(record_id)
+                else:
+                    changes.add(name, record_id, f"{change} notification {p.get('lastModifiedDateTime', '')}".strip())
         return changes
 
+    def describe_missing(self, entity: EntitySync, record_id: str) -> str:
+        return (f"Business Central returned no {entity.entity_set} record with id {record_id} in company "
+                f"{self.company!r} (deleted since the notification?)")
+
     # -- write-backs (non-idempotent: read the status first, act only if still due) ---------------
-    def resolve(self, entity: EntitySync, record_id: str) -> ResolutionOutcome:
+    def resolve(self, entity: EntitySync, record_id: str, note: str | None = None) -> ResolutionOutcome:
         current = self.client.get(self.company_id, entity.entity_set, record_id)
         if current is None:
             return ResolutionOutcome("not_applicable", f"{entity.document_label} {record_id} no longer exists in Business Central")
