@@ -84,6 +84,36 @@ class BusinessCentralResource(dg.ConfigurableResource):
         return _cached(key, build)
 
 
+class FinanceOperationsResource(dg.ConfigurableResource):
+    """Dynamics 365 F&O OData through Entra ID client credentials (scope: the environment URL + /.default).
+
+    The legal entity (dataAreaId) an integration watches is part of its defs.yaml (``company``); the
+    environment is per customer here.
+    """
+
+    tenant_id: str
+    client_id: str
+    client_secret: str = Field(description="Bind as dg.EnvVar: never a literal", repr=False)
+    environment_url: str = Field(description="https://<env>.operations.dynamics.com (no /data)")
+    scope: str | None = Field(default=None, description="Default: https://<environment host>/.default")
+    authority_host: str = "https://login.microsoftonline.com"
+    ca_bundle: str | None = Field(default=None, description="Extra CA bundle (PEM) for TLS to the IdP/API")
+
+    def client(self):
+        from connector_pipelines.systems.entra import EntraTokenProvider
+        from connector_pipelines.systems.finance_operations.client import FinanceOperationsClient
+
+        scope = self.scope or FinanceOperationsClient.scope_for(self.environment_url)
+        key = ("fo", self.tenant_id, self.client_id, self.environment_url, scope, self.authority_host)
+
+        def build():
+            tokens = EntraTokenProvider(self.tenant_id, self.client_id, self.client_secret, scope,
+                                        authority_host=self.authority_host, ca_bundle=self.ca_bundle)
+            return FinanceOperationsClient.connect(self.environment_url.rstrip("/"), tokens)
+
+        return _cached(key, build)
+
+
 class JiraResource(dg.ConfigurableResource):
     """Jira Cloud REST v3 as an OAuth 2.0 (3LO) app; the rotating refresh token lives in the vault."""
 
@@ -153,6 +183,15 @@ def resources_from_env(for_dagster: bool = True) -> dict[str, dg.ConfigurableRes
             web_client_url=os.environ.get("CONNECTOR_BC_WEB_CLIENT_URL"),
             notification_url=receiver("/webhooks/business-central"),
             client_state=optional_secret("CONNECTOR_BC_CLIENT_STATE"),
+        ),
+        "finance_operations": lambda: FinanceOperationsResource(
+            tenant_id=required("CONNECTOR_FO_TENANT_ID"),
+            client_id=required("CONNECTOR_FO_CLIENT_ID"),
+            client_secret=required("CONNECTOR_FO_CLIENT_SECRET"),
+            environment_url=required("CONNECTOR_FO_ENVIRONMENT_URL"),
+            scope=os.environ.get("CONNECTOR_FO_SCOPE") or None,
+            authority_host=os.environ.get("CONNECTOR_ENTRA_AUTHORITY_HOST", "https://login.microsoftonline.com"),
+            ca_bundle=os.environ.get("CONNECTOR_CA_BUNDLE"),
         ),
         "jira": lambda: JiraResource(
             client_id=required("CONNECTOR_JIRA_CLIENT_ID"),

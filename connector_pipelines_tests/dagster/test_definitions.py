@@ -19,21 +19,41 @@ import pytest
 from connector_pipelines.definitions import defs as load_defs
 
 ROOT = Path(__file__).resolve().parents[2]
-PAIR = "bc_jira"
-SOURCE = "business_central"
-ENTITIES = ("blocked_vendors", "purchase_invoices_awaiting_review", "stuck_purchase_orders")
-ENTITY_KEYS = {dg.AssetKey([SOURCE, e]) for e in ENTITIES}
-INBOX_KEYS = {dg.AssetKey(["inbox", SOURCE]), dg.AssetKey(["inbox", "jira"])}
 CHECK_NAME = "every_exception_has_one_open_issue"
-JOBS = {f"{PAIR}__{j}" for j in ("poll_job", "notification_job", "resolution_job", "subscription_renewal_job",
-                                  "jira_webhook_renewal_job", "reconcile_job")}
-SENSOR_JOBS = {f"{PAIR}__{SOURCE}_inbox_sensor": f"{PAIR}__notification_job",
-               f"{PAIR}__jira_inbox_sensor": f"{PAIR}__resolution_job"}
-SCHEDULE_JOBS = {f"{PAIR}__poll_schedule": f"{PAIR}__poll_job",
-                 f"{PAIR}__reconcile_schedule": f"{PAIR}__reconcile_job",
-                 f"{PAIR}__subscription_renewal_schedule": f"{PAIR}__subscription_renewal_job",
-                 f"{PAIR}__jira_webhook_renewal_schedule": f"{PAIR}__jira_webhook_renewal_job"}
 GO_LIVE = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+class Pair:
+    """What one shipped defs/<pair>/defs.yaml must become."""
+
+    def __init__(self, name: str, source: str, entities: tuple[str, ...], owner: str, *, polls: bool,
+                 subscriptions: bool) -> None:
+        self.name, self.source, self.entities, self.owner = name, source, entities, owner
+        self.entity_keys = {dg.AssetKey([source, e]) for e in entities}
+        jobs = ["poll_job", "notification_job", "resolution_job", "jira_webhook_renewal_job", "reconcile_job"]
+        schedules = {"reconcile_schedule": "reconcile_job", "jira_webhook_renewal_schedule": "jira_webhook_renewal_job"}
+        if polls:
+            schedules["poll_schedule"] = "poll_job"
+        if subscriptions:
+            jobs.append("subscription_renewal_job")
+            schedules["subscription_renewal_schedule"] = "subscription_renewal_job"
+        self.jobs = {f"{name}__{j}" for j in jobs}
+        self.sensor_jobs = {f"{name}__{source}_inbox_sensor": f"{name}__notification_job",
+                            f"{name}__jira_inbox_sensor": f"{name}__resolution_job"}
+        self.schedule_jobs = {f"{name}__{k}": f"{name}__{v}" for k, v in schedules.items()}
+
+
+BC = Pair("bc_jira", "business_central",
+          ("blocked_vendors", "purchase_invoices_awaiting_review", "stuck_purchase_orders"), "team:finance-ops",
+          polls=True, subscriptions=True)
+FO = Pair("d365_jira", "finance_operations",
+          ("vendor_invoices_posted", "purchase_orders_confirmed", "purchase_orders_rejected_in_workflow"),
+          "team:accounts-payable", polls=False, subscriptions=False)
+PAIRS = [BC, FO]
+SOURCES = [p.source for p in PAIRS]
+ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))
+INBOX_KEYS = {dg.AssetKey(["inbox", s]) for s in [*SOURCES, "jira"]}
+ENTITIES = [(p, e) for p in PAIRS for e in p.entities]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +70,7 @@ def test_the_definitions_are_loadable(defs):
     dg.Definitions.validate_loadable(defs)
 
 
-def test_assets_are_the_entities_and_the_two_inboxes(repo):
+def test_assets_are_the_entities_and_the_inboxes(repo):
     assert set(repo.asset_graph.get_all_asset_keys()) == ENTITY_KEYS | INBOX_KEYS
 
 
@@ -60,29 +80,32 @@ def test_each_entity_has_its_reconcile_check(repo):
 
 def test_jobs_by_name(repo):
     user_jobs = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
-    assert user_jobs == JOBS
-    for name in JOBS:
-        job = repo.get_job(name)
-        assert job.tags["connector/integration"] == PAIR, name
-        assert job.executor_def.name == "in_process", name  # I/O-bound: one process per run (rule 5)
+    assert user_jobs == set().union(*(p.jobs for p in PAIRS))
+    for pair in PAIRS:
+        for name in pair.jobs:
+            job = repo.get_job(name)
+            assert job.tags["connector/integration"] == pair.name, name
+            assert job.executor_def.name == "in_process", name  # I/O-bound: one process per run (rule 5)
 
 
-def test_poll_job_materializes_the_entities_and_reconcile_job_runs_only_the_checks(defs, repo):
+@pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
+def test_poll_job_materializes_the_entities_and_reconcile_job_runs_only_the_checks(defs, repo, pair):
     jobs = {j.name: j for j in defs.jobs}
-    poll, reconcile = jobs[f"{PAIR}__poll_job"], jobs[f"{PAIR}__reconcile_job"]
-    assert poll.selection.resolve(repo.asset_graph) == ENTITY_KEYS
+    poll, reconcile = jobs[f"{pair.name}__poll_job"], jobs[f"{pair.name}__reconcile_job"]
+    assert poll.selection.resolve(repo.asset_graph) == pair.entity_keys
     # a poll run must not also run three full reconciliations against both live systems
     assert poll.selection.resolve_checks(repo.asset_graph) == set()
     assert reconcile.selection.resolve(repo.asset_graph) == set()
     assert reconcile.selection.resolve_checks(repo.asset_graph) == {dg.AssetCheckKey(k, CHECK_NAME)
-                                                                     for k in ENTITY_KEYS}
-    assert isinstance(repo.get_job(f"{PAIR}__poll_job").partitions_def, dg.TimeWindowPartitionsDefinition)
+                                                                     for k in pair.entity_keys}
+    assert isinstance(repo.get_job(f"{pair.name}__poll_job").partitions_def, dg.TimeWindowPartitionsDefinition)
 
 
 def test_sensors_by_name_target_and_default_status(repo):
     sensors = {s.name: s for s in repo.sensor_defs}
-    assert set(sensors) == set(SENSOR_JOBS)
-    for name, job in SENSOR_JOBS.items():
+    expected = {k: v for p in PAIRS for k, v in p.sensor_jobs.items()}
+    assert set(sensors) == set(expected)
+    for name, job in expected.items():
         assert sensors[name].job_name == job
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING, name
         assert sensors[name].required_resource_keys == {"connector_store"}, name  # no vendor resource in a tick
@@ -90,20 +113,23 @@ def test_sensors_by_name_target_and_default_status(repo):
 
 def test_schedules_by_name_target_and_default_status(repo):
     schedules = {s.name: s for s in repo.schedule_defs}
-    assert set(schedules) == set(SCHEDULE_JOBS)
-    for name, job in SCHEDULE_JOBS.items():
+    expected = {k: v for p in PAIRS for k, v in p.schedule_jobs.items()}
+    assert set(schedules) == set(expected)
+    for name, job in expected.items():
         assert schedules[name].job_name == job
         assert schedules[name].default_status == dg.DefaultScheduleStatus.RUNNING, name
-    assert schedules[f"{PAIR}__poll_schedule"].cron_schedule == "*/15 * * * *"
-    assert schedules[f"{PAIR}__poll_schedule"].execution_timezone == "UTC"
+    assert schedules["bc_jira__poll_schedule"].cron_schedule == "*/15 * * * *"
+    assert schedules["bc_jira__poll_schedule"].execution_timezone == "UTC"
+    # F&O is pushed (business events): no poll schedule, no subscription to renew
+    assert "d365_jira__poll_schedule" not in schedules and "d365_jira__subscription_renewal_schedule" not in schedules
 
 
-@pytest.mark.parametrize("entity", ENTITIES)
-def test_entity_assets_are_described_owned_and_hourly_from_go_live(repo, entity):
-    node = repo.asset_graph.get(dg.AssetKey([SOURCE, entity]))
-    assert node.group_name == PAIR
-    assert node.kinds == {SOURCE, "jira"}
-    assert node.owners == ["team:finance-ops"]
+@pytest.mark.parametrize(("pair", "entity"), ENTITIES, ids=[f"{p.name}-{e}" for p, e in ENTITIES])
+def test_entity_assets_are_described_owned_and_hourly_from_go_live(repo, pair, entity):
+    node = repo.asset_graph.get(dg.AssetKey([pair.source, entity]))
+    assert node.group_name == pair.name
+    assert node.kinds == {pair.source, "jira"}
+    assert node.owners == [pair.owner]
     assert node.description and node.description.strip()
     assert node.is_materializable
     partitions = node.partitions_def
@@ -114,7 +140,7 @@ def test_entity_assets_are_described_owned_and_hourly_from_go_live(repo, entity)
     assert partitions.get_first_partition_key() == "2026-11-01-00:00"
 
 
-@pytest.mark.parametrize("source", [SOURCE, "jira"])
+@pytest.mark.parametrize("source", [*SOURCES, "jira"])
 def test_inbox_assets_are_external_and_described(repo, source):
     node = repo.asset_graph.get(dg.AssetKey(["inbox", source]))
     assert node.group_name == "inboxes"
@@ -124,13 +150,13 @@ def test_inbox_assets_are_external_and_described(repo, source):
     assert node.partitions_def is None
 
 
-@pytest.mark.parametrize("source", [SOURCE, "jira"])
+@pytest.mark.parametrize("source", [*SOURCES, "jira"])
 def test_inbox_assets_have_an_owner(repo, source):
     assert repo.asset_graph.get(dg.AssetKey(["inbox", source])).owners
 
 
 def test_resources_are_bound_once_under_their_system_names(defs):
-    assert set(defs.resources) == {"connector_store", SOURCE, "jira"}
+    assert set(defs.resources) == {"connector_store", *SOURCES, "jira"}
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path):

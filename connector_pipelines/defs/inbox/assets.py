@@ -8,3 +8,8 @@ business_central_inbox = dg.AssetSpec(
 jira_inbox = dg.AssetSpec(
     ["inbox", "jira"], group_name="inboxes", kinds={"jira"}, owners=["team:finance-ops"],
     description="Verified Jira webhook deliveries (issue transitions, comments) waiting for the Jira inbox sensors.")
+finance_operations_inbox = dg.AssetSpec(
+    ["inbox", "finance_operations"], group_name="inboxes", kinds={"finance_operations"},
+    owners=["team:accounts-payable"],
+    description="Verified Dynamics 365 F&O business events (stubs, deduplicated on ControlNumber) waiting for "
+                "the F&O inbox sensor.")
