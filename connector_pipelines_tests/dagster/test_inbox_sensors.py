@@ -266,3 +266,33 @@ def test_jira_sensor_launches_nothing_for_comments_or_field_edits(defs, instance
     ids = put(store, "jira", [jira_payload("FIN-3", "FIN")])
     result = tick(sensor, instance, store, cursor=result.cursor)
     assert [rr.run_config["ops"][JIRA_OP]["config"]["inbox_ids"] for rr in result.run_requests] == [ids]
+
+
+def test_jira_sensor_launches_a_run_for_a_resolution_comment_only(defs, instance, store):
+    """A person's "Resolution: ..." comment resolves like a Done transition; other comments (and our own
+    "connector_pipelines: ..." outcome comments) do not."""
+    sensor = defs.get_sensor_def(JIRA_SENSOR)
+
+    def comment(key: str, text: str) -> dict:
+        payload = jira_payload(key, "FIN", event="comment_created")
+        payload["event"]["comment"] = {"body": {"type": "doc", "version": 1, "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": text}]}]}}
+        return payload
+
+    put(store, "jira", [comment("FIN-1", "connector_pipelines: Vendor V1 unblocked"),
+                        comment("FIN-2", "looks fine to me")])
+    result = tick(sensor, instance, store)
+    assert not result.run_requests
+    ids = put(store, "jira", [comment("FIN-3", "Resolution: vendor called, bank details fixed")])
+    result = tick(sensor, instance, store, cursor=result.cursor)
+    assert [rr.run_config["ops"][JIRA_OP]["config"]["inbox_ids"] for rr in result.run_requests] == [ids]
+
+
+def test_each_pair_s_jira_sensor_takes_only_its_own_projects(defs, instance, store):
+    """bc_jira writes to FIN, d365_jira to AP: one Jira inbox, two sensors, no cross-talk."""
+    put(store, "jira", [jira_payload("FIN-1", "FIN"), jira_payload("AP-1", "AP")])
+    bc = tick(defs.get_sensor_def(JIRA_SENSOR), instance, store)
+    fo = tick(defs.get_sensor_def("d365_jira__jira_inbox_sensor"), instance, store)
+    assert len(bc.run_requests) == 1 == len(fo.run_requests)
+    assert bc.run_requests[0].tags["connector/inbox_first_id"] != fo.run_requests[0].tags["connector/inbox_first_id"]
+    assert fo.run_requests[0].tags["connector/integration"] == "d365_jira"

@@ -192,3 +192,27 @@ def test_a_failed_comment_does_not_undo_or_repeat_the_resolution(h: Harness, mon
     assert h.ledger.get("bc_jira", resolve_key("fake:vendors:1")).state == DONE
     processor(h).process(events)
     assert h.source.resolved == [("blocked_vendors", "1")]
+
+
+def test_a_resolution_comment_resolves_once_with_the_person_s_text_and_a_later_done_repeats_nothing(h: Harness):
+    keys = opened(h, "1")
+    said = events_of(h, lambda: h.sandbox.comment_as_user(CLOUD, keys["1"], "Resolution: bank details verified",
+                                                          "acc-person"))
+    chatter = events_of(h, lambda: h.sandbox.comment_as_user(CLOUD, keys["1"], "any news?", "acc-person"))
+
+    report = processor(h).process(chatter + said)
+
+    assert report.acted == 1 and report.ignored == 1
+    assert h.source.resolved == [("blocked_vendors", "1")]
+    assert h.source.notes == [f"{keys['1']}: bank details verified"]
+    row = h.ledger.get("bc_jira", resolve_key("fake:vendors:1"))
+    assert row.state == DONE and row.context["note"] == "bank details verified"
+    # the person then moves the issue to Done: the source is not acted on a second time
+    again = processor(h, "run-2").process(done(h, keys["1"]))
+    assert again.repeated == 1 and again.acted == 0 and len(h.source.resolved) == 1
+
+
+def test_a_done_transition_passes_a_note_naming_the_issue_and_status(h: Harness):
+    keys = opened(h, "1")
+    processor(h).process(done(h, keys["1"]))
+    assert h.source.notes == [f"{keys['1']}: resolved in Jira (moved to Done)"]

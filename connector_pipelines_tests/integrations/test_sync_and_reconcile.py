@@ -210,3 +210,25 @@ def test_ensure_jira_webhook_needs_a_url(h: Harness):
     with pytest.raises(ValueError, match="webhook_url"):
         ensure_jira_webhook(h.integration, resource, None, h.ledger.engine)
     assert h.calls(REGISTER) == 0
+
+
+def test_an_announced_record_the_source_cannot_return_is_quarantined_and_the_rest_proceeds(h: Harness):
+    from connector_pipelines.core.ledger import QUARANTINED
+
+    h.vendor("1")
+    writer = h.writer()
+    reports = sync_notified(h.integration, h.source, writer, [
+        {"entity_set": "vendors", "id": "1"}, {"entity_set": "vendors", "id": "ghost"}])
+
+    report = reports["blocked_vendors"]
+    assert report.write.created == 1
+    assert report.quarantined == {"fake:vendors:ghost": "fake ERP has no vendors ghost; announced by fake "
+                                                        "notification ghost"}
+    assert report.counts()["quarantined"] == 1
+    row = h.ledger.get("bc_jira", "fake:vendors:ghost")
+    assert row.state == QUARANTINED and "fake ERP has no vendors ghost" in row.last_error and row.run_id == "run-1"
+    # the record appears later (fixed at the source): the next announcement opens its issue as usual
+    h.vendor("ghost")
+    again = sync_notified(h.integration, h.source, writer, [{"entity_set": "vendors", "id": "ghost"}])
+    assert again["blocked_vendors"].write.created == 1 and not again["blocked_vendors"].quarantined
+    assert h.ledger.get("bc_jira", "fake:vendors:ghost").state == "done"
