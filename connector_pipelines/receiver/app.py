@@ -7,7 +7,7 @@ Answers (DESIGN.md §3, ANCHORS.md §3.5):
 - 4xx only for a forgery (401), a malformed body (400) or an oversized one (413) — counted in
   ``cp_inbox_rejections`` and never stored as work.
 
-Adding a source (D365 business events, Monday, Acumatica) = one ``Source``: a ``verify(request,
+Adding a source (Monday, Acumatica next; F&O business events are one already) = one ``Source``: a ``verify(request,
 raw_body) -> Verified | Rejection`` and a ``dedupe_keys(verified) -> [(key, payload)]``, appended to
 ``sources()``; the generic endpoint does the size limit, rejections, storage and answers.
 """
@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from connector_pipelines.core.inbox import Inbox
+from connector_pipelines.systems.finance_operations.models import BusinessEvent
 from connector_pipelines.receiver.verify import (
     MalformedJSON,
     parse_json,
@@ -42,6 +43,10 @@ BC_SOURCE = "business_central"
 BC_PATH = "/webhooks/business-central"
 JIRA_SOURCE = "jira"
 JIRA_PATH = "/webhooks/jira"
+FO_SOURCE = "finance_operations"
+FO_PATH = "/webhooks/d365-business-events"
+FO_SECRET_HEADER = "X-Connector-Secret"
+MAX_EVENTS_PER_CALL = 1000
 
 MAX_VALIDATION_TOKEN = 1024
 MAX_DEDUPE_KEY = 512          # cp_inbox.dedupe_key is String(512)
@@ -53,21 +58,28 @@ class ReceiverSettings:
     bc_client_state: str | None = None            # shared secret echoed by BC in every notification
     jira_app_client_secret: str | None = None     # verifies dynamic (OAuth-app) webhook JWTs
     jira_admin_webhook_secret: str | None = None  # verifies admin webhooks' X-Hub-Signature
+    fo_events_secret: str | None = None           # shared secret of the F&O business-event endpoint
+    fo_events_secret_header: str = FO_SECRET_HEADER
     max_body_bytes: int = 1_000_000
 
     @classmethod
     def from_env(cls) -> ReceiverSettings:
-        """CONNECTOR_BC_CLIENT_STATE, CONNECTOR_JIRA_CLIENT_SECRET, CONNECTOR_JIRA_WEBHOOK_SECRET
-        (an empty value counts as unset) and optionally CONNECTOR_RECEIVER_MAX_BODY_BYTES."""
+        """CONNECTOR_BC_CLIENT_STATE, CONNECTOR_JIRA_CLIENT_SECRET, CONNECTOR_JIRA_WEBHOOK_SECRET,
+        CONNECTOR_FO_EVENTS_SECRET (an empty value counts as unset) and optionally
+        CONNECTOR_FO_EVENTS_SECRET_HEADER and CONNECTOR_RECEIVER_MAX_BODY_BYTES."""
         return cls(bc_client_state=os.environ.get("CONNECTOR_BC_CLIENT_STATE") or None,
                    jira_app_client_secret=os.environ.get("CONNECTOR_JIRA_CLIENT_SECRET") or None,
                    jira_admin_webhook_secret=os.environ.get("CONNECTOR_JIRA_WEBHOOK_SECRET") or None,
+                   fo_events_secret=os.environ.get("CONNECTOR_FO_EVENTS_SECRET") or None,
+                   fo_events_secret_header=os.environ.get("CONNECTOR_FO_EVENTS_SECRET_HEADER") or FO_SECRET_HEADER,
                    max_body_bytes=int(os.environ.get("CONNECTOR_RECEIVER_MAX_BODY_BYTES") or 1_000_000))
 
     def __repr__(self) -> str:  # never print the secrets, only whether they are set
         return (f"ReceiverSettings(bc_client_state={'set' if self.bc_client_state else None}, "
                 f"jira_app_client_secret={'set' if self.jira_app_client_secret else None}, "
                 f"jira_admin_webhook_secret={'set' if self.jira_admin_webhook_secret else None}, "
+                f"fo_events_secret={'set' if self.fo_events_secret else None}, "
+                f"fo_events_secret_header={self.fo_events_secret_header!r}, "
                 f"max_body_bytes={self.max_body_bytes})")
 
 
@@ -194,12 +206,46 @@ def jira_dedupe_keys(verified: Verified) -> Items:
     return [(f["identifier"], {"event": verified.body, "signature_kind": f["signature_kind"], "retry": f["retry"]})]
 
 
+# -- Dynamics 365 F&O business events (API-FACTS §1.4) ------------------------------------------------
+def fo_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified | Rejection]:
+    """The secret configured on F&O's HTTPS endpoint, in a header whose name is a setting (which headers
+    F&O can send is UNCONFIRMED), compared in constant time; then each envelope must parse."""
+
+    def verify(request: Request, raw: bytes) -> Verified | Rejection:
+        if not settings.fo_events_secret:
+            # Our misconfiguration, not a forgery: F&O retries and keeps the event in its Errors tab.
+            return Rejection(503, "not_configured", {"Retry-After": RETRY_AFTER_S})
+        if not same_secret(request.headers.get(settings.fo_events_secret_header), settings.fo_events_secret):
+            return Rejection(401, "bad_secret")
+        try:
+            body = parse_json(raw)
+        except MalformedJSON:
+            return Rejection(400, "malformed_body")
+        envelopes = body if isinstance(body, list) else [body]
+        if not envelopes or len(envelopes) > MAX_EVENTS_PER_CALL:
+            return Rejection(400, "malformed_body")
+        for envelope in envelopes:
+            try:
+                BusinessEvent.parse(envelope)
+            except ValueError:
+                return Rejection(400, "malformed_body")
+        return Verified(envelopes)
+
+    return verify
+
+
+def fo_dedupe_keys(verified: Verified) -> Items:
+    """ControlNumber (DESIGN.md §3): a re-delivered or resent event is stored once; the envelope as sent."""
+    return [(str(int(e["ControlNumber"])), e) for e in verified.body]
+
+
 def sources(settings: ReceiverSettings) -> list[Source]:
     """Every inbound source the receiver serves. A new one is one entry here."""
     return [
         Source(BC_SOURCE, BC_PATH, bc_verify(settings), bc_dedupe_keys, handshake=bc_handshake,
                methods=("GET", "POST")),
         Source(JIRA_SOURCE, JIRA_PATH, jira_verify(settings), jira_dedupe_keys),
+        Source(FO_SOURCE, FO_PATH, fo_verify(settings), fo_dedupe_keys),
     ]
 
 
@@ -218,7 +264,8 @@ def _describe(exc: BaseException) -> str:
 def create_app(inbox: Inbox, settings: ReceiverSettings) -> Starlette:
     for name, value in (("CONNECTOR_BC_CLIENT_STATE", settings.bc_client_state),
                         ("CONNECTOR_JIRA_CLIENT_SECRET", settings.jira_app_client_secret),
-                        ("CONNECTOR_JIRA_WEBHOOK_SECRET", settings.jira_admin_webhook_secret)):
+                        ("CONNECTOR_JIRA_WEBHOOK_SECRET", settings.jira_admin_webhook_secret),
+                        ("CONNECTOR_FO_EVENTS_SECRET", settings.fo_events_secret)):
         if not value:
             log.warning("%s is not set: deliveries that need it will be refused", name)
 
