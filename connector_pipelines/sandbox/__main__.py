@@ -26,6 +26,8 @@ def main() -> None:
                         database_url=database_url)
     stack.bc.start_auto_delivery(2.0)
     stack.jira.start_auto_delivery(1.0)
+    if stack.fo is not None:
+        stack.fo.start_auto_delivery(1.0)
     print(json.dumps(stack.describe(), indent=2), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

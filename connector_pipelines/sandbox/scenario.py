@@ -10,10 +10,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from connector_pipelines.sandbox.dagster_driver import DagsterDriver
-from connector_pipelines.sandbox.stack import CLOUD_ID, Stack
+from connector_pipelines.sandbox.stack import CLOUD_ID, LEGAL_ENTITY, Stack
 
 BC_SENSOR = "bc_jira__business_central_inbox_sensor"
 JIRA_SENSOR = "bc_jira__jira_inbox_sensor"
+FO_SENSOR = "d365_jira__finance_operations_inbox_sensor"
+FO_JIRA_SENSOR = "d365_jira__jira_inbox_sensor"
 
 
 def seed_exceptions(stack: Stack, suffix: str = "") -> dict[str, dict[str, Any]]:
@@ -82,3 +84,44 @@ def transition_done(stack: Stack, issue_key: str) -> None:
     """A person moves the issue to Done in Jira; Jira delivers the webhook."""
     stack.jira.transition_as_user(CLOUD_ID, issue_key, "Done")
     stack.jira.deliver_pending()
+
+
+# -- Dynamics 365 F&O: a posted invoice, a confirmed PO, a PO rejected by its approval workflow -----------
+def seed_fo_documents(stack: Stack, suffix: str = "", area: str = LEGAL_ENTITY) -> dict[str, dict[str, Any]]:
+    """Documents in F&O (no events yet): the business flows below fire the events."""
+    fo = stack.fo
+    assert fo is not None
+    today = date.today().isoformat()
+    fo.add_vendor(area, VendorAccountNumber=f"US-101{suffix}", VendorOrganizationName="Fabrikam Electronics",
+                  CurrencyCode="USD")
+    invoice = fo.add_vendor_invoice(area, VendorAccount=f"US-101{suffix}", VendorName="Fabrikam Electronics",
+                                    InvoiceNumber=f"INV-2026-{suffix or '0001'}", InvoiceDate=today, Currency="USD",
+                                    lines=[{"Amount": 1200.0, "LineDescription": "Monitors"},
+                                           {"Amount": 34.5, "LineDescription": "Freight"}])
+    confirmed = fo.add_purchase_order(area, PurchaseOrderNumber=f"PO-00071{suffix}", PurchaseOrderName="Monitors",
+                                      OrderVendorAccountNumber=f"US-101{suffix}", CurrencyCode="USD",
+                                      DocumentApprovalStatus="Approved", AccountingDate=today,
+                                      lines=[{"LineAmount": 2500.0, "ItemNumber": "M-27"}])
+    rejected = fo.add_purchase_order(area, PurchaseOrderNumber=f"PO-00072{suffix}", PurchaseOrderName="Laptops",
+                                     OrderVendorAccountNumber=f"US-101{suffix}", CurrencyCode="USD",
+                                     DocumentApprovalStatus="InReview", AccountingDate=today,
+                                     lines=[{"LineAmount": 9800.0, "ItemNumber": "L-14"}])
+    return {"invoice": invoice, "confirmed_po": confirmed, "rejected_po": rejected}
+
+
+def fire_fo_events(stack: Stack, seeded: dict[str, dict[str, Any]], area: str = LEGAL_ENTITY) -> None:
+    """People work in F&O: post the invoice, confirm one PO, the workflow rejects the other."""
+    fo = stack.fo
+    assert fo is not None
+    fo.post_vendor_invoice(area, seeded["invoice"]["HeaderReference"])
+    fo.confirm_purchase_order(area, seeded["confirmed_po"]["PurchaseOrderNumber"])
+    fo.reject_purchase_order_workflow(area, seeded["rejected_po"]["PurchaseOrderNumber"])
+
+
+def fo_external_ids(seeded: dict[str, dict[str, Any]], area: str = LEGAL_ENTITY) -> dict[str, str]:
+    inv = seeded["invoice"]
+    return {"vendor invoice posted": f"fo:vendor_invoices_posted:{area}:{inv['VendorAccount']}:{inv['InvoiceNumber']}",
+            "purchase order confirmed":
+                f"fo:purchase_orders_confirmed:{area}:{seeded['confirmed_po']['PurchaseOrderNumber']}",
+            "purchase order rejected in workflow":
+                f"fo:purchase_orders_rejected_in_workflow:{area}:{seeded['rejected_po']['PurchaseOrderNumber']}"}

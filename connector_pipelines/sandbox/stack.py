@@ -1,5 +1,6 @@
-"""The whole sandbox world on loopback ports: Entra ID (TLS), Business Central, Atlassian auth, Jira
-Cloud, and the product's receiver — plus the environment that points the product at them.
+"""The whole sandbox world on loopback ports: Entra ID (TLS), Business Central, Dynamics 365 F&O,
+Atlassian auth, Jira Cloud, and the product's receiver (plain HTTP, plus TLS for F&O's HTTPS-only
+business-event endpoint) — plus the environment that points the product at them.
 
 Used by ``make sandbox``, ``make demo``, the smoke run, the end-to-end tests and the benchmarks.
 The product is configured exactly as it would be for the real systems: through CONNECTOR_* variables.
@@ -19,6 +20,7 @@ from connector_pipelines.sandbox.atlassian_auth import AtlassianAuthSandbox
 from connector_pipelines.sandbox.business_central import BusinessCentralSandbox
 from connector_pipelines.sandbox.common import SandboxServer
 from connector_pipelines.sandbox.entra import EntraSandbox
+from connector_pipelines.sandbox.finance_operations import FinanceOperationsSandbox
 from connector_pipelines.sandbox.jira import JiraSandbox
 from connector_pipelines.sandbox.tls import make_tls
 
@@ -34,6 +36,17 @@ PROJECT = "FIN"
 CUSTOM_FIELDS = [("ERP External ID", "textfield"), ("ERP Document Number", "textfield"),
                  ("ERP Vendor", "textfield"), ("ERP Amount", "float"), ("ERP Status", "textfield")]
 ACCOUNT_ID = "5b10ac8d82e05b22cc7d4ef5"
+# F&O lives in its own Entra ID tenant; its scope is the environment host + /.default (API-FACTS §0).
+FO_TENANT = "3c8a1f52-7d1e-4b9a-a0c4-5e6f7a8b9c0d"
+FO_CLIENT_ID = "9e2d4c1b-3a5f-4e6d-8c7b-1a2b3c4d5e6f"
+FO_HOST = "contoso-prod.operations.dynamics.com"
+FO_SCOPE = f"https://{FO_HOST}/.default"
+LEGAL_ENTITY = "usmf"
+AP_PROJECT = "AP"
+FO_EVENTS = ("VendorInvoicePostedBusinessEvent", "PurchaseOrderConfirmedBusinessEvent",
+             "PurchaseOrderWorkflowRejectedBusinessEvent")
+FO_SECRET_HEADER = "X-Connector-Secret"
+FO_ENDPOINT = "connector-pipelines"
 
 
 @dataclass
@@ -47,6 +60,8 @@ class Stack:
     secrets: dict[str, str]
     company_id: str
     env: dict[str, str] = field(default_factory=dict)
+    fo: FinanceOperationsSandbox | None = None
+    tls: Any = None
 
     @property
     def urls(self) -> dict[str, str]:
@@ -60,11 +75,14 @@ class Stack:
                          "ca_bundle": self.env.get("CONNECTOR_CA_BUNDLE")},
             "business_central": {"api_url": self.urls["business_central"], "tenant_id": TENANT,
                                  "environment": BC_ENVIRONMENT, "company": COMPANY, "company_id": self.company_id},
+            "finance_operations": {"environment_url": self.urls["finance_operations"], "tenant_id": FO_TENANT,
+                                   "client_id": FO_CLIENT_ID, "client_secret": self.secrets["fo_client_secret"],
+                                   "scope": FO_SCOPE, "legal_entity": LEGAL_ENTITY},
             "atlassian_auth": {"auth_url": self.urls["atlassian_auth"], "client_id": JIRA_CLIENT_ID,
                                "client_secret": self.secrets["jira_client_secret"]},
             "jira": {"api_url": self.urls["jira"], "cloud_id": CLOUD_ID, "site_url": SITE_URL, "project": PROJECT,
                      "people_ui": f"{self.urls['jira']}/_sandbox/"},
-            "receiver": {"url": self.urls.get("receiver")},
+            "receiver": {"url": self.urls.get("receiver"), "tls_url": self.urls.get("receiver_tls")},
             "env": self.env,
         }
 
@@ -72,7 +90,7 @@ class Stack:
         os.environ.update(self.env)
 
     def stop(self) -> None:
-        for attr in ("bc", "jira"):
+        for attr in ("bc", "jira", "fo"):
             stopper = getattr(getattr(self, attr), "stop_auto_delivery", None)
             if stopper:
                 stopper()
@@ -81,8 +99,10 @@ class Stack:
 
     # -- people in the sandboxes -----------------------------------------------------------------
     def deliver_all(self) -> None:
-        """Flush queued BC notifications and Jira webhooks to the receiver (synchronously)."""
+        """Flush queued BC notifications, F&O business events and Jira webhooks to the receiver (synchronously)."""
         self.bc.deliver_notifications()
+        if self.fo is not None:
+            self.fo.deliver_events()
         self.jira.deliver_pending()
 
 
@@ -93,28 +113,37 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     ports = ports or {}
     tls = make_tls(workdir / "tls")
     creds = {"bc_client_secret": secrets.token_urlsafe(24), "jira_client_secret": secrets.token_urlsafe(24),
-             "bc_client_state": secrets.token_urlsafe(24), "jira_webhook_secret": secrets.token_urlsafe(24)}
+             "bc_client_state": secrets.token_urlsafe(24), "jira_webhook_secret": secrets.token_urlsafe(24),
+             "fo_client_secret": secrets.token_urlsafe(24), "fo_events_secret": secrets.token_urlsafe(24)}
 
     entra = EntraSandbox()
     entra.register_app(TENANT, BC_CLIENT_ID, creds["bc_client_secret"], [BC_SCOPE])
     bc = BusinessCentralSandbox(entra)
     bc.register_environment(TENANT, BC_ENVIRONMENT)
     company_id = bc.add_company(COMPANY)
+    entra.register_app(FO_TENANT, FO_CLIENT_ID, creds["fo_client_secret"], [FO_SCOPE])
+    fo = FinanceOperationsSandbox(entra, environment_host=FO_HOST, default_company=LEGAL_ENTITY)
+    fo.retry_delay_s = 0.2
+    for area in (LEGAL_ENTITY, "demf"):
+        fo.add_legal_entity(area)
+    fo.deploy_workflow_resubmit("SubmitToWorkflow")   # the customer's extension (docs/finance_operations.md)
     atlassian = AtlassianAuthSandbox()
     jira = JiraSandbox(token_validator=atlassian.validate_access_token)
     jira.add_site(CLOUD_ID, "acme-finance", SITE_URL)
     jira.add_project(CLOUD_ID, PROJECT, "Finance Operations")
+    jira.add_project(CLOUD_ID, AP_PROJECT, "Accounts Payable")
     for name, kind in CUSTOM_FIELDS:
         jira.add_custom_field(CLOUD_ID, name, kind)
     jira.add_user(CLOUD_ID, ACCOUNT_ID, "Avery Accounts")
     jira.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"])
-    for s in (entra, bc, atlassian, jira):
+    for s in (entra, bc, fo, atlassian, jira):
         s.faults.latency_s = latency_s
 
     servers = {
         "entra": SandboxServer(entra.app, port=ports.get("entra", 0), ssl_certfile=tls.server_cert,
                                ssl_keyfile=tls.server_key).start(),
         "business_central": SandboxServer(bc.app, port=ports.get("business_central", 0)).start(),
+        "finance_operations": SandboxServer(fo.app, port=ports.get("finance_operations", 0)).start(),
         "atlassian_auth": SandboxServer(atlassian.app, port=ports.get("atlassian_auth", 0)).start(),
         "jira": SandboxServer(jira.app, port=ports.get("jira", 0)).start(),
     }
@@ -136,10 +165,17 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         "CONNECTOR_JIRA_SITE_URL": SITE_URL,
         "CONNECTOR_ATLASSIAN_AUTH_URL": servers["atlassian_auth"].base_url,
         "CONNECTOR_ATLASSIAN_API_URL": servers["jira"].base_url,
+        "CONNECTOR_FO_TENANT_ID": FO_TENANT,
+        "CONNECTOR_FO_CLIENT_ID": FO_CLIENT_ID,
+        "CONNECTOR_FO_CLIENT_SECRET": creds["fo_client_secret"],
+        "CONNECTOR_FO_ENVIRONMENT_URL": servers["finance_operations"].base_url,
+        "CONNECTOR_FO_SCOPE": FO_SCOPE,
+        "CONNECTOR_FO_EVENTS_SECRET": creds["fo_events_secret"],
+        "CONNECTOR_FO_EVENTS_SECRET_HEADER": FO_SECRET_HEADER,
     }
     if database_url:
         env["CONNECTOR_DATABASE_URL"] = database_url
-    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env)
+    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env, fo, tls)
     if receiver:
         start_receiver(stack, port=receiver_port)
     return stack
@@ -153,11 +189,25 @@ def start_receiver(stack: Stack, port: int = 0) -> SandboxServer:
 
     settings = ReceiverSettings(bc_client_state=stack.secrets["bc_client_state"],
                                 jira_app_client_secret=stack.secrets["jira_client_secret"],
-                                jira_admin_webhook_secret=stack.secrets["jira_webhook_secret"])
+                                jira_admin_webhook_secret=stack.secrets["jira_webhook_secret"],
+                                fo_events_secret=stack.secrets["fo_events_secret"],
+                                fo_events_secret_header=FO_SECRET_HEADER)
     engine = get_engine(stack.env.get("CONNECTOR_DATABASE_URL"))
-    server = SandboxServer(create_app(Inbox(engine), settings), port=port).start()
+    app = create_app(Inbox(engine), settings)
+    server = SandboxServer(app, port=port).start()
     stack.servers["receiver"] = server
     stack.env["CONNECTOR_RECEIVER_PUBLIC_URL"] = server.base_url
+    if stack.fo is not None and stack.tls is not None:
+        # F&O sends business events to HTTPS endpoints only: the same receiver app, served over TLS
+        # (in production a TLS proxy in front of the one receiver does this).
+        secure = SandboxServer(app, ssl_certfile=str(stack.tls.server_cert),
+                               ssl_keyfile=str(stack.tls.server_key)).start()
+        stack.servers["receiver_tls"] = secure
+        stack.fo.add_endpoint(FO_ENDPOINT, f"{secure.base_url}/webhooks/d365-business-events",
+                              headers={FO_SECRET_HEADER: stack.secrets["fo_events_secret"]},
+                              verify=str(stack.tls.ca_bundle))
+        for event in FO_EVENTS:
+            stack.fo.activate(event, FO_ENDPOINT, legal_entity=LEGAL_ENTITY)
     return server
 
 

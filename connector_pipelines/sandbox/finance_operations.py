@@ -1,0 +1,1067 @@
+"""Dynamics 365 Finance & Operations sandbox (API-FACTS §1): OData v4 under ``/data`` and business events.
+
+OData: vendors, purchase order headers and lines, vendor invoice headers and lines, with properties from
+Microsoft's CDM attribute lists (``specs/fo-cdm``; PO lines are not there: a minimal, UNCONFIRMED set).
+``$filter $select $top $skip $count $orderby $expand`` (one level), enum literals
+``Microsoft.Dynamics.DataEntities.<Enum>'<Value>'`` (eq/ne only), ``contains`` as ``eq '*x*'``, the ``in``
+and ``has`` operators refused, server paging with ``@odata.nextLink`` (≤ 10,000 per page), ``$batch`` with
+atomic changesets (≤ 5,000 operations), the caller's default company unless ``cross-company=true``,
+``dataAreaId`` in every key, case-sensitive entity sets, ``$metadata`` (CSDL v4), OData error bodies,
+429 + Retry-After (faults, and an optional sliding-window service-protection limiter).
+Bound actions exist only when "deployed" (``deploy_action``): the standard product has none for workflows.
+
+Business events (§1.4): stub envelopes (never the record) with ControlNumber increasing with gaps, sent one
+per POST to HTTPS endpoints only, activated per legal entity (blank = all), retried 3 times ``retry_delay_s``
+apart (F&O: 1 s), then kept in ``errors`` for ``resend``; ``redeliver`` and ``deliver_events(order=…)``
+produce duplicates and out-of-order arrival.
+
+Auth: bearer tokens from the Entra sandbox for audience ``https://{environment_host}`` (and, when given, the
+F&O tenant). UNCONFIRMED behaviours are settings, named in comments.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from xml.sax.saxutils import escape
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from connector_pipelines.sandbox.business_central import ODataError, parse_dt, tokenize
+from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock
+from connector_pipelines.sandbox.specs import load_json_spec
+
+NS = "Microsoft.Dynamics.DataEntities"
+ENUMS = {
+    "NoYes": ["No", "Yes"],
+    "PurchStatus": ["None", "Backorder", "Received", "Invoiced", "Canceled"],
+    "VersioningDocumentState": ["Draft", "InReview", "Rejected", "Approved", "InExternalReview", "Confirmed",
+                                "Finalized"],
+}
+ENUM_PROPS = {"PurchaseOrderStatus": "PurchStatus", "DocumentApprovalStatus": "VersioningDocumentState"}
+NUMBER_RE = re.compile(r"(Amount|Price|Quantity|Percentage|Percent|Discount|ExchangeRate)$")
+DATE_RE = re.compile(r"(Date|DateTime)$")
+MAX_BATCH_OPERATIONS = 5000
+COMPARE = {"eq", "ne", "gt", "ge", "lt", "le"}
+
+
+@dataclass
+class EntityDef:
+    entity_set: str
+    type_name: str
+    keys: list[str]
+    props: dict[str, str]                     # name -> "string" | "decimal" | "datetime" | "int" | "enum:<Name>"
+    navigation: dict[str, tuple[str, list[str]]] = field(default_factory=dict)   # nav -> (target set, join keys)
+
+
+def _cdm_attributes(cdm_entity: str) -> list[str]:
+    doc = load_json_spec(f"fo-cdm/{cdm_entity}.cdm.json")
+    names: list[str] = []
+    for definition in doc.get("definitions", []):
+        for attr in definition.get("hasAttributes", []):
+            if isinstance(attr, dict) and "name" in attr:
+                names.append(attr["name"])
+    return names
+
+
+def _prop_type(name: str) -> str:
+    if name in ENUM_PROPS:
+        return f"enum:{ENUM_PROPS[name]}"
+    if name in ("LineNumber", "InvoiceLineNumber", "PurchLineNumber"):
+        return "int"
+    if NUMBER_RE.search(name) and not name.endswith("Id"):
+        return "decimal"
+    if DATE_RE.search(name):
+        return "datetime"
+    return "string"
+
+
+def build_entities() -> dict[str, EntityDef]:
+    def from_cdm(cdm: str, extra: list[str]) -> dict[str, str]:
+        props = {"dataAreaId": "string"}
+        for n in [*_cdm_attributes(cdm), *extra]:
+            if not n.startswith("Relationship_"):
+                props[n] = _prop_type(n)
+        return props
+
+    # PurchaseOrderLineV2 is not in specs/fo-cdm: a minimal field set (UNCONFIRMED names beyond the keys).
+    po_line_props = {"dataAreaId": "string", "PurchaseOrderNumber": "string", "LineNumber": "int",
+                     "ItemNumber": "string", "LineDescription": "string", "OrderedPurchaseQuantity": "decimal",
+                     "PurchasePrice": "decimal", "LineAmount": "decimal", "CurrencyCode": "string"}
+    entities = [
+        EntityDef("VendorsV2", "VendorV2", ["dataAreaId", "VendorAccountNumber"], from_cdm("VendVendorV2Entity", [])),
+        EntityDef("PurchaseOrderHeadersV2", "PurchaseOrderHeaderV2", ["dataAreaId", "PurchaseOrderNumber"],
+                  from_cdm("PurchPurchaseOrderHeaderV2Entity", []),
+                  # navigation names are UNCONFIRMED (no public $metadata): the lines' entity set name
+                  {"PurchaseOrderLinesV2": ("PurchaseOrderLinesV2", ["dataAreaId", "PurchaseOrderNumber"])}),
+        EntityDef("PurchaseOrderLinesV2", "PurchaseOrderLineV2", ["dataAreaId", "PurchaseOrderNumber", "LineNumber"],
+                  po_line_props),
+        # VendorInvoiceHeaders' key HeaderReference is inferred from the line entity page (UNCONFIRMED).
+        EntityDef("VendorInvoiceHeaders", "VendorInvoiceHeader", ["dataAreaId", "HeaderReference"],
+                  from_cdm("VendorInvoiceHeaderEntity", []),
+                  {"VendorInvoiceLines": ("VendorInvoiceLines", ["dataAreaId", "HeaderReference"])}),
+        EntityDef("VendorInvoiceLines", "VendorInvoiceLine", ["dataAreaId", "HeaderReference", "InvoiceLineNumber"],
+                  from_cdm("VendorInvoiceLineEntity", [])),
+    ]
+    return {e.entity_set: e for e in entities}
+
+
+def fo_error(status: int, message: str, headers: dict[str, str] | None = None, code: str = "") -> JSONResponse:
+    """The OData v4 error body (F&O's exact shape is UNCONFIRMED: one function to change)."""
+    body = {"error": {"code": code, "message": message,
+                      "innererror": {"message": message, "type": "Microsoft.Dynamics.Platform.Integration."
+                                     "Services.OData.AxODataException", "stacktrace": ""}}}
+    return JSONResponse(body, status, headers or {})
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# $filter
+# ----------------------------------------------------------------------------------------------
+class FOFilter:
+    """or > and > not > comparison | ( expr ), with F&O's rules (API-FACTS §1.1)."""
+
+    def __init__(self, text: str, entity: EntityDef) -> None:
+        tokens = []
+        raw = tokenize(text)
+        for kind, value in raw:
+            if kind == "prop" and value.lower() in ("in", "has"):
+                # FO-docs odata.md: "the has and in operators are not supported"
+                raise ODataError(400, "", f"The operator '{value.lower()}' is not supported. "
+                                          "Use an 'or' of 'eq' comparisons.")
+        i = 0
+        while i < len(raw):
+            kind, value = raw[i]
+            if kind == "prop" and value.startswith(f"{NS}.") and i + 1 < len(raw) and raw[i + 1][0] == "lit" \
+                    and isinstance(raw[i + 1][1], str):
+                tokens.append(("enum", (value[len(NS) + 1:], raw[i + 1][1])))
+                i += 2
+                continue
+            tokens.append((kind, value))
+            i += 1
+        self.tokens, self.i, self.text, self.entity = tokens, 0, text, entity
+
+    def parse(self) -> Callable[[dict[str, Any]], bool]:
+        pred = self._or()
+        if self.i != len(self.tokens):
+            raise ODataError(400, "", f"Syntax error in $filter '{self.text}'.")
+        return pred
+
+    def _peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def _take(self):
+        tok = self._peek()
+        if tok is None:
+            raise ODataError(400, "", f"Unexpected end of $filter '{self.text}'.")
+        self.i += 1
+        return tok
+
+    def _or(self):
+        left = self._and()
+        while self._peek() == ("op", "or"):
+            self.i += 1
+            right, prev = self._and(), left
+            left = lambda r, a=prev, b=right: a(r) or b(r)  # noqa: E731
+        return left
+
+    def _and(self):
+        left = self._unary()
+        while self._peek() == ("op", "and"):
+            self.i += 1
+            right, prev = self._unary(), left
+            left = lambda r, a=prev, b=right: a(r) and b(r)  # noqa: E731
+        return left
+
+    def _unary(self):
+        if self._peek() == ("op", "not"):
+            self.i += 1
+            inner = self._unary()
+            return lambda r: not inner(r)
+        if self._peek() == ("lp", "("):
+            self.i += 1
+            inner = self._or()
+            if self._take() != ("rp", ")"):
+                raise ODataError(400, "", f"Missing ')' in $filter '{self.text}'.")
+            return inner
+        return self._comparison()
+
+    def _operand(self):
+        kind, value = self._take()
+        if kind == "prop":
+            if value not in self.entity.props:
+                raise ODataError(400, "", f"Could not find a property named '{value}' on type "
+                                          f"'{NS}.{self.entity.type_name}'.")
+            return ("prop", value)
+        if kind in ("lit", "enum"):
+            return (kind, value)
+        raise ODataError(400, "", f"Syntax error in $filter '{self.text}'.")
+
+    def _comparison(self):
+        left = self._operand()
+        kind, op = self._take()
+        if kind != "op" or op not in COMPARE:
+            raise ODataError(400, "", f"Syntax error in $filter '{self.text}'.")
+        right = self._operand()
+        if left[0] != "prop":
+            left, right = right, left
+            op = {"gt": "lt", "lt": "gt", "ge": "le", "le": "ge"}.get(op, op)
+        if left[0] != "prop":
+            raise ODataError(400, "", f"A comparison needs a property in $filter '{self.text}'.")
+        prop = left[1]
+        typ = self.entity.props[prop]
+        kind_r, lit = right
+        if typ.startswith("enum:"):
+            enum = typ[5:]
+            if kind_r != "enum":
+                raise ODataError(400, "", f"A binary operator with incompatible types was detected. Found operand "
+                                          f"types '{NS}.{enum}' and 'Edm.String' for operator kind 'Equal'.")
+            if lit[0] != enum or lit[1] not in ENUMS[enum]:
+                raise ODataError(400, "", f"The enum value '{NS}.{lit[0]}'{lit[1]}'' is not valid for '{prop}'.")
+            if op not in ("eq", "ne"):
+                raise ODataError(400, "", f"Only eq and ne are supported on the enum property '{prop}'.")
+            want = lit[1]
+            return (lambda r: r.get(prop) == want) if op == "eq" else (lambda r: r.get(prop) != want)
+        if kind_r == "enum":
+            raise ODataError(400, "", f"'{prop}' is not an enum property.")
+        if typ == "string":
+            if lit is not None and not isinstance(lit, str):
+                lit = str(lit)
+            if op in ("eq", "ne") and isinstance(lit, str) and "*" in lit:
+                # F&O's contains/startswith: eq '*x*' (a wildcard literal), case-insensitive like its SQL
+                pattern = re.compile("^" + ".*".join(re.escape(p) for p in lit.split("*")) + "$", re.I | re.S)
+                match = lambda r: bool(pattern.match(str(r.get(prop) or "")))  # noqa: E731
+                return match if op == "eq" else (lambda r: not match(r))
+            want = lit.lower() if isinstance(lit, str) else None
+
+            def value(r):
+                v = r.get(prop)
+                return v.lower() if isinstance(v, str) else v
+        elif typ in ("decimal", "int"):
+            if not isinstance(lit, int | float) or isinstance(lit, bool):
+                raise ODataError(400, "", f"Incompatible types for '{prop}' in $filter '{self.text}'.")
+            want = float(lit)
+
+            def value(r):
+                v = r.get(prop)
+                return float(v) if v is not None else None
+        else:   # datetime
+            if isinstance(lit, str) or lit is None:
+                raise ODataError(400, "", f"Incompatible types for '{prop}' in $filter '{self.text}'.")
+            want = lit if isinstance(lit, datetime) else datetime(lit.year, lit.month, lit.day, tzinfo=UTC)
+
+            def value(r):
+                return parse_dt(r.get(prop))
+        fn = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "gt": lambda a, b: a > b,
+              "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}[op]
+
+        def pred(r):
+            a = value(r)
+            if op not in ("eq", "ne") and (a is None or want is None):
+                return False
+            return fn(a, want)
+
+        return pred
+
+
+def _sort_key(value: Any) -> tuple[bool, Any]:
+    if value is None:
+        return (False, "")
+    if isinstance(value, str):
+        return (True, value.lower())
+    return (True, value)
+
+
+KEY_PART = re.compile(r"\s*(\w+)\s*=\s*('(?:[^']|'')*'|[^,]+)\s*(?:,|$)")
+
+
+def parse_keys(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    pos = 0
+    while pos < len(text):
+        m = KEY_PART.match(text, pos)
+        if not m:
+            raise ODataError(400, "", f"Bad key segment '({text})'.")
+        raw = m.group(2).strip()
+        out[m.group(1)] = raw[1:-1].replace("''", "'") if raw.startswith("'") else raw
+        pos = m.end()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The sandbox
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Endpoint:
+    name: str
+    url: str
+    headers: dict[str, str]
+    verify: bool | str = True
+
+
+class FinanceOperationsSandbox:
+    """One F&O environment on a Starlette app (``self.app``); serve with ``SandboxServer`` or ``sync_transport``."""
+
+    def __init__(self, entra: Any = None, *, environment_host: str = "contoso-prod.operations.dynamics.com",
+                 default_company: str = "usmf", max_page_size: int = 10000, clock: SandboxClock | None = None,
+                 tenant: str | None = None) -> None:
+        self.entra = entra
+        self.tenant = tenant
+        self.environment_host = environment_host
+        self.audience = f"https://{environment_host}"
+        self.default_company = default_company.lower()
+        self.max_page_size = max_page_size
+        self.clock = clock or SandboxClock()
+        self.faults = Faults(retry_after="1")
+        self.entities = build_entities()
+        # UNCONFIRMED settings
+        self.honour_maxpagesize = False           # Prefer: odata.maxpagesize (BC honours it; F&O unknown)
+        self.key_read_needs_cross_company = True  # a key outside the default company without cross-company -> 404
+        self.posted_invoices_readable = True      # posted headers stay readable (update refused)
+        self.send_legacy_legal_entity = False     # older payloads: LegalEntity instead of BusinessEventLegalEntity
+        # service protection (§1.3): None = off; (requests, window_s) = sliding window per environment
+        self.service_protection: tuple[int, float] | None = None
+        self._window: list[float] = []
+        self.retry_delay_s = 1.0                  # F&O: 1 s between the 3 retries (configurable there too)
+        self.tokens: set[str] = set()
+        self.legal_entities: set[str] = set()
+        self._rows: dict[str, dict[tuple, dict[str, Any]]] = {s: {} for s in self.entities}
+        self._posted: set[tuple] = set()
+        self._seq = Counter()
+        self._etag = 0
+        self._actions: dict[tuple[str, str], Callable[[dict[str, Any], dict[str, Any]], Any]] = {}
+        self._action_calls: Counter[str] = Counter()
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.calls_total = 0
+        # business events
+        self.endpoints: dict[str, Endpoint] = {}
+        self.activations: set[tuple[str, str, str]] = set()   # (event id, endpoint, legal entity or "")
+        self._queue: list[tuple[str, dict[str, Any]]] = []
+        self._delivered: list[tuple[str, dict[str, Any]]] = []
+        self.errors: list[tuple[str, dict[str, Any]]] = []
+        self.deliveries: list[tuple[str, int, int | None]] = []   # (url, ControlNumber, status or None)
+        self._control = 5637144576
+        self._random = random.Random(20261123)
+        self.transport: httpx.BaseTransport | None = None
+        self._lock = threading.RLock()
+        self._deliver_lock = threading.Lock()
+        self._auto_stop: threading.Event | None = None
+        self._auto_thread: threading.Thread | None = None
+        routes = [Route("/data/{rest:path}", self._dispatch, methods=["GET", "POST", "PATCH", "DELETE"]),
+                  Route("/data", self._dispatch, methods=["GET"])]
+        self.app = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
+                                   self._server_error_response, self._count)
+
+    # -- seeding and inspection ------------------------------------------------------------------
+    def add_token(self, token: str) -> None:
+        self.tokens.add(token)
+
+    def add_legal_entity(self, data_area_id: str) -> None:
+        self.legal_entities.add(data_area_id.lower())
+
+    def _key_of(self, entity: EntityDef, record: dict[str, Any]) -> tuple:
+        return tuple(str(record.get(k, "")).lower() for k in entity.keys)
+
+    def _insert(self, entity_set: str, area: str, props: dict[str, Any]) -> dict[str, Any]:
+        entity = self.entities[entity_set]
+        area = area.lower()
+        if area not in self.legal_entities:
+            raise ODataError(400, "", f"The company '{area}' does not exist.")
+        record: dict[str, Any] = {"dataAreaId": area}
+        for name, value in props.items():
+            if name not in entity.props:
+                raise ODataError(400, "", f"Could not find a property named '{name}' on type '{NS}.{entity.type_name}'.")
+            typ = entity.props[name]
+            if typ.startswith("enum:") and value not in ENUMS[typ[5:]]:
+                raise ODataError(400, "", f"'{value}' is not a valid value of {NS}.{typ[5:]} for '{name}'.")
+            record[name] = _json_value(value)
+        for k in entity.keys:
+            if record.get(k) in (None, ""):
+                raise ODataError(400, "", f"The key field '{k}' of {entity.type_name} must be given.")
+        key = self._key_of(entity, record)
+        with self._lock:
+            if key in self._rows[entity_set]:
+                raise ODataError(400, "", f"The record already exists: {dict(zip(entity.keys, key, strict=True))}.")
+            record["@odata.etag"] = self._next_etag()
+            self._rows[entity_set][key] = record
+        return dict(record)
+
+    def _next_etag(self) -> str:
+        self._etag += 1
+        return 'W/"' + base64.b64encode(f"{self._etag},{time.time_ns()}".encode()).decode() + '"'
+
+    def _number(self, prefix: str) -> str:
+        self._seq[prefix] += 1
+        return f"{prefix}{self._seq[prefix]:06d}"
+
+    def add_vendor(self, area: str, **props: Any) -> dict[str, Any]:
+        props.setdefault("VendorAccountNumber", self._number("V-"))
+        return self._insert("VendorsV2", area, props)
+
+    def add_purchase_order(self, area: str, lines: list[dict[str, Any]] | None = None, **props: Any) -> dict[str, Any]:
+        with self._lock:
+            props.setdefault("PurchaseOrderNumber", self._number("PO-"))
+            props.setdefault("PurchaseOrderStatus", "Backorder")
+            props.setdefault("DocumentApprovalStatus", "Draft")
+            header = self._insert("PurchaseOrderHeadersV2", area, props)
+            for i, line in enumerate(lines or [], start=1):
+                self._insert("PurchaseOrderLinesV2", area, {"PurchaseOrderNumber": header["PurchaseOrderNumber"],
+                                                             "LineNumber": i, **line})
+        return header
+
+    def add_vendor_invoice(self, area: str, lines: list[dict[str, Any]] | None = None, **props: Any) -> dict[str, Any]:
+        with self._lock:
+            props.setdefault("HeaderReference", self._number("VIH-"))
+            header = self._insert("VendorInvoiceHeaders", area, props)
+            for i, line in enumerate(lines or [], start=1):
+                self._insert("VendorInvoiceLines", area, {"HeaderReference": header["HeaderReference"],
+                                                          "InvoiceLineNumber": i, **line})
+        return header
+
+    def _find(self, entity_set: str, keys: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        entity = self.entities[entity_set]
+        key = tuple(str(keys.get(k, "")).lower() for k in entity.keys)
+        with self._lock:
+            row = self._rows[entity_set].get(key)
+        if row is None or (entity_set == "VendorInvoiceHeaders" and key in self._posted
+                           and not self.posted_invoices_readable):
+            raise ODataError(404, "", f"No {entity.type_name} with key {keys}.")
+        return key, row
+
+    def get_record(self, entity_set: str, keys: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._find(entity_set, keys)[1])
+
+    def records(self, entity_set: str, area: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [dict(r) for r in self._rows[entity_set].values()]
+        return [r for r in rows if area is None or r["dataAreaId"] == area.lower()]
+
+    def update_record(self, entity_set: str, keys: dict[str, Any], **changes: Any) -> dict[str, Any]:
+        with self._lock:
+            key, row = self._find(entity_set, keys)
+            row.update({k: _json_value(v) for k, v in changes.items()})
+            row["@odata.etag"] = self._next_etag()
+            return dict(row)
+
+    def delete_record(self, entity_set: str, keys: dict[str, Any]) -> None:
+        with self._lock:
+            key, _ = self._find(entity_set, keys)
+            del self._rows[entity_set][key]
+
+    def is_posted(self, header_reference: str, area: str) -> bool:
+        return (area.lower(), header_reference.lower()) in self._posted
+
+    # -- bound actions (customer extensions) -------------------------------------------------------
+    def deploy_action(self, entity_set: str, name: str,
+                      handler: Callable[[dict[str, Any], dict[str, Any]], Any]) -> None:
+        """Expose ``POST /data/<set>(<keys>)/Microsoft.Dynamics.DataEntities.<name>``: ``handler(record,
+        parameters)`` mutates the record (under the sandbox lock) and returns the action's value."""
+        self._actions[(entity_set, name)] = handler
+
+    def deploy_workflow_resubmit(self, action_name: str = "SubmitToWorkflow") -> None:
+        """The customer extension docs/finance_operations.md describes: resubmit a rejected PO."""
+
+        def resubmit(record: dict[str, Any], params: dict[str, Any]) -> None:
+            if record.get("DocumentApprovalStatus") != "Rejected":
+                raise ODataError(400, "", f"Purchase order {record['PurchaseOrderNumber']} cannot be submitted to "
+                                          f"workflow in status {record.get('DocumentApprovalStatus')}.")
+            record["DocumentApprovalStatus"] = "InReview"
+            self.workflow_comments.append((record["PurchaseOrderNumber"], str(params.get("Comment", ""))))
+
+        self.workflow_comments: list[tuple[str, str]] = []
+        self.deploy_action("PurchaseOrderHeadersV2", action_name, resubmit)
+
+    def action_calls(self, name: str) -> int:
+        return self._action_calls[name]
+
+    # -- business flows that fire events -------------------------------------------------------------
+    def confirm_purchase_order(self, area: str, po_number: str) -> dict[str, Any] | None:
+        po = self.update_record("PurchaseOrderHeadersV2", {"dataAreaId": area, "PurchaseOrderNumber": po_number},
+                                DocumentApprovalStatus="Confirmed")
+        return self.fire("PurchaseOrderConfirmedBusinessEvent", area, PurchaseOrderNumber=po_number,
+                         PurchaseJournal=self._number("PJ-"), VendorAccount=po.get("OrderVendorAccountNumber", ""))
+
+    def post_vendor_invoice(self, area: str, header_reference: str) -> dict[str, Any] | None:
+        keys = {"dataAreaId": area, "HeaderReference": header_reference}
+        with self._lock:
+            key, header = self._find("VendorInvoiceHeaders", keys)
+            self._posted.add(key)
+        # the payload's field list is UNCONFIRMED (F&O publishes no event schemas)
+        return self.fire("VendorInvoicePostedBusinessEvent", area, VendorAccount=header.get("VendorAccount", ""),
+                         InvoiceNumber=header.get("InvoiceNumber", ""), InvoiceDate=header.get("InvoiceDate"),
+                         Voucher=self._number("APINV-"))
+
+    def reject_purchase_order_workflow(self, area: str, po_number: str) -> dict[str, Any] | None:
+        self.update_record("PurchaseOrderHeadersV2", {"dataAreaId": area, "PurchaseOrderNumber": po_number},
+                           DocumentApprovalStatus="Rejected")
+        # the event id is UNCONFIRMED (workflow events are generated per workflow type)
+        return self.fire("PurchaseOrderWorkflowRejectedBusinessEvent", area, PurchaseOrderNumber=po_number)
+
+    # -- business events -------------------------------------------------------------------------------
+    def add_endpoint(self, name: str, url: str, headers: dict[str, str] | None = None,
+                     verify: bool | str = True) -> None:
+        if urlsplit(url).scheme != "https":
+            raise ValueError(f"F&O business-event endpoints must be HTTPS: {url}")
+        self.endpoints[name] = Endpoint(name, url, dict(headers or {}), verify)
+
+    def activate(self, business_event_id: str, endpoint: str, legal_entity: str = "") -> None:
+        if endpoint not in self.endpoints:
+            raise ValueError(f"no endpoint {endpoint!r}")
+        with self._lock:
+            per_entity = [a for a in self.activations if a[0] == business_event_id and a[2] == legal_entity.lower()]
+            if len(per_entity) >= 10:   # F&O default: at most 10 endpoints per event and legal entity
+                raise ValueError("at most 10 endpoints may subscribe to one event per legal entity")
+            self.activations.add((business_event_id, endpoint, legal_entity.lower()))
+
+    def fire(self, business_event_id: str, area: str, **fields: Any) -> dict[str, Any] | None:
+        """Fire one event (as F&O does when the transaction commits); None when no endpoint is activated."""
+        area = area.lower()
+        with self._lock:
+            targets = sorted({ep for ev, ep, le in self.activations if ev == business_event_id and le in ("", area)})
+            if not targets:
+                return None
+            self._control += self._random.randint(1, 9)   # "upwardly increasing … there can be gaps"
+            now = self.clock.now()
+            envelope: dict[str, Any] = {
+                "BusinessEventId": business_event_id,
+                "BusinessEventLegalEntity": area.upper(),
+                "ContextRecordSubject": "",
+                "ControlNumber": self._control,
+                "EventId": str(uuid.uuid4()).upper(),
+                "EventTime": f"/Date({int(now.timestamp() * 1000)})/",
+                "EventTimeIso8601": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                "InitiatingUserAADObjectId": "{" + str(uuid.uuid4()).upper() + "}",
+                "MajorVersion": 0,
+                "MinorVersion": 0,
+                "ParentContextRecordSubjects": [],
+                **{k: _json_value(v) for k, v in fields.items()},
+            }
+            if self.send_legacy_legal_entity:
+                envelope["LegalEntity"] = envelope.pop("BusinessEventLegalEntity")
+                envelope.pop("EventTimeIso8601")
+            for ep in targets:
+                self._queue.append((ep, envelope))
+            return dict(envelope)
+
+    def pending_events(self) -> int:
+        return len(self._queue)
+
+    def _send(self, http: httpx.Client, endpoint: Endpoint, envelope: dict[str, Any], retries: int = 3) -> bool:
+        for attempt in range(retries + 1):
+            try:
+                status: int | None = http.post(endpoint.url, content=json.dumps(envelope),
+                                               headers={"Content-Type": "application/json", **endpoint.headers}
+                                               ).status_code
+            except httpx.HTTPError:
+                status = None
+            with self._lock:
+                self.deliveries.append((endpoint.url, envelope["ControlNumber"], status))
+            if status is not None and 200 <= status < 300:
+                return True
+            if attempt < retries and self.retry_delay_s:
+                time.sleep(self.retry_delay_s)
+        return False
+
+    def _client(self, endpoint: Endpoint) -> httpx.Client:
+        return httpx.Client(trust_env=False, verify=endpoint.verify, timeout=10.0, transport=self.transport)
+
+    def _deliver(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, int]:
+        summary = {"delivered": 0, "failed": 0}
+        clients: dict[str, httpx.Client] = {}
+        try:
+            for name, envelope in items:
+                endpoint = self.endpoints[name]
+                http = clients.setdefault(name, self._client(endpoint))
+                if self._send(http, endpoint, envelope):
+                    summary["delivered"] += 1
+                    with self._lock:
+                        self._delivered.append((name, envelope))
+                else:
+                    summary["failed"] += 1
+                    with self._lock:
+                        self.errors.append((name, envelope))   # the catalog's Errors tab
+        finally:
+            for c in clients.values():
+                c.close()
+        return summary
+
+    def deliver_events(self, order: str = "fifo", seed: int | None = None) -> dict[str, int]:
+        """POST every queued envelope (one per call) to its endpoint: 3 retries, then the Errors tab."""
+        with self._deliver_lock:
+            with self._lock:
+                items, self._queue = self._queue, []
+            if order == "reverse":
+                items.reverse()
+            elif order == "shuffle":
+                random.Random(seed).shuffle(items)
+            elif order != "fifo":
+                raise ValueError(f"unknown order {order!r}")
+            return self._deliver(items)
+
+    def redeliver(self, control_numbers: list[int] | None = None, last: int | None = None) -> dict[str, int]:
+        """Send already delivered envelopes again, unchanged (same ControlNumber)."""
+        with self._lock:
+            items = [it for it in self._delivered if control_numbers is None or it[1]["ControlNumber"] in control_numbers]
+        if last is not None:
+            items = items[-last:]
+        with self._deliver_lock:
+            summary = self._deliver(items)
+        with self._lock:   # a re-sent envelope is not "delivered" twice in the history
+            seen: set[tuple[str, int]] = set()
+            self._delivered = [it for it in self._delivered
+                               if not ((it[0], it[1]["ControlNumber"]) in seen or seen.add((it[0], it[1]["ControlNumber"])))]
+        return summary
+
+    def resend(self, control_number: int) -> bool:
+        """The Errors tab's Resend."""
+        with self._lock:
+            items = [it for it in self.errors if it[1]["ControlNumber"] == control_number]
+            self.errors = [it for it in self.errors if it[1]["ControlNumber"] != control_number]
+        if not items:
+            raise KeyError(control_number)
+        with self._deliver_lock:
+            return self._deliver(items)["failed"] == 0
+
+    def start_auto_delivery(self, interval_s: float = 1.0) -> None:
+        if self._auto_thread and self._auto_thread.is_alive():
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    self.deliver_events()
+                except Exception:  # noqa: BLE001 - a background loop must survive one bad delivery
+                    pass
+
+        self._auto_stop = stop
+        self._auto_thread = threading.Thread(target=loop, name="fo-events", daemon=True)
+        self._auto_thread.start()
+
+    def stop_auto_delivery(self) -> None:
+        if self._auto_stop:
+            self._auto_stop.set()
+        if self._auto_thread:
+            self._auto_thread.join(timeout=5)
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+    def _rate_limit_response(self, retry_after: str | None) -> Response:
+        return fo_error(429, "Number of requests exeeded the limit of 6000 over the time window of 300 seconds.",
+                        {"Retry-After": retry_after or "1"})
+
+    def _server_error_response(self, status: int, retry_after: str | None) -> Response:
+        headers = {"Retry-After": retry_after} if retry_after and status in (502, 503) else {}
+        return fo_error(status, "The service is temporarily unavailable.", headers)
+
+    def _count(self, request: Request) -> None:
+        path = request.url.path
+        template = re.sub(r"\([^)]*\)", "({keys})", path)
+        with self._lock:
+            self.calls_total += 1
+            self.calls[(request.method.upper(), template)] += 1
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer "):
+            return False
+        token = header[7:].strip()
+        if self.entra is not None:
+            claims = self.entra.validate(token, self.audience)
+            return bool(claims) and (self.tenant is None or claims.get("tid", "").lower() == self.tenant.lower())
+        return token in self.tokens
+
+    def _throttled(self) -> Response | None:
+        if not self.service_protection:
+            return None
+        limit, window = self.service_protection
+        now = time.monotonic()
+        with self._lock:
+            self._window = [t for t in self._window if now - t < window]
+            if len(self._window) >= limit:
+                wait = max(1, int(window - (now - self._window[0])) + 1)
+                return fo_error(429, f"Number of requests exeeded the limit of {limit} over the time window of "
+                                     f"{int(window)} seconds.", {"Retry-After": str(wait)})
+            self._window.append(now)
+        return None
+
+    async def _dispatch(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return fo_error(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+        throttled = self._throttled()
+        if throttled is not None:
+            return throttled
+        rest = unquote(request.path_params.get("rest", ""))
+        body = await request.body()
+        base = str(request.url).split("/data", 1)[0] + "/data"
+        if rest == "$batch":
+            if request.method != "POST":
+                return fo_error(405, "$batch takes POST.")
+            return self._batch(base, request.headers.get("content-type", ""), body)
+        status, headers, payload = self.handle(request.method, rest, list(request.query_params.multi_items()),
+                                               dict(request.headers), body, base)
+        return _response(status, headers, payload)
+
+    def handle(self, method: str, rest: str, query: list[tuple[str, str]], headers: dict[str, str], body: bytes,
+               base: str) -> tuple[int, dict[str, str], Any]:
+        """One OData request (also used for the operations inside $batch)."""
+        try:
+            return self._route(method.upper(), rest.strip("/"), query, {k.lower(): v for k, v in headers.items()},
+                               body, base)
+        except ODataError as e:
+            return e.status, e.headers, {"error": {"code": e.code, "message": e.message, "innererror": {
+                "message": e.message, "type": "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataException",
+                "stacktrace": ""}}}
+
+    def _route(self, method: str, rest: str, query: list[tuple[str, str]], headers: dict[str, str], body: bytes,
+               base: str) -> tuple[int, dict[str, str], Any]:
+        q = dict(query)
+        cross = q.get("cross-company", "").lower() == "true"
+        if rest in ("", "$metadata"):
+            if method != "GET":
+                raise ODataError(405, "", "Method not allowed.")
+            if rest == "":
+                return 200, {}, {"@odata.context": f"{base}/$metadata",
+                                 "value": [{"name": s, "kind": "EntitySet", "url": s} for s in self.entities]}
+            return 200, {"Content-Type": "application/xml"}, self.metadata_xml()
+        m = re.match(r"^(?P<set>[A-Za-z0-9_]+)(?:\((?P<keys>.*?)\))?(?:/(?P<tail>.+))?$", rest)
+        if not m or m.group("set") not in self.entities:
+            # entity set names are case-sensitive: vendorsv2 is not VendorsV2
+            raise ODataError(404, "", f"No HTTP resource was found that matches the request URI '{base}/{rest}'.")
+        entity = self.entities[m.group("set")]
+        if m.group("keys") is None:
+            if m.group("tail"):
+                raise ODataError(404, "", f"No HTTP resource was found that matches '{rest}'.")
+            if method == "GET":
+                return self._collection(entity, query, headers, base, cross)
+            if method == "POST":
+                return self._create(entity, body, base, cross)
+            raise ODataError(405, "", f"{method} is not allowed on a collection.")
+        keys = parse_keys(m.group("keys"))
+        missing = [k for k in entity.keys if k not in keys]
+        extra = [k for k in keys if k not in entity.keys]
+        if missing or extra:
+            raise ODataError(400, "", f"The key of {entity.type_name} is ({', '.join(entity.keys)}); "
+                                      f"missing {missing}, unknown {extra}.")
+        if str(keys["dataAreaId"]).lower() != self.default_company and not cross and self.key_read_needs_cross_company:
+            raise ODataError(404, "", f"No {entity.type_name} with key {keys} in company {self.default_company}.")
+        tail = m.group("tail")
+        if tail:
+            if not tail.startswith(f"{NS}."):
+                raise ODataError(404, "", f"No HTTP resource was found that matches '{rest}'.")
+            if method != "POST":
+                raise ODataError(405, "", "Actions take POST.")
+            return self._action(entity, keys, tail[len(NS) + 1:], body)
+        if method == "GET":
+            _, row = self._find(entity.entity_set, keys)
+            out = self._shape([dict(row)], entity, q)[0]
+            return 200, {"ETag": row["@odata.etag"]}, {
+                "@odata.context": f"{base}/$metadata#{entity.entity_set}/$entity", **out}
+        if method == "PATCH":
+            return self._patch(entity, keys, body, headers)
+        if method == "DELETE":
+            with self._lock:
+                key, row = self._find(entity.entity_set, keys)
+                self._check_if_match(headers, row)
+                del self._rows[entity.entity_set][key]
+            return 204, {}, None
+        raise ODataError(405, "", f"{method} is not allowed here.")
+
+    @staticmethod
+    def _check_if_match(headers: dict[str, str], row: dict[str, Any]) -> None:
+        given = (headers.get("if-match") or "").strip()
+        if given and given != "*" and given != row["@odata.etag"]:
+            raise ODataError(412, "", "The record has been changed by another user (ETag mismatch).")
+
+    def _patch(self, entity: EntityDef, keys: dict[str, Any], body: bytes,
+               headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        changes = _json_body(body)
+        with self._lock:
+            key, row = self._find(entity.entity_set, keys)
+            self._check_if_match(headers, row)
+            if entity.entity_set == "VendorInvoiceHeaders" and key in self._posted:
+                raise ODataError(400, "", "Update is applicable only before posting the vendor invoice.")
+            for name, value in changes.items():
+                if name.startswith("@odata."):
+                    continue
+                if name not in entity.props:
+                    raise ODataError(400, "", f"Could not find a property named '{name}' on type "
+                                              f"'{NS}.{entity.type_name}'.")
+                if name in entity.keys:
+                    raise ODataError(400, "", f"The key field '{name}' cannot be changed.")
+                typ = entity.props[name]
+                if typ.startswith("enum:") and value not in ENUMS[typ[5:]]:
+                    raise ODataError(400, "", f"'{value}' is not a valid value of {NS}.{typ[5:]}.")
+            row.update({k: v for k, v in changes.items() if not k.startswith("@odata.")})
+            row["@odata.etag"] = self._next_etag()
+        return 204, {}, None
+
+    def _create(self, entity: EntityDef, body: bytes, base: str, cross: bool) -> tuple[int, dict[str, str], Any]:
+        data = _json_body(body)
+        area = str(data.pop("dataAreaId", self.default_company)).lower()
+        if area != self.default_company and not cross:
+            raise ODataError(400, "", f"Records of company {area} need cross-company=true.")
+        props = {k: v for k, v in data.items() if not k.startswith("@odata.")}
+        if entity.entity_set == "VendorInvoiceHeaders":
+            props.setdefault("HeaderReference", self._number("VIH-"))
+        record = self._insert(entity.entity_set, area, props)
+        return 201, {"ETag": record["@odata.etag"]}, {
+            "@odata.context": f"{base}/$metadata#{entity.entity_set}/$entity", **record}
+
+    def _action(self, entity: EntityDef, keys: dict[str, Any], name: str, body: bytes) -> tuple[int, dict, Any]:
+        handler = self._actions.get((entity.entity_set, name))
+        if handler is None:   # the standard product: no such action
+            raise ODataError(404, "", f"No HTTP resource was found that matches the request URI "
+                                      f"'{entity.entity_set}(...)/{NS}.{name}'.")
+        params = _json_body(body) if body else {}
+        with self._lock:
+            _, row = self._find(entity.entity_set, keys)
+            before = dict(row)
+            try:
+                value = handler(row, params)
+            except ODataError:
+                row.clear()
+                row.update(before)
+                raise
+            row["@odata.etag"] = self._next_etag()
+            self._action_calls[name] += 1
+        if value is None:
+            return 204, {}, None
+        return 200, {}, {"@odata.context": "$metadata#Edm.String", "value": value}
+
+    def _collection(self, entity: EntityDef, query: list[tuple[str, str]], headers: dict[str, str], base: str,
+                    cross: bool) -> tuple[int, dict[str, str], Any]:
+        q = dict(query)
+        known = {"$filter", "$select", "$top", "$skip", "$orderby", "$expand", "$count", "$skiptoken", "cross-company",
+                 "$format"}
+        for k in q:
+            if k.startswith("$") and k not in known:
+                raise ODataError(400, "", f"The query parameter '{k}' is not supported.")
+        with self._lock:
+            rows = [dict(r) for r in self._rows[entity.entity_set].values()]
+        if not cross:
+            rows = [r for r in rows if r["dataAreaId"] == self.default_company]
+        if entity.entity_set == "VendorInvoiceHeaders" and not self.posted_invoices_readable:
+            rows = [r for r in rows if self._key_of(entity, r) not in self._posted]
+        if q.get("$filter"):
+            pred = FOFilter(q["$filter"], entity).parse()
+            rows = [r for r in rows if pred(r)]
+        rows.sort(key=lambda r: self._key_of(entity, r))
+        for part in reversed([p.strip() for p in q.get("$orderby", "").split(",") if p.strip()]):
+            bits = part.split()
+            if bits[0] not in entity.props:
+                raise ODataError(400, "", f"Could not find a property named '{bits[0]}' on type "
+                                          f"'{NS}.{entity.type_name}'.")
+            rows.sort(key=lambda r, p=bits[0]: _sort_key(r.get(p)), reverse=len(bits) > 1 and bits[1] == "desc")
+        count = len(rows)
+        try:
+            skip = int(q.get("$skip", 0))
+            top = int(q["$top"]) if "$top" in q else None
+            offset = int(base64.b64decode(q["$skiptoken"]).decode()) if "$skiptoken" in q else 0
+        except ValueError:
+            raise ODataError(400, "", "Invalid $top, $skip or $skiptoken.") from None
+        rows = rows[skip:]
+        if top is not None:
+            rows = rows[:top]
+        page_size = self.max_page_size
+        pm = re.search(r"odata\.maxpagesize\s*=\s*(\d+)", headers.get("prefer", ""))
+        out_headers: dict[str, str] = {}
+        if pm and self.honour_maxpagesize:
+            page_size = max(1, min(int(pm.group(1)), self.max_page_size))
+            out_headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
+        page = rows[offset:offset + page_size]
+        body: dict[str, Any] = {"@odata.context": f"{base}/$metadata#{entity.entity_set}"}
+        if q.get("$count", "").lower() == "true":
+            body["@odata.count"] = count
+        body["value"] = self._shape(page, entity, q)
+        if offset + page_size < len(rows):
+            params = [(k, v) for k, v in query if k != "$skiptoken"]
+            params.append(("$skiptoken", base64.b64encode(str(offset + page_size).encode()).decode()))
+            body["@odata.nextLink"] = f"{base}/{entity.entity_set}?{urlencode(params)}"
+        return 200, out_headers, body
+
+    def _shape(self, rows: list[dict[str, Any]], entity: EntityDef, q: dict[str, str]) -> list[dict[str, Any]]:
+        expand = [p.strip() for p in q.get("$expand", "").split(",") if p.strip()]
+        for nav in expand:
+            if "(" in nav or "/" in nav:
+                raise ODataError(400, "", f"$expand supports one level only: '{nav}'.")
+            if nav not in entity.navigation:
+                raise ODataError(400, "", f"Could not find a navigation property named '{nav}' on type "
+                                          f"'{NS}.{entity.type_name}'.")
+        select = [s.strip() for s in q.get("$select", "").split(",") if s.strip()]
+        for name in select:
+            if name not in entity.props and name not in expand:
+                raise ODataError(400, "", f"Could not find a property named '{name}' on type "
+                                          f"'{NS}.{entity.type_name}'.")
+        out = []
+        for r in rows:
+            shaped = {"@odata.etag": r["@odata.etag"], **({n: r.get(n) for n in select} if select else
+                                                           {k: v for k, v in r.items() if k != "@odata.etag"})}
+            for nav in expand:
+                target, join = entity.navigation[nav]
+                want = tuple(str(r.get(k, "")).lower() for k in join)
+                with self._lock:
+                    children = [dict(c) for c in self._rows[target].values()
+                                if tuple(str(c.get(k, "")).lower() for k in join) == want]
+                shaped[nav] = sorted(children, key=lambda c: self._key_of(self.entities[target], c))
+            out.append(shaped)
+        return out
+
+    # -- $batch ---------------------------------------------------------------------------------------
+    def _batch(self, base: str, content_type: str, body: bytes) -> Response:
+        parts = _multipart(content_type, body)
+        if parts is None:
+            return fo_error(400, "A $batch request needs a multipart/mixed body with a boundary.")
+        operations = sum(len(p) if isinstance(p, list) else 1 for p in parts)
+        if operations > MAX_BATCH_OPERATIONS:
+            return fo_error(400, f"A batch may hold at most {MAX_BATCH_OPERATIONS} operations.")
+        boundary = f"batchresponse_{uuid.uuid4()}"
+        chunks: list[bytes] = []
+        for part in parts:
+            if isinstance(part, list):   # a changeset: all or nothing
+                with self._lock:
+                    snapshot = (copy.deepcopy(self._rows), set(self._posted), Counter(self._action_calls))
+                    results = []
+                    for op in part:
+                        result = self._run_op(op, base)
+                        results.append(result)
+                        if result[0] >= 400:
+                            self._rows, self._posted, self._action_calls = snapshot
+                            results = [result]
+                            break
+                cs = f"changesetresponse_{uuid.uuid4()}"
+                inner = b"".join(_http_part(r, cs) for r in results) + f"--{cs}--\r\n".encode()
+                if len(results) == 1 and results[0][0] >= 400:
+                    chunks.append(_http_part(results[0], boundary))
+                else:
+                    chunks.append(f"--{boundary}\r\nContent-Type: multipart/mixed; boundary={cs}\r\n\r\n".encode()
+                                  + inner)
+            else:
+                chunks.append(_http_part(self._run_op(part, base), boundary))
+        payload = b"".join(chunks) + f"--{boundary}--\r\n".encode()
+        return Response(payload, 200, media_type=f"multipart/mixed; boundary={boundary}")
+
+    def _run_op(self, op: tuple[str, str, dict[str, str], bytes], base: str) -> tuple[int, dict[str, str], Any]:
+        method, url, headers, body = op
+        split = urlsplit(url)
+        path = split.path
+        if "/data/" in path:
+            path = path.split("/data/", 1)[1]
+        return self.handle(method, unquote(path), parse_qsl(split.query, keep_blank_values=True), headers, body, base)
+
+    # -- $metadata ------------------------------------------------------------------------------------
+    def metadata_xml(self) -> str:
+        edm = {"string": "Edm.String", "decimal": "Edm.Decimal", "datetime": "Edm.DateTimeOffset", "int": "Edm.Int64"}
+        out = ['<?xml version="1.0" encoding="utf-8"?>',
+               '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">',
+               "<edmx:DataServices>", f'<Schema Namespace="{NS}" xmlns="http://docs.oasis-open.org/odata/ns/edm">']
+        for enum, members in ENUMS.items():
+            out.append(f'<EnumType Name="{enum}">')
+            out += [f'<Member Name="{m}" Value="{i}"/>' for i, m in enumerate(members)]
+            out.append("</EnumType>")
+        for e in self.entities.values():
+            out.append(f'<EntityType Name="{e.type_name}"><Key>')
+            out += [f'<PropertyRef Name="{k}"/>' for k in e.keys]
+            out.append("</Key>")
+            for name, typ in e.props.items():
+                t = f"{NS}.{typ[5:]}" if typ.startswith("enum:") else edm[typ]
+                nullable = ' Nullable="false"' if name in e.keys else ""
+                out.append(f'<Property Name="{escape(name)}" Type="{t}"{nullable}/>')
+            for nav, (target, _) in e.navigation.items():
+                out.append(f'<NavigationProperty Name="{nav}" Type="Collection({NS}.{self.entities[target].type_name})"/>')
+            out.append("</EntityType>")
+        for (entity_set, name) in sorted(self._actions):
+            t = self.entities[entity_set].type_name
+            out.append(f'<Action Name="{name}" IsBound="true"><Parameter Name="{t}" Type="{NS}.{t}"/>'
+                       f'<Parameter Name="Comment" Type="Edm.String"/></Action>')
+        out.append('<EntityContainer Name="Resources">')
+        out += [f'<EntitySet Name="{e.entity_set}" EntityType="{NS}.{e.type_name}"/>' for e in self.entities.values()]
+        out += ["</EntityContainer>", "</Schema>", "</edmx:DataServices>", "</edmx:Edmx>"]
+        return "\n".join(out)
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        raise ODataError(400, "", "The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ODataError(400, "", "The request body must be a JSON object.")
+    return data
+
+
+def _response(status: int, headers: dict[str, str], payload: Any) -> Response:
+    if payload is None:
+        return Response(status_code=status, headers=headers)
+    if isinstance(payload, str):
+        return Response(payload, status, headers={k: v for k, v in headers.items() if k != "Content-Type"},
+                        media_type=headers.get("Content-Type", "text/plain"))
+    return JSONResponse(payload, status, headers)
+
+
+def _multipart(content_type: str, body: bytes) -> list | None:
+    """Parse a $batch body: a list of operations (method, url, headers, body) or changesets (lists of them)."""
+    if "multipart/mixed" not in content_type or "boundary=" not in content_type:
+        return None
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    if not message.is_multipart():
+        return None
+    out: list = []
+    for part in message.iter_parts():
+        if part.get_content_type() == "multipart/mixed":
+            out.append([_http_request(p.get_payload(decode=True) or b"") for p in part.iter_parts()])
+        else:
+            out.append(_http_request(part.get_payload(decode=True) or b""))
+    return out
+
+
+def _http_request(raw: bytes) -> tuple[str, str, dict[str, str], bytes]:
+    head, _, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+    lines = head.decode().split("\n")
+    method, url, *_ = lines[0].split(" ")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip()] = v.strip()
+    return method, url, headers, body.strip()
+
+
+def _http_part(result: tuple[int, dict[str, str], Any], boundary: str) -> bytes:
+    status, headers, payload = result
+    body = b"" if payload is None else (payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+    lines = [f"--{boundary}", "Content-Type: application/http", "Content-Transfer-Encoding: binary", "",
+             f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}"]
+    if payload is not None:
+        lines.append("Content-Type: application/json; odata.metadata=minimal")
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body + b"\r\n"
+
+
+_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found", 412: "Precondition Failed",
+            405: "Method Not Allowed", 429: "Too Many Requests"}

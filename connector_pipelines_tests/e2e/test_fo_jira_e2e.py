@@ -1,0 +1,209 @@
+"""Dynamics 365 F&O business events -> Jira -> back into F&O, end to end.
+
+The F&O sandbox posts its stub envelopes over HTTPS to the product's receiver (shared-secret header);
+the product's Dagster definitions run against a real instance: the F&O inbox sensor batches the
+events, the notification run reads the documents over OData and writes Jira through the ledger ->
+JQL -> bulk create path; a person's Done (or "Resolution: ..." comment) comes back through the Jira
+webhook, the Jira inbox sensor and the resolution run. Nothing is mocked between them.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from connector_pipelines.core.db import get_engine
+from connector_pipelines.core.inbox import Inbox
+from connector_pipelines.core.ledger import DONE, QUARANTINED, Ledger
+from connector_pipelines.sandbox.scenario import (
+    FO_JIRA_SENSOR,
+    FO_SENSOR,
+    comments,
+    fire_fo_events,
+    fo_external_ids,
+    issues_by_external_id,
+    seed_fo_documents,
+)
+from connector_pipelines.sandbox.stack import CLOUD_ID, LEGAL_ENTITY
+
+PAIR = "d365_jira"
+PO_SET = "PurchaseOrderHeadersV2"
+
+
+def fields_by_name(world, issue: dict) -> dict[str, object]:
+    site = world.stack.jira.sites[CLOUD_ID]
+    names = {f.id: f.name for f in site.custom_fields.values()}
+    return {names.get(k, k): v for k, v in issue["fields"].items()}
+
+
+def one_issue_each(world, seeded) -> dict[str, dict]:
+    found = issues_by_external_id(world.stack)
+    expected = fo_external_ids(seeded)
+    mine = {k: v for k, v in found.items() if k and k.startswith("fo:")}
+    assert set(mine) == set(expected.values()), mine.keys()
+    assert all(len(v) == 1 for v in mine.values()), {k: [i["key"] for i in v] for k, v in mine.items()}
+    return {k: v[0] for k, v in mine.items()}
+
+
+def output_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return event.event_specific_data.metadata
+
+
+def process_events(world) -> list[dg.ExecuteInProcessResult]:
+    world.stack.fo.deliver_events()
+    runs = []
+    while True:
+        tick = world.driver.tick(FO_SENSOR)
+        if not tick.runs:
+            return runs
+        runs.extend(tick.runs)
+        assert all(r.success for r in tick.runs)
+
+
+def test_each_event_type_becomes_one_issue_with_the_context_to_act(world):
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+
+    runs = process_events(world)
+
+    assert len(runs) == 1  # three events, one batch run
+    by_ext = one_issue_each(world, seeded)
+    ids = fo_external_ids(seeded)
+    invoice = fields_by_name(world, by_ext[ids["vendor invoice posted"]])
+    assert invoice["project"]["key"] == "AP" and invoice["issuetype"]["name"] == "Task"
+    assert invoice["ERP Document Number"] == "INV-2026-0001"
+    assert invoice["ERP Vendor"] == "US-101 Fabrikam Electronics"
+    assert invoice["ERP Amount"] == 1234.5  # the sum of the invoice's lines, read with $expand
+    assert invoice["ERP Status"] == f"Posted ({LEGAL_ENTITY})"
+    rejected = fields_by_name(world, by_ext[ids["purchase order rejected in workflow"]])
+    assert rejected["issuetype"]["name"] == "Bug" and rejected["ERP Status"] == "Rejected"
+    assert rejected["ERP Amount"] == 9800.0
+    from connector_pipelines.core.adf import plain_text
+
+    text = plain_text(rejected["description"])
+    assert "Dynamics 365 Finance & Operations (usmf)" in text
+    assert f"cmp={LEGAL_ENTITY}&mi=PurchTable" in str(rejected["description"])  # the link back to F&O
+    # only identifiers and the context to act: no vendor master or GL data travel
+    for issue in by_ext.values():
+        blob = str(issue["fields"])
+        assert "DefaultLedgerDimension" not in blob and "BankAccount" not in blob
+    md = output_metadata(runs[0])
+    assert md["notifications"].value == 3 and md["created"].value == 3
+    # one OData read per entity (an OR of key groups each), not one per event
+    assert md["api_calls_finance_operations"].value <= 4
+    ledger = Ledger(get_engine(world.database_url))
+    assert ledger.counts(PAIR).get(DONE) == 3
+
+
+def test_three_deliveries_and_out_of_order_events_give_one_issue(world):
+    seeded = seed_fo_documents(world.stack)
+    fo = world.stack.fo
+    po = seeded["confirmed_po"]["PurchaseOrderNumber"]
+    fo.confirm_purchase_order(LEGAL_ENTITY, po)
+    fo.confirm_purchase_order(LEGAL_ENTITY, po)   # a second event for the same document, newer ControlNumber
+    fo.deliver_events(order="reverse")            # arrives newest first
+    fo.redeliver()                                # F&O re-sends everything: same ControlNumbers
+    fo.redeliver()
+
+    inbox = Inbox(get_engine(world.database_url))
+    assert inbox.count("finance_operations") == 2  # deduplicated on ControlNumber at the inbox
+    runs = process_events(world)
+    assert len(runs) == 1
+    found = issues_by_external_id(world.stack)
+    key = f"fo:purchase_orders_confirmed:{LEGAL_ENTITY}:{po}"
+    assert len(found[key]) == 1
+    # and a later re-delivery opens nothing new
+    fo.redeliver()
+    process_events(world)
+    assert len(issues_by_external_id(world.stack)[key]) == 1
+
+
+def test_an_event_for_a_document_odata_cannot_find_is_quarantined_and_the_rest_proceeds(world):
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+    world.stack.fo.fire("PurchaseOrderConfirmedBusinessEvent", LEGAL_ENTITY, PurchaseOrderNumber="PO-GHOST",
+                        PurchaseJournal="PJ-1", VendorAccount="US-101")
+
+    runs = process_events(world)
+
+    assert len(runs) == 1 and runs[0].success
+    one_issue_each(world, seeded)
+    ledger = Ledger(get_engine(world.database_url))
+    row = ledger.get(PAIR, f"fo:purchase_orders_confirmed:{LEGAL_ENTITY}:PO-GHOST")
+    assert row.state == QUARANTINED
+    assert "PurchaseOrderHeadersV2" in row.last_error and "PO-GHOST" in row.last_error
+    assert "PurchaseOrderConfirmedBusinessEvent ControlNumber" in row.last_error
+    logs = [e.message for e in world.instance.all_logs(runs[0].run_id)]
+    assert any("quarantined" in (m or "") and "PO-GHOST" in (m or "") for m in logs)
+
+
+def test_done_resubmits_the_rejected_order_to_its_workflow_exactly_once(world):
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+    process_events(world)
+    world.driver.run_job(f"{PAIR}__jira_webhook_renewal_job")
+    ids = fo_external_ids(seeded)
+    issue_key = issues_by_external_id(world.stack)[ids["purchase order rejected in workflow"]][0]["key"]
+    jira, fo = world.stack.jira, world.stack.fo
+    po_keys = {"dataAreaId": LEGAL_ENTITY, "PurchaseOrderNumber": seeded["rejected_po"]["PurchaseOrderNumber"]}
+
+    jira.transition_as_user(CLOUD_ID, issue_key, "Done")
+    jira.deliver_pending()
+    tick = world.driver.tick(FO_JIRA_SENSOR)
+    assert len(tick.runs) == 1 and tick.runs[0].success
+    assert fo.action_calls("SubmitToWorkflow") == 1
+    assert fo.get_record(PO_SET, po_keys)["DocumentApprovalStatus"] == "InReview"
+    assert any("SubmitToWorkflow called in F&O" in c for c in comments(world.stack, issue_key))
+
+    # reopened and done again, and the webhook re-delivered: the workflow is not submitted twice
+    jira.transition_as_user(CLOUD_ID, issue_key, "To Do")
+    jira.transition_as_user(CLOUD_ID, issue_key, "Done")
+    jira.deliver_pending()
+    for _ in range(2):
+        for run in world.driver.tick(FO_JIRA_SENSOR).runs:
+            assert run.success
+    assert fo.action_calls("SubmitToWorkflow") == 1
+
+
+def test_a_resolution_comment_records_the_outcome_on_the_confirmed_order(world):
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+    process_events(world)
+    world.driver.run_job(f"{PAIR}__jira_webhook_renewal_job")
+    ids = fo_external_ids(seeded)
+    issue_key = issues_by_external_id(world.stack)[ids["purchase order confirmed"]][0]["key"]
+
+    world.stack.jira.comment_as_user(CLOUD_ID, issue_key, "Resolution: delivery date agreed with Fabrikam")
+    world.stack.jira.deliver_pending()
+    tick = world.driver.tick(FO_JIRA_SENSOR)
+
+    assert len(tick.runs) == 1 and tick.runs[0].success
+    po = world.stack.fo.get_record(PO_SET, {"dataAreaId": LEGAL_ENTITY,
+                                            "PurchaseOrderNumber": seeded["confirmed_po"]["PurchaseOrderNumber"]})
+    assert po["ReasonComment"] == f"{issue_key}: delivery date agreed with Fabrikam"
+
+
+def test_a_429_storm_from_fo_ends_in_success(world):
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+    fo = world.stack.fo
+    fo.faults.retry_after = "0"
+    fo.faults.rate_limit_next = 4
+
+    runs = process_events(world)
+
+    assert len(runs) == 1 and runs[0].success
+    assert fo.faults.served_429 == 4
+    one_issue_each(world, seeded)
+
+
+@pytest.mark.parametrize("other_area", ["demf"])
+def test_events_of_a_legal_entity_the_integration_does_not_watch_open_nothing(world, other_area):
+    fo = world.stack.fo
+    seeded = seed_fo_documents(world.stack, area=other_area)
+    fo.activate("PurchaseOrderConfirmedBusinessEvent", "connector-pipelines", legal_entity=other_area)
+    fo.confirm_purchase_order(other_area, seeded["confirmed_po"]["PurchaseOrderNumber"])
+    runs = process_events(world)
+    assert all(r.success for r in runs)
+    assert not [k for k in issues_by_external_id(world.stack) if k and k.startswith("fo:")]
