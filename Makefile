@@ -32,6 +32,7 @@ sandbox: install
 
 bench: install
 	$(BIN)/python -m benchmarks.bc_jira
+	$(BIN)/python -m benchmarks.fo_jira
 
 lint: install
 	$(BIN)/ruff check connector_pipelines connector_pipelines_tests benchmarks

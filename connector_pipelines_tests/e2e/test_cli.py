@@ -7,11 +7,13 @@ from connector_pipelines.components.resources import clear_client_cache
 def test_ping_reports_every_connection_ok(world, capsys):
     assert cli.main(["ping"]) == 0
     out = capsys.readouterr().out
-    for what in ("database", "vault", "entra id (business central)", "business central api", "atlassian oauth",
-                 "jira cloud api"):
+    for what in ("database", "vault", "entra id (business central)", "business central api", "entra id (f&o)",
+                 "dynamics 365 f&o odata", "atlassian oauth", "jira cloud api"):
         assert f"OK    {what}" in out, out
-    assert "CRONUS USA, Inc." in out and "6 ok, 0 failed" in out
-    assert world.stack.secrets["bc_client_secret"] not in out
+    assert "CRONUS USA, Inc." in out and "8 ok, 0 failed" in out
+    assert "https://contoso-prod.operations.dynamics.com/.default" in out  # F&O's own scope: env host + /.default
+    for secret in ("bc_client_secret", "fo_client_secret"):
+        assert world.stack.secrets[secret] not in out
 
 
 def test_ping_names_what_fails_without_leaking_the_secret(world, capsys, monkeypatch):
