@@ -17,17 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import resource
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from benchmarks.common import bench_world, bind, definition, rss_mb
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,125 +31,96 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    import dagster as dg
-
-    from connector_pipelines.components.resources import clear_client_cache
     from connector_pipelines.core.db import get_engine
     from connector_pipelines.core.ledger import Ledger
     from connector_pipelines.sandbox import scenario as sc
-    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
-    from connector_pipelines.sandbox.stack import consent, start_stack
 
-    workdir = Path(tempfile.mkdtemp(prefix="connector-bench-"))
-    home = workdir / "dagster_home"
-    home.mkdir()
-    os.environ["DAGSTER_HOME"] = str(home)
-    db_url = f"sqlite:///{workdir}/connector.sqlite"
-    stack = start_stack(workdir / "stack", database_url=db_url)
-    try:
-        stack.apply_env()
-        consent(stack)
-        clear_client_cache()
-        from connector_pipelines.definitions import defs as load_defs
+    with bench_world("connector-bench-bc-") as world:
+        stack, driver, db_url = world.stack, world.driver, world.db_url
+        sc.register_webhooks(driver)
+        world.set_latency(args.latency_ms)
+        cid = stack.company_id
 
-        with dg.instance_for_test(temp_dir=str(home)) as instance:
-            driver = DagsterDriver(load_defs(), instance)
-            sc.register_webhooks(driver)
-            for s in (stack.entra, stack.bc, stack.atlassian, stack.jira):
-                s.faults.latency_s = args.latency_ms / 1000
-            cid = stack.company_id
+        # -- pipeline -----------------------------------------------------------------------
+        for i in range(args.records):
+            stack.bc.add_purchase_invoice(cid, number=f"PI-B{i:05d}", status="Draft", vendorName="Bench Vendor",
+                                          vendorNumber="V90000", totalAmountIncludingTax=100.0 + i,
+                                          currencyCode="USD")
+        jira_before, bc_before = stack.jira.calls_total, stack.bc.calls_total
+        t0 = time.perf_counter()
+        stack.bc.deliver_notifications()
+        runs = 0
+        while True:
+            tick = driver.tick(sc.BC_SENSOR)
+            runs += len(tick.runs)
+            if not tick.runs:
+                break
+            assert all(r.success for r in tick.runs)
+        pipeline_s = time.perf_counter() - t0
+        pipeline_rss = rss_mb()
+        jira_calls = stack.jira.calls_total - jira_before
+        bc_calls = stack.bc.calls_total - bc_before
+        found = sc.issues_by_external_id(stack)
+        created = sum(1 for k in found if k and k.startswith("bc:purchaseInvoices:"))
 
-            # -- pipeline -----------------------------------------------------------------------
-            for i in range(args.records):
-                stack.bc.add_purchase_invoice(cid, number=f"PI-B{i:05d}", status="Draft", vendorName="Bench Vendor",
-                                              vendorNumber="V90000", totalAmountIncludingTax=100.0 + i,
-                                              currencyCode="USD")
-            jira_before, bc_before = stack.jira.calls_total, stack.bc.calls_total
-            t0 = time.perf_counter()
-            stack.bc.deliver_notifications()
-            runs = 0
-            while True:
-                tick = driver.tick(sc.BC_SENSOR)
-                runs += len(tick.runs)
-                if not tick.runs:
-                    break
-                assert all(r.success for r in tick.runs)
-            pipeline_s = time.perf_counter() - t0
-            pipeline_rss = rss_mb()
-            jira_calls = stack.jira.calls_total - jira_before
-            bc_calls = stack.bc.calls_total - bc_before
-            found = sc.issues_by_external_id(stack)
-            created = sum(1 for k in found if k and k.startswith("bc:purchaseInvoices:"))
+        # -- naive: one record at a time with the same clients ---------------------------------
+        from connector_pipelines.core import adf
 
-            # -- naive: one record at a time with the same clients ---------------------------------
-            from connector_pipelines.core import adf
-            from connector_pipelines.integrations.definition import IntegrationDefinition
+        resources = driver.defs.resources
+        store = resources["connector_store"]
+        defn = definition("bc_jira")
+        bc_client = bind(resources["business_central"]).client()
+        jira_client = bind(resources["jira"]).client(store.vault())
+        ext_field = jira_client.resolve_fields(["ERP External ID"])["ERP External ID"]
+        ledger = Ledger(get_engine(db_url))
+        naive_ids = [stack.bc.add_purchase_invoice(cid, number=f"PI-N{i:05d}", status="Draft",
+                                                   vendorName="Naive Vendor",
+                                                   totalAmountIncludingTax=5.0)["id"]
+                     for i in range(args.naive_records)]
+        stack.bc.drop_pending_notifications()
+        naive_jira_before = stack.jira.calls_total
+        t1 = time.perf_counter()
+        for rid in naive_ids:
+            inv = bc_client.get(cid, "purchaseInvoices", rid)
+            key = f"bc:purchaseInvoices:{rid}"
+            hits = jira_client.find_by_external_ids(ext_field, [key], defn.target.project_key, ["status"])
+            if not hits.get(key):
+                created_issue = jira_client.create_issue({
+                    "project": {"key": defn.target.project_key}, "issuetype": {"name": "Task"},
+                    "summary": f"Review purchase invoice {inv['number']}", ext_field.id: key,
+                    "description": adf.doc(adf.paragraph(f"Invoice {inv['number']}"))})
+                ledger.mark_done("bench_naive", [{"source_key": key, "entity": "invoice", "action": "issue",
+                                                  "target_key": created_issue.key}], None)
+        naive_s = time.perf_counter() - t1
+        naive_jira_calls = stack.jira.calls_total - naive_jira_before
 
-            resources = driver.defs.resources
-            store = resources["connector_store"]
-            defn = IntegrationDefinition.model_validate(
-                __import__("yaml").safe_load(Path("connector_pipelines/defs/bc_jira/defs.yaml").read_text())["attributes"])
-            bc_client = _bind(resources["business_central"]).client()
-            jira_client = _bind(resources["jira"]).client(store.vault())
-            ext_field = jira_client.resolve_fields(["ERP External ID"])["ERP External ID"]
-            ledger = Ledger(get_engine(db_url))
-            naive_ids = [stack.bc.add_purchase_invoice(cid, number=f"PI-N{i:05d}", status="Draft",
-                                                       vendorName="Naive Vendor",
-                                                       totalAmountIncludingTax=5.0)["id"]
-                         for i in range(args.naive_records)]
-            stack.bc.drop_pending_notifications()
-            naive_jira_before = stack.jira.calls_total
-            t1 = time.perf_counter()
-            for rid in naive_ids:
-                inv = bc_client.get(cid, "purchaseInvoices", rid)
-                key = f"bc:purchaseInvoices:{rid}"
-                hits = jira_client.find_by_external_ids(ext_field, [key], defn.target.project_key, ["status"])
-                if not hits.get(key):
-                    created_issue = jira_client.create_issue({
-                        "project": {"key": defn.target.project_key}, "issuetype": {"name": "Task"},
-                        "summary": f"Review purchase invoice {inv['number']}", ext_field.id: key,
-                        "description": adf.doc(adf.paragraph(f"Invoice {inv['number']}"))})
-                    ledger.mark_done("bench_naive", [{"source_key": key, "entity": "invoice", "action": "issue",
-                                                      "target_key": created_issue.key}], None)
-            naive_s = time.perf_counter() - t1
-            naive_jira_calls = stack.jira.calls_total - naive_jira_before
-
-            found = sc.issues_by_external_id(stack)
-            duplicates = sum(len(v) - 1 for v in found.values() if len(v) > 1)
-            result = {
-                "records": args.records,
-                "latency_ms": args.latency_ms,
-                "records_per_s": round(args.records / pipeline_s, 1),
-                "naive_records_per_s": round(args.naive_records / naive_s, 2),
-                "speedup": round((args.records / pipeline_s) / (args.naive_records / naive_s), 1),
-                "jira_calls_per_record": round(jira_calls / args.records, 3),
-                "odata_calls_per_record": round(bc_calls / args.records, 3),
-                "naive_jira_calls_per_record": round(naive_jira_calls / args.naive_records, 2),
-                "pipeline_runs": runs,
-                "issues_created": created,
-                "peak_rss_mb": round(pipeline_rss, 1),
-                "naive_peak_rss_mb": round(rss_mb(), 1),
-                "duplicates": duplicates,
-            }
-            print(f"pipeline: {args.records} notifications -> {created} issues in {pipeline_s:.1f} s "
-                  f"({result['records_per_s']} records/s) in {runs} runs; {jira_calls} Jira calls, "
-                  f"{bc_calls} BC calls")
-            print(f"naive:    {args.naive_records} records in {naive_s:.1f} s ({result['naive_records_per_s']} "
-                  f"records/s); {naive_jira_calls} Jira calls")
-            print(f"speedup {result['speedup']}x; peak RSS {result['peak_rss_mb']} MB; duplicates {duplicates}")
-            print(json.dumps({k: result[k] for k in ("records_per_s", "naive_records_per_s", "speedup",
-                                                     "jira_calls_per_record", "peak_rss_mb", "duplicates",
-                                                     "odata_calls_per_record")}))
-            return result
-    finally:
-        clear_client_cache()
-        stack.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _bind(resource_def):
-    """A resource with its EnvVars resolved from the environment (as a run would see it)."""
-    return resource_def.process_config_and_initialize()
+        found = sc.issues_by_external_id(stack)
+        duplicates = sum(len(v) - 1 for v in found.values() if len(v) > 1)
+        result = {
+            "records": args.records,
+            "latency_ms": args.latency_ms,
+            "records_per_s": round(args.records / pipeline_s, 1),
+            "naive_records_per_s": round(args.naive_records / naive_s, 2),
+            "speedup": round((args.records / pipeline_s) / (args.naive_records / naive_s), 1),
+            "jira_calls_per_record": round(jira_calls / args.records, 3),
+            "odata_calls_per_record": round(bc_calls / args.records, 3),
+            "naive_jira_calls_per_record": round(naive_jira_calls / args.naive_records, 2),
+            "pipeline_runs": runs,
+            "issues_created": created,
+            "peak_rss_mb": round(pipeline_rss, 1),
+            "naive_peak_rss_mb": round(rss_mb(), 1),
+            "duplicates": duplicates,
+        }
+        print(f"pipeline: {args.records} notifications -> {created} issues in {pipeline_s:.1f} s "
+              f"({result['records_per_s']} records/s) in {runs} runs; {jira_calls} Jira calls, "
+              f"{bc_calls} BC calls")
+        print(f"naive:    {args.naive_records} records in {naive_s:.1f} s ({result['naive_records_per_s']} "
+              f"records/s); {naive_jira_calls} Jira calls")
+        print(f"speedup {result['speedup']}x; peak RSS {result['peak_rss_mb']} MB; duplicates {duplicates}")
+        print(json.dumps({k: result[k] for k in ("records_per_s", "naive_records_per_s", "speedup",
+                                                 "jira_calls_per_record", "peak_rss_mb", "duplicates",
+                                                 "odata_calls_per_record")}))
+        return result
 
 
 if __name__ == "__main__":

@@ -338,28 +338,45 @@ def text_tokens(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
+@functools.lru_cache(maxsize=200_000)
+def _field_tokens(field_text: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    tokens = tuple(text_tokens(field_text))
+    return tokens, frozenset(tokens)
+
+
+@functools.lru_cache(maxsize=20_000)
+def _text_query(query: str) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[tuple[str, ...], bool], ...]]:
+    """A ``~`` query parsed once: its phrases' tokens, and its terms' tokens with the prefix flag."""
+    q = query.strip()
+    phrases = tuple(tuple(text_tokens(re.sub(r"\\(.)", r"\1", ph)))
+                    for ph in re.findall(r'"((?:\\.|[^"\\])*)"', q))
+    rest = re.sub(r'"((?:\\.|[^"\\])*)"', " ", q)
+    terms = tuple((tuple(text_tokens(re.sub(r"\\(.)", r"\1", term))), term.endswith("*"))
+                  for term in rest.split() if term.upper() not in ("AND", "OR"))
+    return phrases, terms
+
+
 def text_matches(field_text: str, query: str) -> bool:
     """``field ~ query``: every query term's tokens appear among the field's tokens (a token match, not a
     substring match, so it can over-match: "BC-1" matches "BC-1-A"). A quoted phrase needs its tokens
-    consecutive; a trailing ``*`` makes a prefix term."""
-    hay = text_tokens(field_text)
-    q = query.strip()
-    phrases = re.findall(r'"((?:\\.|[^"\\])*)"', q)
-    rest = re.sub(r'"((?:\\.|[^"\\])*)"', " ", q)
-    for ph in phrases:
-        toks = text_tokens(re.sub(r"\\(.)", r"\1", ph))
-        if toks and not any(hay[i:i + len(toks)] == toks for i in range(len(hay) - len(toks) + 1)):
-            return False
-    for term in rest.split():
-        if term.upper() in ("AND", "OR"):
+    consecutive; a trailing ``*`` makes a prefix term. (Tokens and parsed queries are cached: the
+    sandbox evaluates one clause against every issue of a site.)"""
+    hay, hay_set = _field_tokens(field_text)
+    phrases, terms = _text_query(query)
+    for toks in phrases:
+        if not toks:
             continue
-        prefix = term.endswith("*")
-        toks = text_tokens(re.sub(r"\\(.)", r"\1", term))
+        if not all(t in hay_set for t in toks):
+            return False
+        n = len(toks)
+        if not any(hay[i:i + n] == toks for i in range(len(hay) - n + 1)):
+            return False
+    for toks, prefix in terms:
         for k, tok in enumerate(toks):
             if prefix and k == len(toks) - 1:
                 if not any(h.startswith(tok) for h in hay):
                     return False
-            elif tok not in hay:
+            elif tok not in hay_set:
                 return False
     return True
 
