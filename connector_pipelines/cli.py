@@ -161,30 +161,6 @@ def cmd_jira_consent(args: argparse.Namespace) -> int:
     from connector_pipelines.systems.atlassian.oauth import run_consent_flow
 
     res = resources_from_env(for_dagster=False)
-    fo = res.get("finance_operations")
-    if fo is None:
-        results.append(_line(False, "dynamics 365 f&o", "not configured (CONNECTOR_FO_* variables missing)"))
-    else:
-        def fo_token() -> str:
-            from connector_pipelines.systems.entra import EntraTokenProvider
-            from connector_pipelines.systems.finance_operations.client import FinanceOperationsClient
-
-            scope = fo.scope or FinanceOperationsClient.scope_for(fo.environment_url)
-            EntraTokenProvider(fo.tenant_id, fo.client_id, fo.client_secret, scope,
-                               authority_host=fo.authority_host, ca_bundle=fo.ca_bundle).get_token()
-            return f"token from {fo.authority_host} for {scope}"
-
-        def fo_read() -> str:
-            sets = fo.client().metadata().entity_sets
-            wanted = ("VendorInvoiceHeaders", "PurchaseOrderHeadersV2")
-            missing = [s for s in wanted if s not in sets]
-            if missing:
-                raise RuntimeError(f"$metadata lacks {', '.join(missing)}")
-            return f"$metadata lists {len(sets)} entity sets incl. {', '.join(wanted)}"
-
-        results.append(_check("entra id (f&o)", fo_token))
-        results.append(_check("dynamics 365 f&o odata", fo_read))
-
     jira = res.get("jira")
     if jira is None:
         print("set CONNECTOR_JIRA_CLIENT_ID, CONNECTOR_JIRA_CLIENT_SECRET and CONNECTOR_JIRA_SITE_URL first",

@@ -148,13 +148,14 @@ class FOFilter:
     """or > and > not > comparison | ( expr ), with F&O's rules (API-FACTS §1.1)."""
 
     def __init__(self, text: str, entity: EntityDef) -> None:
+        # FO-docs odata.md: "the has and in operators are not supported" (checked outside string literals)
+        bare = re.sub(r"'(?:[^']|'')*'", "''", text)
+        refused = re.search(r"(?<![\w.])(in|has)(?![\w.])", bare, re.IGNORECASE)
+        if refused:
+            raise ODataError(400, "", f"The operator '{refused.group(1).lower()}' is not supported. "
+                                      "Use an 'or' of 'eq' comparisons.")
         tokens = []
         raw = tokenize(text)
-        for kind, value in raw:
-            if kind == "prop" and value.lower() in ("in", "has"):
-                # FO-docs odata.md: "the has and in operators are not supported"
-                raise ODataError(400, "", f"The operator '{value.lower()}' is not supported. "
-                                          "Use an 'or' of 'eq' comparisons.")
         i = 0
         while i < len(raw):
             kind, value = raw[i]
