@@ -53,7 +53,11 @@ def main() -> int:
         print("demo: running the main job (bc_jira__poll_job, current window)", flush=True)
         result = sc.poll_now(driver)
         print(f"demo: poll run {result.run_id}: {'success' if result.success else 'FAILED'}", flush=True)
+        driver.run_job("d365_jira__jira_webhook_renewal_job")
+        fo_seeded = sc.seed_fo_documents(stack)
+        sc.fire_fo_events(stack, fo_seeded)   # delivered by the F&O sandbox's delivery loop below
     stack.bc.start_auto_delivery(3.0)
+    stack.fo.start_auto_delivery(2.0)
     stack.jira.start_auto_delivery(1.0)
 
     env = {**os.environ, **stack.env}
@@ -62,10 +66,11 @@ def main() -> int:
     # A process group of its own, so we can stop dagster dev (webserver + daemon + code server) by PID.
     dev = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
     print(f"""
-demo: Dagster UI            http://127.0.0.1:{args.port}   (assets: group bc_jira; sensors run every 5 s)
-demo: Jira sandbox (people) {stack.urls['jira']}/_sandbox/   (move an issue to Done -> BC is updated)
-demo: receiver              {stack.urls['receiver']}
+demo: Dagster UI            http://127.0.0.1:{args.port}   (asset groups bc_jira and d365_jira; sensors run every 5 s)
+demo: Jira sandbox (people) {stack.urls['jira']}/_sandbox/   (move an issue to Done -> BC / F&O is updated)
+demo: receiver              {stack.urls['receiver']} (F&O business events: {stack.urls['receiver_tls']})
 demo: {len(seeded)} BC records seeded (a blocked vendor, a draft invoice, a stuck PO and three healthy ones)
+demo: F&O fired 3 business events (invoice posted, PO confirmed, PO rejected in workflow) -> Jira project AP
 demo: Ctrl-C stops everything.
 """, flush=True)
 

@@ -1,4 +1,4 @@
-"""`make smoke`: the whole BC ⇄ Jira flow once, non-interactively, through a real Dagster instance on
+"""`make smoke`: the whole BC ⇄ Jira and F&O ⇄ Jira flows once, non-interactively, through a real Dagster instance on
 SQLite (DAGSTER_HOME in a temporary folder) and the sandboxes on loopback ports.
 
 Exits non-zero, naming what is missing, if any expected issue or write-back did not happen.
@@ -85,17 +85,54 @@ def run(workdir: Path) -> list[str]:
                 problems.append("a re-delivered Jira webhook launched another run")
             if stack.bc.action_calls("post") != 1:
                 problems.append(f"invoice posted {stack.bc.action_calls('post')} times")
+            problems += _finance_operations(stack, driver, step)
             step("reconciliation checks")
-            result = driver.run_job("bc_jira__reconcile_job", raise_on_error=False)
-            checks = check_evaluations(result)
-            if not checks or not all(c.passed for c in checks):
-                problems.append("reconciliation check failed")
+            for pair in ("bc_jira", "d365_jira"):
+                checks = check_evaluations(driver.run_job(f"{pair}__reconcile_job", raise_on_error=False))
+                if not checks or not all(c.passed for c in checks):
+                    problems.append(f"{pair} reconciliation check failed")
             runs = instance.get_runs()
             step(f"{len(runs)} runs in the instance at {home}; issues: "
                  + ", ".join(f"{i['key']}" for i in sc.issues(stack)))
     finally:
         clear_client_cache()
         stack.stop()
+    return problems
+
+
+def _finance_operations(stack, driver, step) -> list[str]:
+    """F&O business events -> AP issues; Done on the rejected PO resubmits it to its workflow, once."""
+    from connector_pipelines.sandbox import scenario as sc
+    from connector_pipelines.sandbox.stack import LEGAL_ENTITY
+
+    problems: list[str] = []
+    step("F&O fires three business events; the receiver stores them; one batch run opens the issues")
+    driver.run_job("d365_jira__jira_webhook_renewal_job")
+    seeded = sc.seed_fo_documents(stack)
+    sc.fire_fo_events(stack, seeded)
+    stack.fo.deliver_events()
+    stack.fo.redeliver()   # F&O re-sends: the inbox keeps one row per ControlNumber
+    tick = driver.tick(sc.FO_SENSOR, raise_on_error=False)
+    if len(tick.runs) != 1 or not tick.runs[0].success:
+        problems.append(f"F&O notification runs: {[r.success for r in tick.runs]}")
+    found = sc.issues_by_external_id(stack)
+    for label, ext in sc.fo_external_ids(seeded).items():
+        n = len(found.get(ext, []))
+        if n != 1:
+            problems.append(f"F&O {label}: expected exactly one Jira issue, found {n}")
+    if problems:
+        return problems
+    step("a person moves the rejected-PO issue to Done: the order is resubmitted to its workflow")
+    key = found[sc.fo_external_ids(seeded)["purchase order rejected in workflow"]][0]["key"]
+    sc.transition_done(stack, key)
+    tick = driver.tick(sc.FO_JIRA_SENSOR, raise_on_error=False)
+    if not tick.runs or not all(r.success for r in tick.runs):
+        problems.append(f"F&O resolution runs: {[r.success for r in tick.runs]}")
+    po = stack.fo.get_record("PurchaseOrderHeadersV2", {"dataAreaId": LEGAL_ENTITY, "PurchaseOrderNumber":
+                                                        seeded["rejected_po"]["PurchaseOrderNumber"]})
+    if po["DocumentApprovalStatus"] != "InReview" or stack.fo.action_calls("SubmitToWorkflow") != 1:
+        problems.append(f"rejected PO not resubmitted once (status {po['DocumentApprovalStatus']!r}, "
+                        f"{stack.fo.action_calls('SubmitToWorkflow')} calls)")
     return problems
 
 
@@ -109,7 +146,8 @@ def main() -> int:
     if problems:
         print("SMOKE FAILED:\n  - " + "\n  - ".join(problems), file=sys.stderr)
         return 1
-    print("SMOKE OK: 3 exceptions -> 3 Jira issues; Done -> invoice posted, vendor unblocked; repeats ignored")
+    print("SMOKE OK: BC 3 exceptions -> 3 Jira issues; Done -> invoice posted, vendor unblocked; repeats ignored. "
+          "F&O 3 business events (re-sent) -> 3 issues; Done -> rejected PO resubmitted once")
     return 0
 
 

@@ -207,3 +207,32 @@ def test_events_of_a_legal_entity_the_integration_does_not_watch_open_nothing(wo
     runs = process_events(world)
     assert all(r.success for r in runs)
     assert not [k for k in issues_by_external_id(world.stack) if k and k.startswith("fo:")]
+
+
+def test_reconciliation_finds_a_rejected_order_whose_event_was_lost_and_a_window_replay_heals_it(world):
+    from connector_pipelines.sandbox.dagster_driver import check_evaluations
+
+    seeded = seed_fo_documents(world.stack)
+    fo = world.stack.fo
+    fo.endpoints["connector-pipelines"].url = "https://127.0.0.1:9/unreachable"   # the endpoint is down
+    fo.retry_delay_s = 0
+    fire_fo_events(world.stack, seeded)
+    assert fo.deliver_events()["failed"] == 3 and len(fo.errors) == 3   # kept in F&O's Errors tab
+
+    checks = {str(c.asset_key.path[-1]): c for c in
+              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
+    rejected = checks["purchase_orders_rejected_in_workflow"]
+    assert not rejected.passed and rejected.metadata["missing"].value == 1
+    assert checks["purchase_orders_confirmed"].passed   # event-only: no state defines its exceptions
+
+    # the endpoint is back; an administrator presses Resend; the hour's partition replays what arrived
+    fo.endpoints["connector-pipelines"].url = world.stack.servers["receiver_tls"].base_url + \
+        "/webhooks/d365-business-events"
+    for _, envelope in list(fo.errors):
+        assert fo.resend(envelope["ControlNumber"])
+    key = world.driver.current_partition(["finance_operations", "purchase_orders_rejected_in_workflow"])
+    result = world.driver.run_job(f"{PAIR}__poll_job", partition_key=key)
+    assert result.success
+    one_issue_each(world, seeded)
+    checks = check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))
+    assert all(c.passed for c in checks)
