@@ -22,7 +22,7 @@ demo: install
 test: install postgres-up
 	$(BIN)/python -m pytest -q -x --durations=15
 
-## The BC ⇄ Jira flow once, through a real Dagster instance on SQLite; non-zero exit if anything is missing.
+## The BC ⇄ Jira and F&O ⇄ Jira flows once, through a real Dagster instance on SQLite; non-zero exit if anything is missing.
 smoke: install
 	$(BIN)/python -m connector_pipelines.sandbox.smoke
 

@@ -32,7 +32,7 @@ class DagsterDriver:
     def tick(self, sensor_name: str, *, raise_on_error: bool = True) -> TickResult:
         if self.settle_s:  # let just-received inbox rows age past the sensor's settle window
             time.sleep(self.settle_s)
-        sensor = self.defs.get_sensor_def(sensor_name)
+        sensor = self.defs.resolve_sensor_def(sensor_name)
         resources = {k: v for k, v in (self.defs.resources or {}).items()
                      if k in (sensor.required_resource_keys or set())}
         with dg.build_sensor_context(instance=self.instance, cursor=self._cursors.get(sensor_name),
@@ -41,7 +41,7 @@ class DagsterDriver:
         result = TickResult(cursor=data.cursor)
         if data.cursor is not None:
             self._cursors[sensor_name] = data.cursor
-        job = self.defs.get_job_def(sensor.job_name)
+        job = self.defs.resolve_job_def(sensor.job_name)
         for rr in data.run_requests or []:
             # A run_key never launches twice for a sensor (Dagster's own rule, _daemon/sensor.py).
             existing = self.instance.get_runs(filters=dg.RunsFilter(tags={
@@ -56,7 +56,7 @@ class DagsterDriver:
 
     def run_job(self, job_name: str, *, partition_key: str | None = None, raise_on_error: bool = True,
                 tags: dict[str, str] | None = None, run_config: dict[str, Any] | None = None):
-        job = self.defs.get_job_def(job_name)
+        job = self.defs.resolve_job_def(job_name)
         return job.execute_in_process(instance=self.instance, partition_key=partition_key,
                                       raise_on_error=raise_on_error, tags=tags, run_config=run_config)
 

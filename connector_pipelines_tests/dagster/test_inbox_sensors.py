@@ -258,7 +258,7 @@ def test_a_tick_builds_no_vendor_client(defs, instance, store):
 def test_jira_sensor_launches_nothing_for_comments_or_field_edits(defs, instance, store):
     """Only status transitions can resolve anything: comments (our own outcome comments echo back)
     and field edits stay in the inbox as audit but launch no run."""
-    sensor = defs.get_sensor_def(JIRA_SENSOR)
+    sensor = defs.resolve_sensor_def(JIRA_SENSOR)
     put(store, "jira", [jira_payload("FIN-1", "FIN", event="comment_created"),
                         jira_payload("FIN-2", "FIN", changed="summary")])
     result = tick(sensor, instance, store)
@@ -271,7 +271,7 @@ def test_jira_sensor_launches_nothing_for_comments_or_field_edits(defs, instance
 def test_jira_sensor_launches_a_run_for_a_resolution_comment_only(defs, instance, store):
     """A person's "Resolution: ..." comment resolves like a Done transition; other comments (and our own
     "connector_pipelines: ..." outcome comments) do not."""
-    sensor = defs.get_sensor_def(JIRA_SENSOR)
+    sensor = defs.resolve_sensor_def(JIRA_SENSOR)
 
     def comment(key: str, text: str) -> dict:
         payload = jira_payload(key, "FIN", event="comment_created")
@@ -291,8 +291,8 @@ def test_jira_sensor_launches_a_run_for_a_resolution_comment_only(defs, instance
 def test_each_pair_s_jira_sensor_takes_only_its_own_projects(defs, instance, store):
     """bc_jira writes to FIN, d365_jira to AP: one Jira inbox, two sensors, no cross-talk."""
     put(store, "jira", [jira_payload("FIN-1", "FIN"), jira_payload("AP-1", "AP")])
-    bc = tick(defs.get_sensor_def(JIRA_SENSOR), instance, store)
-    fo = tick(defs.get_sensor_def("d365_jira__jira_inbox_sensor"), instance, store)
+    bc = tick(defs.resolve_sensor_def(JIRA_SENSOR), instance, store)
+    fo = tick(defs.resolve_sensor_def("d365_jira__jira_inbox_sensor"), instance, store)
     assert len(bc.run_requests) == 1 == len(fo.run_requests)
     assert bc.run_requests[0].tags["connector/inbox_first_id"] != fo.run_requests[0].tags["connector/inbox_first_id"]
     assert fo.run_requests[0].tags["connector/integration"] == "d365_jira"

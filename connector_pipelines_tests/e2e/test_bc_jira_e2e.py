@@ -198,7 +198,7 @@ def test_a_crash_between_create_and_ledger_commit_heals_to_one_issue(world, monk
 
     # Re-execute the failed run (same inbox rows): the JQL lookup finds the issues, nothing is created twice.
     failed_run = first.runs[0]
-    job = world.defs.get_job_def("bc_jira__notification_job")
+    job = world.defs.resolve_job_def("bc_jira__notification_job")
     again = job.execute_in_process(run_config=failed_run.dagster_run.run_config, instance=world.instance)
     assert again.success
     found = by_ext(world)

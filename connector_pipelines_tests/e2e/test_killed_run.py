@@ -27,7 +27,7 @@ WORKER = textwrap.dedent("""
     Ledger.mark_done = die_after_jira_answered
     import dagster as dg
     from connector_pipelines.definitions import defs
-    job = defs().get_job_def("bc_jira__notification_job")
+    job = defs().resolve_job_def("bc_jira__notification_job")
     job.execute_in_process(run_config=json.loads(sys.argv[1]), instance=dg.DagsterInstance.get())
 """)
 
@@ -49,7 +49,7 @@ def test_killed_worker_then_reexecution_gives_exactly_one_issue(world):
     zombie = [r for r in world.instance.get_runs() if r.job_name == "bc_jira__notification_job"]
     assert zombie and not zombie[0].is_finished         # run monitoring (max_runtime) marks these in production
 
-    again = world.defs.get_job_def("bc_jira__notification_job").execute_in_process(
+    again = world.defs.resolve_job_def("bc_jira__notification_job").execute_in_process(
         run_config=run_config, instance=world.instance)
     assert again.success
     found = issues_by_external_id(world.stack)
