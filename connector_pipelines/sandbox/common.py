@@ -179,7 +179,10 @@ class SandboxServer:
         return self
 
     def stop(self) -> None:
+        # Clients' idle keep-alive connections would hold a graceful shutdown for its whole timeout and
+        # end in uvicorn's "timeout graceful shutdown exceeded" ERROR line: a sandbox stops at once.
         self._server.should_exit = True
+        self._server.force_exit = True
         self._thread.join(timeout=10)
 
     def __enter__(self) -> "SandboxServer":
