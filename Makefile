@@ -18,8 +18,9 @@ install: $(BIN)/python
 demo: install
 	$(BIN)/python -m connector_pipelines.sandbox.demo
 
-## The whole suite (unit, sandbox, Dagster, end-to-end on SQLite and PostgreSQL, smoke).
+## Lint, then the whole suite (unit, sandbox, Dagster, end-to-end on SQLite and PostgreSQL, smoke).
 test: install postgres-up
+	$(BIN)/ruff check -q connector_pipelines connector_pipelines_tests benchmarks
 	$(BIN)/python -m pytest -q -x --durations=15
 
 ## The BC ⇄ Jira and F&O ⇄ Jira flows once, through a real Dagster instance on SQLite; non-zero exit if anything is missing.

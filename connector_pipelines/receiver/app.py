@@ -28,7 +28,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from connector_pipelines.core.inbox import Inbox
-from connector_pipelines.systems.finance_operations.models import BusinessEvent
 from connector_pipelines.receiver.verify import (
     MalformedJSON,
     parse_json,
@@ -36,6 +35,7 @@ from connector_pipelines.receiver.verify import (
     valid_app_jwt,
     valid_hub_signature,
 )
+from connector_pipelines.systems.finance_operations.models import BusinessEvent
 
 log = logging.getLogger("connector_pipelines.receiver")
 

@@ -19,7 +19,6 @@ import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -31,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock
+from connector_pipelines.sandbox.odata import OPERATORS, FilterGrammar, ODataError, parse_dt, tokenize
 from connector_pipelines.sandbox.specs import load_json_spec
 
 AUDIENCE = "https://api.businesscentral.dynamics.com"
@@ -49,30 +49,10 @@ POSTABLE = ("Draft", "In Review")
 ENUM_DEFAULTS = {"blocked": " ", "status": "Draft"}
 SYSTEM_USER = "00000000-0000-0000-0000-000000000001"
 
-GUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-DT_RE = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})"
-
-
-class ODataError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-        super().__init__(f"{status} {code}: {message}")
-
 
 def iso(dt: datetime) -> str:
     """UTC ISO-8601 with milliseconds and Z, as BC shows lastModifiedDateTime."""
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_dt(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    text = str(value).strip()
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # OData allows 7 fractional digits; Python takes 6
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    dt = datetime.fromisoformat(text)
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def odata_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -116,48 +96,6 @@ def edm_type(typ: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # OData $filter
 # ----------------------------------------------------------------------------------------------
-TOKEN_RE = re.compile(
-    rf"\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<str>'(?:[^']|'')*')|(?P<dt>{DT_RE})|(?P<date>\d{{4}}-\d{{2}}-\d{{2}})(?![\w:])"
-    rf"|(?P<guid>{GUID_RE})|(?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(?![\w-])|(?P<word>[A-Za-z_][\w.]*))")
-COMPARE = {"eq", "ne", "gt", "ge", "lt", "le"}
-
-
-def tokenize(text: str) -> list[tuple[str, Any]]:
-    tokens, pos = [], 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
-        m = TOKEN_RE.match(text, pos)
-        if not m or m.end() == pos:
-            raise ODataError(400, "BadRequest", f"Syntax error at position {pos} in '{text}'.")
-        pos = m.end()
-        kind = m.lastgroup
-        raw = m.group(kind)
-        if kind == "str":
-            tokens.append(("lit", raw[1:-1].replace("''", "'")))
-        elif kind == "dt":
-            tokens.append(("lit", parse_dt(raw)))
-        elif kind == "date":
-            tokens.append(("lit", date.fromisoformat(raw)))
-        elif kind == "guid":
-            tokens.append(("lit", uuid.UUID(raw)))
-        elif kind == "num":
-            tokens.append(("lit", float(raw)))
-        elif kind == "word":
-            low = raw.lower()
-            if low in ("true", "false"):
-                tokens.append(("lit", low == "true"))
-            elif low == "null":
-                tokens.append(("lit", None))
-            elif low in COMPARE or low in ("and", "or", "not"):
-                tokens.append(("op", low))
-            else:
-                tokens.append(("prop", raw))
-        else:
-            tokens.append((kind, raw))
-    return tokens
-
-
 def coerce(value: Any, typ: str) -> Any:
     """A stored (JSON) value or a literal, as the Python value of the property's EDM type."""
     if value is None:
@@ -180,68 +118,13 @@ def coerce(value: Any, typ: str) -> Any:
     return value if isinstance(value, str) else str(value)
 
 
-def _either(a, b):
-    return lambda r: a(r) or b(r)
-
-
-def _both(a, b):
-    return lambda r: a(r) and b(r)
-
-
-class FilterParser:
-    """Recursive descent: or > and > not > comparison | ( expr ). Returns a predicate on records."""
+class FilterParser(FilterGrammar):
+    """BC's $filter: literals are coerced to the type of the property they are compared with."""
 
     def __init__(self, text: str, props: dict[str, str], type_name: str) -> None:
-        self.tokens = tokenize(text)
-        self.i = 0
+        super().__init__(text, tokenize(text))
         self.props = props
         self.type_name = type_name
-        self.text = text
-
-    def parse(self) -> Callable[[dict[str, Any]], bool]:
-        pred = self._or()
-        if self.i != len(self.tokens):
-            raise ODataError(400, "BadRequest", f"Syntax error in filter '{self.text}'.")
-        return pred
-
-    def _peek(self) -> tuple[str, Any] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def _take(self) -> tuple[str, Any]:
-        tok = self._peek()
-        if tok is None:
-            raise ODataError(400, "BadRequest", f"Unexpected end of filter '{self.text}'.")
-        self.i += 1
-        return tok
-
-    def _or(self):
-        left = self._and()
-        while self._peek() == ("op", "or"):
-            self.i += 1
-            right = self._and()
-            left = _either(left, right)
-        return left
-
-    def _and(self):
-        left = self._unary()
-        while self._peek() == ("op", "and"):
-            self.i += 1
-            right = self._unary()
-            left = _both(left, right)
-        return left
-
-    def _unary(self):
-        if self._peek() == ("op", "not"):
-            self.i += 1
-            inner = self._unary()
-            return lambda r: not inner(r)
-        if self._peek() == ("lp", "("):
-            self.i += 1
-            inner = self._or()
-            if self._take() != ("rp", ")"):
-                raise ODataError(400, "BadRequest", f"Missing ')' in filter '{self.text}'.")
-            return inner
-        return self._comparison()
 
     def _operand(self) -> tuple[str, Any]:
         kind, value = self._take()
@@ -253,13 +136,11 @@ class FilterParser:
             return ("prop", value)
         if kind == "lit":
             return ("lit", value)
-        raise ODataError(400, "BadRequest", f"Syntax error in filter '{self.text}'.")
+        raise self.error(f"Syntax error in filter '{self.text}'.")
 
     def _comparison(self):
         left = self._operand()
-        kind, op = self._take()
-        if kind != "op" or op not in COMPARE:
-            raise ODataError(400, "BadRequest", f"Syntax error in filter '{self.text}'.")
+        op = self._operator()
         right = self._operand()
         props = self.props
 
@@ -270,8 +151,7 @@ class FilterParser:
             return operand
 
         left_t, right_t = typed(left, right), typed(right, left)
-        fn = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "gt": lambda a, b: a > b,
-              "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}[op]
+        fn = OPERATORS[op]
 
         def value(operand, record):
             k, v = operand

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Self
 
 import httpx
 import uvicorn
@@ -169,7 +170,7 @@ class SandboxServer:
         host = "localhost" if self.tls else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "SandboxServer":
+    def start(self, timeout: float = 10.0) -> SandboxServer:
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -185,7 +186,7 @@ class SandboxServer:
         self._server.force_exit = True
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> "SandboxServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import random
 import re
 import threading
@@ -46,10 +47,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.business_central import ODataError, parse_dt, tokenize
 from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock
+from connector_pipelines.sandbox.odata import OPERATORS, FilterGrammar, ODataError, parse_dt, tokenize
 from connector_pipelines.sandbox.specs import load_json_spec
 
+log = logging.getLogger(__name__)
 NS = "Microsoft.Dynamics.DataEntities"
 ENUMS = {
     "NoYes": ["No", "Yes"],
@@ -61,7 +63,6 @@ ENUM_PROPS = {"PurchaseOrderStatus": "PurchStatus", "DocumentApprovalStatus": "V
 NUMBER_RE = re.compile(r"(Amount|Price|Quantity|Percentage|Percent|Discount|ExchangeRate)$")
 DATE_RE = re.compile(r"(Date|DateTime)$")
 MAX_BATCH_OPERATIONS = 5000
-COMPARE = {"eq", "ne", "gt", "ge", "lt", "le"}
 
 
 @dataclass
@@ -144,8 +145,11 @@ def _json_value(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # $filter
 # ----------------------------------------------------------------------------------------------
-class FOFilter:
-    """or > and > not > comparison | ( expr ), with F&O's rules (API-FACTS §1.1)."""
+class FOFilter(FilterGrammar):
+    """The shared filter grammar with F&O's rules (API-FACTS §1.1)."""
+
+    error_code = ""
+    noun = "$filter"
 
     def __init__(self, text: str, entity: EntityDef) -> None:
         # FO-docs odata.md: "the has and in operators are not supported" (checked outside string literals)
@@ -155,7 +159,7 @@ class FOFilter:
             raise ODataError(400, "", f"The operator '{refused.group(1).lower()}' is not supported. "
                                       "Use an 'or' of 'eq' comparisons.")
         tokens = []
-        raw = tokenize(text)
+        raw = tokenize(text, self.error_code)
         i = 0
         while i < len(raw):
             kind, value = raw[i]
@@ -166,52 +170,8 @@ class FOFilter:
                 continue
             tokens.append((kind, value))
             i += 1
-        self.tokens, self.i, self.text, self.entity = tokens, 0, text, entity
-
-    def parse(self) -> Callable[[dict[str, Any]], bool]:
-        pred = self._or()
-        if self.i != len(self.tokens):
-            raise ODataError(400, "", f"Syntax error in $filter '{self.text}'.")
-        return pred
-
-    def _peek(self):
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def _take(self):
-        tok = self._peek()
-        if tok is None:
-            raise ODataError(400, "", f"Unexpected end of $filter '{self.text}'.")
-        self.i += 1
-        return tok
-
-    def _or(self):
-        left = self._and()
-        while self._peek() == ("op", "or"):
-            self.i += 1
-            right, prev = self._and(), left
-            left = lambda r, a=prev, b=right: a(r) or b(r)  # noqa: E731
-        return left
-
-    def _and(self):
-        left = self._unary()
-        while self._peek() == ("op", "and"):
-            self.i += 1
-            right, prev = self._unary(), left
-            left = lambda r, a=prev, b=right: a(r) and b(r)  # noqa: E731
-        return left
-
-    def _unary(self):
-        if self._peek() == ("op", "not"):
-            self.i += 1
-            inner = self._unary()
-            return lambda r: not inner(r)
-        if self._peek() == ("lp", "("):
-            self.i += 1
-            inner = self._or()
-            if self._take() != ("rp", ")"):
-                raise ODataError(400, "", f"Missing ')' in $filter '{self.text}'.")
-            return inner
-        return self._comparison()
+        super().__init__(text, tokens)
+        self.entity = entity
 
     def _operand(self):
         kind, value = self._take()
@@ -226,9 +186,7 @@ class FOFilter:
 
     def _comparison(self):
         left = self._operand()
-        kind, op = self._take()
-        if kind != "op" or op not in COMPARE:
-            raise ODataError(400, "", f"Syntax error in $filter '{self.text}'.")
+        op = self._operator()
         right = self._operand()
         if left[0] != "prop":
             left, right = right, left
@@ -256,8 +214,8 @@ class FOFilter:
                 lit = str(lit)
             if op in ("eq", "ne") and isinstance(lit, str) and "*" in lit:
                 # F&O's contains/startswith: eq '*x*' (a wildcard literal), case-insensitive like its SQL
-                pattern = re.compile("^" + ".*".join(re.escape(p) for p in lit.split("*")) + "$", re.I | re.S)
-                match = lambda r: bool(pattern.match(str(r.get(prop) or "")))  # noqa: E731
+                pattern = re.compile("^" + ".*".join(re.escape(p) for p in lit.split("*")) + "$", re.IGNORECASE | re.DOTALL)
+                match = lambda r: bool(pattern.match(str(r.get(prop) or "")))
                 return match if op == "eq" else (lambda r: not match(r))
             want = lit.lower() if isinstance(lit, str) else None
 
@@ -279,8 +237,7 @@ class FOFilter:
 
             def value(r):
                 return parse_dt(r.get(prop))
-        fn = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "gt": lambda a, b: a > b,
-              "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}[op]
+        fn = OPERATORS[op]
 
         def pred(r):
             a = value(r)
@@ -465,7 +422,7 @@ class FinanceOperationsSandbox:
 
     def update_record(self, entity_set: str, keys: dict[str, Any], **changes: Any) -> dict[str, Any]:
         with self._lock:
-            key, row = self._find(entity_set, keys)
+            _key, row = self._find(entity_set, keys)
             row.update({k: _json_value(v) for k, v in changes.items()})
             row["@odata.etag"] = self._next_etag()
             return dict(row)
@@ -658,8 +615,8 @@ class FinanceOperationsSandbox:
             while not stop.wait(interval_s):
                 try:
                     self.deliver_events()
-                except Exception:  # noqa: BLE001 - a background loop must survive one bad delivery
-                    pass
+                except Exception:
+                    log.exception("F&O sandbox: business-event delivery failed")
 
         self._auto_stop = stop
         self._auto_thread = threading.Thread(target=loop, name="fo-events", daemon=True)

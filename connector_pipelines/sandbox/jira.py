@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import fastjsonschema
@@ -661,7 +661,7 @@ class JiraSandbox:
 
     # UNCONFIRMED: the exact 401 body from api.atlassian.com for a missing/expired bearer token. The gateway
     # answers in its own shape (not Jira's ErrorCollection); this one is what 3LO callers commonly report.
-    unauthorized_body: dict[str, Any] = {"code": 401, "message": "Unauthorized"}
+    unauthorized_body: ClassVar[dict[str, Any]] = {"code": 401, "message": "Unauthorized"}
     search_page_cap = 100            # per page when fields beyond id/key are requested
     search_id_page_cap = 5000        # "up to 5,000 when only id/key are requested"
     max_delivery_attempts = 5
@@ -938,9 +938,9 @@ class JiraSandbox:
                                      "errors": {}}, 404)
             if path.rstrip("/") in ("/rest/api/3/search", "/rest/api/2/search"):
                 return JSONResponse({"errorMessages": [
-                    "The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
+                    ("The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
                     "A full migration guideline is available at "
-                    "https://developer.atlassian.com/changelog/#CHANGE-2046"], "errors": {}}, 410)
+                    "https://developer.atlassian.com/changelog/#CHANGE-2046")], "errors": {}}, 410)
             op = self.spec.find_operation(method, path)
             if op is None:
                 status = 405 if self.spec.path_exists(path) else 404
@@ -1166,8 +1166,8 @@ class JiraSandbox:
             elif cf.kind == "datetime":
                 try:
                     if not isinstance(value, str):
-                        raise ValueError
-                    datetime.fromisoformat(value.replace("+0000", "+00:00").replace("Z", "+00:00"))
+                        raise ValueError  # noqa: TRY004 - caught just below as "not a date-time"
+                    datetime.fromisoformat(value.replace("+0000", "+00:00"))
                     clean[fid] = value
                 except ValueError:
                     errors[fid] = "Invalid date format. Please enter the date in the format \"yyyy-MM-dd'T'HH:mm:ss.SSSZ\"."
@@ -1379,8 +1379,8 @@ class JiraSandbox:
             raise JiraHttpError(400, ["The number of issues to reconcile must not exceed 50."])
         query = parse_jql(jql)
         if query.where is None:
-            raise JiraHttpError(400, ["Unbounded JQL queries are not allowed here. "
-                                      "Please add a search restriction to your query."])
+            raise JiraHttpError(400, [("Unbounded JQL queries are not allowed here. "
+                                      "Please add a search restriction to your query.")])
         if len(query.order_by) > 7:
             raise JiraHttpError(400, ["The ORDER BY clause may contain at most 7 fields."])
         predicate = self._compile_jql(ctx.site, query)
@@ -1544,8 +1544,8 @@ class JiraSandbox:
             "scmInfo": "sandbox", "serverTitle": "Jira", "serverTimeZone": "Etc/UTC"})
 
     # -- webhooks ------------------------------------------------------------------------------
-    _WEBHOOK_JQL_FIELDS = {"project", "issuetype", "type", "status", "issuekey", "key", "assignee", "reporter"}
-    _WEBHOOK_JQL_OPS = {"=", "!=", "in", "not in"}
+    _WEBHOOK_JQL_FIELDS: ClassVar[set[str]] = {"project", "issuetype", "type", "status", "issuekey", "key", "assignee", "reporter"}
+    _WEBHOOK_JQL_OPS: ClassVar[set[str]] = {"=", "!=", "in", "not in"}
 
     def _webhook_filter_errors(self, site: Site, jql: str) -> list[str]:
         """Dynamic webhooks accept only part of JQL (API-FACTS §4.4). Wording of the errors follows the
@@ -1572,8 +1572,8 @@ class JiraSandbox:
     def _require_webhook_scope(self, ctx: _Ctx) -> None:
         scopes = ctx.claims.get("scopes")
         if scopes is not None and "manage:jira-webhook" not in scopes:
-            raise JiraHttpError(403, ["Only Connect and OAuth 2.0 apps with the manage:jira-webhook scope can "
-                                      "use this operation."])
+            raise JiraHttpError(403, [("Only Connect and OAuth 2.0 apps with the manage:jira-webhook scope can "
+                                      "use this operation.")])
         if not ctx.client_id:
             raise JiraHttpError(403, ["Only Connect and OAuth 2.0 apps can use this operation."])
 
@@ -2041,9 +2041,9 @@ class JiraSandbox:
 
     async def _ui(self, request: Request) -> Response:
         with self._lock:
-            parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Jira sandbox</title>"
+            parts = [("<!doctype html><html><head><meta charset='utf-8'><title>Jira sandbox</title>"
                      "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-                     "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body><h1>Jira sandbox</h1>"]
+                     "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body><h1>Jira sandbox</h1>")]
             for site in self.sites.values():
                 parts.append(f"<h2>{html.escape(site.name)} <small>({html.escape(site.url)}, cloudId "
                              f"{html.escape(site.cloud_id)})</small></h2>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ def specs_dir() -> Path:
     raise FileNotFoundError("vendor specs not found: set CONNECTOR_SPECS_DIR or keep shared/specs beside the checkout")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_json_spec(name: str) -> Any:
     with open(specs_dir() / name, encoding="utf-8") as f:
         return json.load(f)

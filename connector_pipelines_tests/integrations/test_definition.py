@@ -7,7 +7,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from connector_pipelines.integrations.definition import ExceptionRule, IntegrationDefinition, render, to_number
+from connector_pipelines.integrations.definition import (
+    ExceptionRule,
+    IntegrationDefinition,
+    render,
+    to_number,
+)
 
 DEFS_YAML = Path(__file__).resolve().parents[2] / "connector_pipelines" / "defs" / "bc_jira" / "defs.yaml"
 

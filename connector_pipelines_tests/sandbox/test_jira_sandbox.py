@@ -379,7 +379,7 @@ def test_rate_limit_and_503_headers(client: httpx.Client, sandbox: JiraSandbox) 
     assert r.status_code == 429
     assert r.headers["Retry-After"] == "7" and r.headers["RateLimit-Reason"] == "jira-burst-based"
     assert r.headers["X-RateLimit-Remaining"] == "0" and int(r.headers["X-RateLimit-Limit"]) > 0
-    reset = datetime.fromisoformat(r.headers["X-RateLimit-Reset"].replace("Z", "+00:00"))
+    reset = datetime.fromisoformat(r.headers["X-RateLimit-Reset"])
     assert timedelta(0) < reset - datetime.now(UTC) <= timedelta(seconds=8)
     assert r.json() == {"errorMessages": ["Rate limit exceeded."], "errors": {}}
     sandbox.faults.server_error_next = 1

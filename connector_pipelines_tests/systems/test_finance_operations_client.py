@@ -11,7 +11,11 @@ import pytest
 from connector_pipelines.core.http import ApiError, RetrySettings
 from connector_pipelines.sandbox.common import sync_transport
 from connector_pipelines.sandbox.finance_operations import FinanceOperationsSandbox
-from connector_pipelines.systems.finance_operations import BusinessEvent, FinanceOperationsClient, ODataMetadata
+from connector_pipelines.systems.finance_operations import (
+    BusinessEvent,
+    FinanceOperationsClient,
+    ODataMetadata,
+)
 
 FAST = RetrySettings(initial_backoff_s=0.0, max_backoff_s=0.0, max_total_wait_s=5)
 
@@ -84,8 +88,8 @@ def test_get_many_with_composite_keys_groups_each_key():
     client, seen = recording_client(lambda r: httpx.Response(200, json={"value": []}))
     client.get_many("VendorInvoiceHeaders", [{"dataAreaId": "usmf", "VendorAccount": "US-1", "InvoiceNumber": "A"},
                                              {"dataAreaId": "usmf", "VendorAccount": "US-2", "InvoiceNumber": "B"}])
-    assert filters(seen) == ["dataAreaId eq 'usmf' and ((VendorAccount eq 'US-1' and InvoiceNumber eq 'A') or "
-                             "(VendorAccount eq 'US-2' and InvoiceNumber eq 'B'))"]
+    assert filters(seen) == [("dataAreaId eq 'usmf' and ((VendorAccount eq 'US-1' and InvoiceNumber eq 'A') or "
+                             "(VendorAccount eq 'US-2' and InvoiceNumber eq 'B'))")]
 
 
 def test_patch_sends_if_match_and_actions_post_to_the_bound_name():

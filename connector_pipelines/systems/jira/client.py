@@ -46,7 +46,7 @@ def jql_string(value: str) -> str:
 def parse_expiration(value: Any) -> datetime:
     """``expirationDate`` as epoch-ms (the schema) or a string like 2019-06-01T12:42:30.000+0000 (the example)."""
     if isinstance(value, bool):
-        raise ValueError(f"unexpected expirationDate {value!r}")
+        raise ValueError(f"unexpected expirationDate {value!r}")  # noqa: TRY004 - one error type for bad values
     if isinstance(value, (int, float)):
         return datetime.fromtimestamp(value / 1000, UTC)
     if isinstance(value, str):
