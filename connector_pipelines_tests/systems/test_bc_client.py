@@ -103,7 +103,10 @@ def test_modified_between_reads_every_page_of_the_window(world):
     bc.clock.advance(seconds=10)
     start = bc.clock.now()
     bc.clock.advance(seconds=1)
-    inside = [bc.add_purchase_invoice(cid, totalAmountIncludingTax=i)["id"] for i in range(25)]
+    inside = []
+    for i in range(25):   # BC stamps milliseconds: 25 in-process inserts can share one, so step the clock
+        inside.append(bc.add_purchase_invoice(cid, totalAmountIncludingTax=i)["id"])
+        bc.clock.advance(milliseconds=1)
     end = bc.clock.now()
     bc.clock.advance(seconds=1)
     bc.add_purchase_invoice(cid)   # after the window
