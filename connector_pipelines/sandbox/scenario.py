@@ -87,20 +87,30 @@ def transition_done(stack: Stack, issue_key: str) -> None:
 
 
 # -- Dynamics 365 F&O: a posted invoice, a confirmed PO, a PO rejected by its approval workflow -----------
+# Financial master and GL values the seeded documents carry; none of them may ever reach Jira.
+FO_SENSITIVE = {"vendor bank account": "BANK-7731-0042", "invoice bank account": "USBANK-99-4471",
+                "invoice dimensions": "110180-001-022-CC77", "line main account": "600150-MAIN-ACCT",
+                "order dimensions": "220190-003-044-CC88"}
+
+
 def seed_fo_documents(stack: Stack, suffix: str = "", area: str = LEGAL_ENTITY) -> dict[str, dict[str, Any]]:
     """Documents in F&O (no events yet): the business flows below fire the events."""
     fo = stack.fo
     assert fo is not None
     today = date.today().isoformat()
     fo.add_vendor(area, VendorAccountNumber=f"US-101{suffix}", VendorOrganizationName="Fabrikam Electronics",
-                  CurrencyCode="USD")
+                  CurrencyCode="USD", BankAccountId=FO_SENSITIVE["vendor bank account"])
     invoice = fo.add_vendor_invoice(area, VendorAccount=f"US-101{suffix}", VendorName="Fabrikam Electronics",
                                     InvoiceNumber=f"INV-2026-{suffix or '0001'}", InvoiceDate=today, Currency="USD",
-                                    lines=[{"Amount": 1200.0, "LineDescription": "Monitors"},
+                                    BankAccount=FO_SENSITIVE["invoice bank account"],
+                                    DimensionDisplayValue=FO_SENSITIVE["invoice dimensions"],
+                                    lines=[{"Amount": 1200.0, "LineDescription": "Monitors",
+                                            "MainAccountDisplayValue": FO_SENSITIVE["line main account"]},
                                            {"Amount": 34.5, "LineDescription": "Freight"}])
     confirmed = fo.add_purchase_order(area, PurchaseOrderNumber=f"PO-00071{suffix}", PurchaseOrderName="Monitors",
                                       OrderVendorAccountNumber=f"US-101{suffix}", CurrencyCode="USD",
                                       DocumentApprovalStatus="Approved", AccountingDate=today,
+                                      DefaultLedgerDimensionDisplayValue=FO_SENSITIVE["order dimensions"],
                                       lines=[{"LineAmount": 2500.0, "ItemNumber": "M-27"}])
     rejected = fo.add_purchase_order(area, PurchaseOrderNumber=f"PO-00072{suffix}", PurchaseOrderName="Laptops",
                                      OrderVendorAccountNumber=f"US-101{suffix}", CurrencyCode="USD",

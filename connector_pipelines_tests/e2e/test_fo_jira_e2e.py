@@ -9,6 +9,8 @@ webhook, the Jira inbox sensor and the resolution run. Nothing is mocked between
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pytest
 
@@ -17,6 +19,7 @@ from connector_pipelines.core.inbox import Inbox
 from connector_pipelines.core.ledger import DONE, QUARANTINED, Ledger
 from connector_pipelines.sandbox.scenario import (
     FO_JIRA_SENSOR,
+    FO_SENSITIVE,
     FO_SENSOR,
     comments,
     fire_fo_events,
@@ -85,9 +88,13 @@ def test_each_event_type_becomes_one_issue_with_the_context_to_act(world):
     assert "Dynamics 365 Finance & Operations (usmf)" in text
     assert f"cmp={LEGAL_ENTITY}&mi=PurchTable" in str(rejected["description"])  # the link back to F&O
     # only identifiers and the context to act: no vendor master or GL data travel
+    in_fo = json.dumps([r for s in ("VendorsV2", "VendorInvoiceHeaders", "VendorInvoiceLines", PO_SET)
+                        for r in world.stack.fo.records(s)])
+    assert all(v in in_fo for v in FO_SENSITIVE.values())                             # they are in F&O...
     for issue in by_ext.values():
-        blob = str(issue["fields"])
-        assert "DefaultLedgerDimension" not in blob and "BankAccount" not in blob
+        blob = json.dumps(issue["fields"]) + json.dumps(comments(world.stack, issue["key"]))
+        leaked = [name for name, value in FO_SENSITIVE.items() if value in blob]
+        assert not leaked, leaked                                                        # ...never in Jira
     md = output_metadata(runs[0])
     assert md["notifications"].value == 3 and md["created"].value == 3
     # one OData read per entity (an OR of key groups each), not one per event
