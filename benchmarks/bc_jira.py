@@ -14,21 +14,25 @@ Prints a report, then one JSON line:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import time
 
-from benchmarks.common import bench_world, bind, definition, rss_mb
+from benchmarks.common import (
+    bench_args,
+    bench_world,
+    definition,
+    drain,
+    figures,
+    naive_clients,
+    print_summary,
+    rss_mb,
+    targets_met,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bc_jira")
-    parser.add_argument("--records", type=int, default=1000)
-    parser.add_argument("--naive-records", type=int, default=60)
-    parser.add_argument("--latency-ms", type=float, default=50.0)
-    args = parser.parse_args(argv)
+    args = bench_args("benchmarks.bc_jira", argv)
     logging.basicConfig(level=logging.WARNING)
 
     from connector_pipelines.core.db import get_engine
@@ -49,13 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         jira_before, bc_before = stack.jira.calls_total, stack.bc.calls_total
         t0 = time.perf_counter()
         stack.bc.deliver_notifications()
-        runs = 0
-        while True:
-            tick = driver.tick(sc.BC_SENSOR)
-            runs += len(tick.runs)
-            if not tick.runs:
-                break
-            assert all(r.success for r in tick.runs)
+        runs = drain(driver, sc.BC_SENSOR)
         pipeline_s = time.perf_counter() - t0
         pipeline_rss = rss_mb()
         jira_calls = stack.jira.calls_total - jira_before
@@ -66,19 +64,15 @@ def main(argv: list[str] | None = None) -> dict:
         # -- naive: one record at a time with the same clients ---------------------------------
         from connector_pipelines.core import adf
 
-        resources = driver.defs.resources
-        store = resources["connector_store"]
         defn = definition("bc_jira")
-        bc_client = bind(resources["business_central"]).client()
-        jira_client = bind(resources["jira"]).client(store.vault())
-        ext_field = jira_client.resolve_fields(["ERP External ID"])["ERP External ID"]
+        bc_client, jira_client, ext_field = naive_clients(driver, "business_central")
         ledger = Ledger(get_engine(db_url))
         naive_ids = [stack.bc.add_purchase_invoice(cid, number=f"PI-N{i:05d}", status="Draft",
                                                    vendorName="Naive Vendor",
                                                    totalAmountIncludingTax=5.0)["id"]
                      for i in range(args.naive_records)]
         stack.bc.drop_pending_notifications()
-        naive_jira_before = stack.jira.calls_total
+        naive_jira_before, naive_bc_before = stack.jira.calls_total, stack.bc.calls_total
         t1 = time.perf_counter()
         for rid in naive_ids:
             inv = bc_client.get(cid, "purchaseInvoices", rid)
@@ -93,37 +87,20 @@ def main(argv: list[str] | None = None) -> dict:
                                                   "target_key": created_issue.key}], None)
         naive_s = time.perf_counter() - t1
         naive_jira_calls = stack.jira.calls_total - naive_jira_before
+        naive_bc_calls = stack.bc.calls_total - naive_bc_before
 
-        found = sc.issues_by_external_id(stack)
-        duplicates = sum(len(v) - 1 for v in found.values() if len(v) > 1)
-        result = {
-            "records": args.records,
-            "latency_ms": args.latency_ms,
-            "records_per_s": round(args.records / pipeline_s, 1),
-            "naive_records_per_s": round(args.naive_records / naive_s, 2),
-            "speedup": round((args.records / pipeline_s) / (args.naive_records / naive_s), 1),
-            "jira_calls_per_record": round(jira_calls / args.records, 3),
-            "odata_calls_per_record": round(bc_calls / args.records, 3),
-            "naive_jira_calls_per_record": round(naive_jira_calls / args.naive_records, 2),
-            "pipeline_runs": runs,
-            "issues_created": created,
-            "peak_rss_mb": round(pipeline_rss, 1),
-            "naive_peak_rss_mb": round(rss_mb(), 1),
-            "duplicates": duplicates,
-        }
+        result = figures(args, stack=stack, pipeline_s=pipeline_s, runs=runs, created=created,
+                         pipeline_rss=pipeline_rss, jira_calls=jira_calls, odata_calls=bc_calls,
+                         naive_records=args.naive_records, naive_s=naive_s, naive_jira_calls=naive_jira_calls,
+                         naive_odata_calls=naive_bc_calls)
         print(f"pipeline: {args.records} notifications -> {created} issues in {pipeline_s:.1f} s "
               f"({result['records_per_s']} records/s) in {runs} runs; {jira_calls} Jira calls, "
               f"{bc_calls} BC calls")
         print(f"naive:    {args.naive_records} records in {naive_s:.1f} s ({result['naive_records_per_s']} "
-              f"records/s); {naive_jira_calls} Jira calls")
-        print(f"speedup {result['speedup']}x; peak RSS {result['peak_rss_mb']} MB; duplicates {duplicates}")
-        print(json.dumps({k: result[k] for k in ("records_per_s", "naive_records_per_s", "speedup",
-                                                 "jira_calls_per_record", "peak_rss_mb", "duplicates",
-                                                 "odata_calls_per_record")}))
+              f"records/s); {naive_jira_calls} Jira calls, {naive_bc_calls} BC calls")
+        print_summary(result)
         return result
 
 
 if __name__ == "__main__":
-    out = main()
-    ok = out["speedup"] >= 10 and out["jira_calls_per_record"] <= 0.5 and out["duplicates"] == 0
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if targets_met(main()) else 1)
