@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock
+from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock, bearer_token
 
 AUDIENCE = "api.atlassian.com"
 ACCESS_TOKEN_TTL = timedelta(hours=1)
@@ -365,8 +365,7 @@ class AtlassianAuthSandbox:
         return JSONResponse(self._issue(family, now))
 
     async def _accessible_resources(self, request: Request) -> Response:
-        auth = request.headers.get("authorization", "")
-        token = auth[7:] if auth[:7].lower() == "bearer " else ""
+        token = bearer_token(request)
         with self._lock:
             self.accessible_resources_requests += 1
             info = self.validate_access_token(token)

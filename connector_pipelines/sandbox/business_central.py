@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock
+from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock, bearer_token, count_call
 from connector_pipelines.sandbox.odata import OPERATORS, FilterGrammar, ODataError, parse_dt, tokenize
 from connector_pipelines.sandbox.specs import load_json_spec
 
@@ -525,15 +525,12 @@ class BusinessCentralSandbox:
         path = request.url.path
         m = re.search(r"/api/v2\.0(/.*)?$", path)
         template = "/api/v2.0" + re.sub(r"\([^)]*\)", "({id})", (m.group(1) or "")) if m else path
-        with self._lock:
-            self.calls_total += 1
-            self.calls[(request.method.upper(), template)] += 1
+        count_call(self, request, template)
 
     def _authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        if not header.lower().startswith("bearer "):
+        token = bearer_token(request)
+        if not token:
             return False
-        token = header[7:].strip()
         if self.entra is not None:
             return bool(self.entra.validate(token, AUDIENCE))
         with self._lock:

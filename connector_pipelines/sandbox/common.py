@@ -130,6 +130,19 @@ def default_server_error_response(status: int, retry_after: str | None) -> Respo
     return JSONResponse({"error": {"code": "ServiceUnavailable", "message": "Try again later"}}, status, headers)
 
 
+def bearer_token(request: Request) -> str:
+    """The token of an ``Authorization: Bearer ...`` header ('' when there is none)."""
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
+
+def count_call(sandbox, request: Request, template: str) -> None:
+    """Count one request on a sandbox's ``calls`` (per method and route template) and ``calls_total``."""
+    with sandbox._lock:
+        sandbox.calls_total += 1
+        sandbox.calls[(request.method.upper(), template)] += 1
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

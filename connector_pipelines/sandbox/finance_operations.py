@@ -47,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock
+from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock, bearer_token, count_call
 from connector_pipelines.sandbox.odata import OPERATORS, FilterGrammar, ODataError, parse_dt, tokenize
 from connector_pipelines.sandbox.specs import load_json_spec
 
@@ -640,15 +640,12 @@ class FinanceOperationsSandbox:
     def _count(self, request: Request) -> None:
         path = request.url.path
         template = re.sub(r"\([^)]*\)", "({keys})", path)
-        with self._lock:
-            self.calls_total += 1
-            self.calls[(request.method.upper(), template)] += 1
+        count_call(self, request, template)
 
     def _authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        if not header.lower().startswith("bearer "):
+        token = bearer_token(request)
+        if not token:
             return False
-        token = header[7:].strip()
         if self.entra is not None:
             claims = self.entra.validate(token, self.audience)
             return bool(claims) and (self.tenant is None or claims.get("tid", "").lower() == self.tenant.lower())

@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock
+from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock, bearer_token, count_call
 from connector_pipelines.sandbox.openapi import (
     OpenApiValidator,
     RequestValidationError,
@@ -889,18 +889,13 @@ class JiraSandbox:
         if m:
             op = self.spec.find_operation(request.method, m.group(1))
             template = "/ex/jira/{cloudId}" + (op.template if op else m.group(1))
-        with self._lock:
-            self.calls_total += 1
-            self.calls[(request.method.upper(), template)] += 1
+        count_call(self, request, template)
 
     # ------------------------------------------------------------------------------------------
     # HTTP plumbing
     # ------------------------------------------------------------------------------------------
     def _claims(self, request: Request) -> dict[str, Any] | None:
-        auth = request.headers.get("authorization", "")
-        if not auth.lower().startswith("bearer "):
-            return None
-        token = auth[7:].strip()
+        token = bearer_token(request)
         return self.token_validator(token) if token else None
 
     def _unauthorized(self) -> Response:
