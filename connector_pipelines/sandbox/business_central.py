@@ -29,7 +29,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock, bearer_token, count_call
+from connector_pipelines.sandbox.common import (
+    DeliveryPump,
+    FaultMiddleware,
+    Faults,
+    SandboxClock,
+    bearer_token,
+    count_call,
+)
 from connector_pipelines.sandbox.odata import OPERATORS, FilterGrammar, ODataError, parse_dt, tokenize
 from connector_pipelines.sandbox.specs import load_json_spec
 
@@ -218,8 +225,7 @@ class BusinessCentralSandbox:
         self.handshake_timeout_s = 5.0
         self._lock = threading.RLock()
         self._deliver_lock = threading.Lock()
-        self._auto_stop: threading.Event | None = None
-        self._auto_thread: threading.Thread | None = None
+        self._pump = DeliveryPump("bc-sandbox-delivery", lambda: self.deliver_notifications())
         routes = [Route("/v2.0/{rest:path}", self._dispatch, methods=["GET", "POST", "PATCH", "DELETE"])]
         self.app = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
                                    self._server_error_response, self._count)
@@ -487,27 +493,10 @@ class BusinessCentralSandbox:
         return len(batches)
 
     def start_auto_delivery(self, interval_s: float = 1.0) -> None:
-        if self._auto_thread is not None:
-            return
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(interval_s):
-                try:
-                    self.deliver_notifications()
-                except Exception:   # a background pump must not die
-                    log.exception("BC sandbox: notification delivery failed")
-
-        self._auto_stop = stop
-        self._auto_thread = threading.Thread(target=loop, name="bc-sandbox-delivery", daemon=True)
-        self._auto_thread.start()
+        self._pump.start(interval_s)
 
     def stop_auto_delivery(self) -> None:
-        if self._auto_stop is not None:
-            self._auto_stop.set()
-        if self._auto_thread is not None:
-            self._auto_thread.join(timeout=10)
-        self._auto_stop = self._auto_thread = None
+        self._pump.stop()
 
     # -- HTTP plumbing -----------------------------------------------------------------------------
     def _rate_limit_response(self, retry_after: str | None) -> Response:

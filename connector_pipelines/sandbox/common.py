@@ -9,6 +9,7 @@ directly on those objects; the same app runs in-process (``sync_transport``) or 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -22,6 +23,43 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryPump:
+    """The vendor's own delivery loop, in a background thread: ``deliver()`` every ``interval_s`` (demo).
+
+    A failing delivery is logged and the loop goes on; ``stop`` ends it and waits for the thread.
+    """
+
+    def __init__(self, name: str, deliver: Callable[[], object]) -> None:
+        self.name = name
+        self.deliver = deliver
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, interval_s: float) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.deliver()
+                except Exception:   # a background pump must not die
+                    log.exception("%s: delivery failed", self.name)
+
+        self._thread = threading.Thread(target=loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._thread = None
 
 
 class SandboxClock:

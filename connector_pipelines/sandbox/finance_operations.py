@@ -47,7 +47,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock, bearer_token, count_call
+from connector_pipelines.sandbox.common import (
+    DeliveryPump,
+    FaultMiddleware,
+    Faults,
+    SandboxClock,
+    bearer_token,
+    count_call,
+)
 from connector_pipelines.sandbox.odata import OPERATORS, FilterGrammar, ODataError, parse_dt, tokenize
 from connector_pipelines.sandbox.specs import load_json_spec
 
@@ -329,8 +336,7 @@ class FinanceOperationsSandbox:
         self.transport: httpx.BaseTransport | None = None
         self._lock = threading.RLock()
         self._deliver_lock = threading.Lock()
-        self._auto_stop: threading.Event | None = None
-        self._auto_thread: threading.Thread | None = None
+        self._pump = DeliveryPump("fo-events", lambda: self.deliver_events())
         routes = [Route("/data/{rest:path}", self._dispatch, methods=["GET", "POST", "PATCH", "DELETE"]),
                   Route("/data", self._dispatch, methods=["GET"])]
         self.app = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
@@ -607,26 +613,10 @@ class FinanceOperationsSandbox:
             return self._deliver(items)["failed"] == 0
 
     def start_auto_delivery(self, interval_s: float = 1.0) -> None:
-        if self._auto_thread and self._auto_thread.is_alive():
-            return
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(interval_s):
-                try:
-                    self.deliver_events()
-                except Exception:
-                    log.exception("F&O sandbox: business-event delivery failed")
-
-        self._auto_stop = stop
-        self._auto_thread = threading.Thread(target=loop, name="fo-events", daemon=True)
-        self._auto_thread.start()
+        self._pump.start(interval_s)
 
     def stop_auto_delivery(self) -> None:
-        if self._auto_stop:
-            self._auto_stop.set()
-        if self._auto_thread:
-            self._auto_thread.join(timeout=5)
+        self._pump.stop()
 
     # -- HTTP ---------------------------------------------------------------------------------------
     def _rate_limit_response(self, retry_after: str | None) -> Response:

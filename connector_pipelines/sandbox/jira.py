@@ -45,7 +45,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock, bearer_token, count_call
+from connector_pipelines.sandbox.common import (
+    DeliveryPump,
+    FaultMiddleware,
+    Faults,
+    SandboxClock,
+    bearer_token,
+    count_call,
+)
 from connector_pipelines.sandbox.openapi import (
     OpenApiValidator,
     RequestValidationError,
@@ -701,8 +708,7 @@ class JiraSandbox:
         self._cf_numbers = itertools.count(10030)
         self._delivery_transport = delivery_transport
         self._delivery_client: httpx.Client | None = None
-        self._auto_thread: threading.Thread | None = None
-        self._auto_stop = threading.Event()
+        self._pump = DeliveryPump("jira-sandbox-webhooks", lambda: self.deliver_pending())
         self.spec = OpenApiValidator(load_json_spec(JIRA_SPEC))
         self.adf_validator = adf_validator()
         self._handlers: dict[tuple[str, str], Handler] = {
@@ -1996,26 +2002,10 @@ class JiraSandbox:
         return status
 
     def start_auto_delivery(self, interval_s: float = 0.5) -> None:
-        if self._auto_thread is not None:
-            return
-        self._auto_stop.clear()
-
-        def loop() -> None:
-            while not self._auto_stop.wait(interval_s):
-                try:
-                    self.deliver_pending()
-                except Exception:  # pragma: no cover - keep the demo loop alive
-                    log.exception("jira sandbox: webhook delivery failed")
-
-        self._auto_thread = threading.Thread(target=loop, name="jira-sandbox-webhooks", daemon=True)
-        self._auto_thread.start()
+        self._pump.start(interval_s)
 
     def stop_auto_delivery(self) -> None:
-        if self._auto_thread is None:
-            return
-        self._auto_stop.set()
-        self._auto_thread.join(timeout=10)
-        self._auto_thread = None
+        self._pump.stop()
 
     def close(self) -> None:
         self.stop_auto_delivery()
