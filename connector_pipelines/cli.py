@@ -64,9 +64,7 @@ def cmd_ping(_args: argparse.Namespace) -> int:
         results.append(_line(False, "business central", "not configured (CONNECTOR_BC_* variables missing)"))
     else:
         def bc_token() -> str:
-            from connector_pipelines.systems.entra import EntraTokenProvider
-            EntraTokenProvider(bc.tenant_id, bc.client_id, bc.client_secret, bc.scope,
-                               authority_host=bc.authority_host, ca_bundle=bc.ca_bundle).get_token()
+            bc.token_provider().get_token()
             return f"token from {bc.authority_host} for {bc.scope}"
 
         def bc_read() -> str:
@@ -82,13 +80,8 @@ def cmd_ping(_args: argparse.Namespace) -> int:
         results.append(_line(False, "dynamics 365 f&o", "not configured (CONNECTOR_FO_* variables missing)"))
     else:
         def fo_token() -> str:
-            from connector_pipelines.systems.entra import EntraTokenProvider
-            from connector_pipelines.systems.finance_operations.client import FinanceOperationsClient
-
-            scope = fo.scope or FinanceOperationsClient.scope_for(fo.environment_url)
-            EntraTokenProvider(fo.tenant_id, fo.client_id, fo.client_secret, scope,
-                               authority_host=fo.authority_host, ca_bundle=fo.ca_bundle).get_token()
-            return f"token from {fo.authority_host} for {scope}"
+            fo.token_provider().get_token()
+            return f"token from {fo.authority_host} for {fo.token_scope()}"
 
         def fo_read() -> str:
             sets = fo.client().metadata().entity_sets

@@ -70,16 +70,21 @@ class BusinessCentralResource(dg.ConfigurableResource):
     client_state: str | None = Field(default=None, description="Shared secret BC echoes in notifications (EnvVar)",
                                      repr=False)
 
+    def token_provider(self):
+        """Entra ID client credentials for ``scope`` (what the client and `connector-pipelines ping` use)."""
+        from connector_pipelines.systems.entra import EntraTokenProvider
+
+        return EntraTokenProvider(self.tenant_id, self.client_id, self.client_secret, self.scope,
+                                  authority_host=self.authority_host, ca_bundle=self.ca_bundle)
+
     def client(self):
         from connector_pipelines.systems.business_central.client import BusinessCentralClient
-        from connector_pipelines.systems.entra import EntraTokenProvider
 
         key = ("bc", self.tenant_id, self.environment, self.client_id, self.api_url, self.authority_host)
 
         def build():
-            tokens = EntraTokenProvider(self.tenant_id, self.client_id, self.client_secret, self.scope,
-                                        authority_host=self.authority_host, ca_bundle=self.ca_bundle)
-            return BusinessCentralClient.connect(self.api_url, self.tenant_id, self.environment, tokens)
+            return BusinessCentralClient.connect(self.api_url, self.tenant_id, self.environment,
+                                                 self.token_provider())
 
         return _cached(key, build)
 
@@ -99,17 +104,25 @@ class FinanceOperationsResource(dg.ConfigurableResource):
     authority_host: str = "https://login.microsoftonline.com"
     ca_bundle: str | None = Field(default=None, description="Extra CA bundle (PEM) for TLS to the IdP/API")
 
-    def client(self):
-        from connector_pipelines.systems.entra import EntraTokenProvider
+    def token_scope(self) -> str:
         from connector_pipelines.systems.finance_operations.client import FinanceOperationsClient
 
-        scope = self.scope or FinanceOperationsClient.scope_for(self.environment_url)
-        key = ("fo", self.tenant_id, self.client_id, self.environment_url, scope, self.authority_host)
+        return self.scope or FinanceOperationsClient.scope_for(self.environment_url)
+
+    def token_provider(self):
+        """Entra ID client credentials for ``token_scope()`` (what the client and `ping` use)."""
+        from connector_pipelines.systems.entra import EntraTokenProvider
+
+        return EntraTokenProvider(self.tenant_id, self.client_id, self.client_secret, self.token_scope(),
+                                  authority_host=self.authority_host, ca_bundle=self.ca_bundle)
+
+    def client(self):
+        from connector_pipelines.systems.finance_operations.client import FinanceOperationsClient
+
+        key = ("fo", self.tenant_id, self.client_id, self.environment_url, self.token_scope(), self.authority_host)
 
         def build():
-            tokens = EntraTokenProvider(self.tenant_id, self.client_id, self.client_secret, scope,
-                                        authority_host=self.authority_host, ca_bundle=self.ca_bundle)
-            return FinanceOperationsClient.connect(self.environment_url.rstrip("/"), tokens)
+            return FinanceOperationsClient.connect(self.environment_url.rstrip("/"), self.token_provider())
 
         return _cached(key, build)
 
