@@ -145,13 +145,19 @@ def test_an_event_for_a_document_odata_cannot_find_is_quarantined_and_the_rest_p
     assert any("quarantined" in (m or "") and "PO-GHOST" in (m or "") for m in logs)
 
 
-def test_done_resubmits_the_rejected_order_to_its_workflow_exactly_once(world):
+def open_issues_and_watch_jira(world) -> tuple[dict, dict[str, str]]:
+    """The three events processed into issues and Jira's webhook registered: (seeded, issue key by event)."""
     seeded = seed_fo_documents(world.stack)
     fire_fo_events(world.stack, seeded)
     process_events(world)
     world.driver.run_job(f"{PAIR}__jira_webhook_renewal_job")
-    ids = fo_external_ids(seeded)
-    issue_key = issues_by_external_id(world.stack)[ids["purchase order rejected in workflow"]][0]["key"]
+    found = issues_by_external_id(world.stack)
+    return seeded, {event: found[ext][0]["key"] for event, ext in fo_external_ids(seeded).items()}
+
+
+def test_done_resubmits_the_rejected_order_to_its_workflow_exactly_once(world):
+    seeded, issue_keys = open_issues_and_watch_jira(world)
+    issue_key = issue_keys["purchase order rejected in workflow"]
     jira, fo = world.stack.jira, world.stack.fo
     po_keys = {"dataAreaId": LEGAL_ENTITY, "PurchaseOrderNumber": seeded["rejected_po"]["PurchaseOrderNumber"]}
 
@@ -174,12 +180,8 @@ def test_done_resubmits_the_rejected_order_to_its_workflow_exactly_once(world):
 
 
 def test_a_resolution_comment_records_the_outcome_on_the_confirmed_order(world):
-    seeded = seed_fo_documents(world.stack)
-    fire_fo_events(world.stack, seeded)
-    process_events(world)
-    world.driver.run_job(f"{PAIR}__jira_webhook_renewal_job")
-    ids = fo_external_ids(seeded)
-    issue_key = issues_by_external_id(world.stack)[ids["purchase order confirmed"]][0]["key"]
+    seeded, issue_keys = open_issues_and_watch_jira(world)
+    issue_key = issue_keys["purchase order confirmed"]
 
     world.stack.jira.comment_as_user(CLOUD_ID, issue_key, "Resolution: delivery date agreed with Fabrikam")
     world.stack.jira.deliver_pending()
