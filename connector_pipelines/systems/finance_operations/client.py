@@ -40,6 +40,16 @@ def _join(fields: Iterable[str] | str | None) -> str | None:
     return fields if isinstance(fields, str) else ",".join(dict.fromkeys(fields))
 
 
+def _shape(params: dict[str, str], select: Iterable[str] | str | None,
+           expand: Iterable[str] | str | None) -> dict[str, str]:
+    """``params`` plus ``$select`` / ``$expand`` where given (names de-duplicated, order kept)."""
+    for option, fields in (("$select", select), ("$expand", expand)):
+        joined = _join(fields)
+        if joined:
+            params[option] = joined
+    return params
+
+
 class FinanceOperationsClient:
     system = "finance_operations"
 
@@ -109,13 +119,7 @@ class FinanceOperationsClient:
     def list(self, entity_set: str, *, filter: str | None = None, select: Iterable[str] | None = None,
              expand: Iterable[str] | None = None, orderby: str | None = None, top: int | None = None,
              cross_company: bool = False) -> Iterator[dict[str, Any]]:
-        params: dict[str, str] = {}
-        if filter:
-            params["$filter"] = filter
-        if _join(select):
-            params["$select"] = _join(select) or ""
-        if _join(expand):
-            params["$expand"] = _join(expand) or ""
+        params = _shape({"$filter": filter} if filter else {}, select, expand)
         if orderby:
             params["$orderby"] = orderby
         if top is not None:
@@ -126,11 +130,7 @@ class FinanceOperationsClient:
 
     def get(self, entity_set: str, keys: dict[str, Any], *, select: Iterable[str] | None = None,
             expand: Iterable[str] | None = None) -> dict[str, Any] | None:
-        params = {"cross-company": "true"}
-        if _join(select):
-            params["$select"] = _join(select) or ""
-        if _join(expand):
-            params["$expand"] = _join(expand) or ""
+        params = _shape({"cross-company": "true"}, select, expand)
         r = self.http.get(self.key_path(entity_set, keys), params=params, expected=(404,))
         return None if r.status_code == 404 else r.json()
 
