@@ -472,6 +472,31 @@ class Comment:
     created: datetime
 
 
+@dataclass(frozen=True)
+class LinkType:
+    id: str
+    name: str
+    inward: str
+    outward: str
+
+
+# Jira Cloud's default issue link types.
+DEFAULT_LINK_TYPES = (
+    LinkType("10000", "Blocks", "is blocked by", "blocks"),
+    LinkType("10001", "Cloners", "is cloned by", "clones"),
+    LinkType("10002", "Duplicate", "is duplicated by", "duplicates"),
+    LinkType("10003", "Relates", "relates to", "relates to"),
+)
+
+
+@dataclass
+class IssueLink:
+    id: str
+    type: LinkType
+    source_id: int      # the request's inwardIssue ("from" issue): it shows the link with the type's outward words
+    target_id: int      # the request's outwardIssue: it shows the link with the type's inward words
+
+
 @dataclass
 class Issue:
     id: int
@@ -482,6 +507,7 @@ class Issue:
     updated: datetime
     indexed_at: float
     comments: list[Comment] = field(default_factory=list)
+    links: list[IssueLink] = field(default_factory=list)
 
 
 @dataclass
@@ -519,7 +545,9 @@ class Site:
     issues: dict[int, Issue] = field(default_factory=dict)
     webhooks: dict[int, DynamicWebhook] = field(default_factory=dict)
     admin_webhooks: dict[int, AdminWebhook] = field(default_factory=dict)
+    link_types: list[LinkType] = field(default_factory=lambda: list(DEFAULT_LINK_TYPES))
     next_issue_id: int = 10000
+    next_link_id: int = 10000
 
     def issue(self, id_or_key: str) -> Issue:
         if id_or_key.isdigit() and int(id_or_key) in self.issues:
@@ -591,6 +619,7 @@ _SYSTEM_FIELD_DEFS = [
     ("resolution", "Resolution", {"type": "resolution", "system": "resolution"}, ["resolution"]),
     ("created", "Created", {"type": "datetime", "system": "created"}, ["created", "createdDate"]),
     ("updated", "Updated", {"type": "datetime", "system": "updated"}, ["updated", "updatedDate"]),
+    ("issuelinks", "Linked Issues", {"type": "array", "items": "issuelinks", "system": "issuelinks"}, ["issueLink"]),
     ("comment", "Comment", {"type": "comments-page", "system": "comment"}, ["comment"]),
 ]
 _SETTABLE_SYSTEM = {"summary", "description", "project", "issuetype", "assignee", "reporter", "labels"}
@@ -723,6 +752,9 @@ class JiraSandbox:
             ("post", "/rest/api/3/issue/{issueIdOrKey}/transitions"): self._h_do_transition,
             ("get", "/rest/api/3/issue/{issueIdOrKey}/comment"): self._h_get_comments,
             ("post", "/rest/api/3/issue/{issueIdOrKey}/comment"): self._h_add_comment,
+            ("get", "/rest/api/3/issue/{issueIdOrKey}/comment/{id}"): self._h_get_comment,
+            ("get", "/rest/api/3/issueLinkType"): self._h_link_types,
+            ("post", "/rest/api/3/issueLink"): self._h_link_issues,
             ("get", "/rest/api/3/user"): self._h_user,
             ("get", "/rest/api/3/myself"): self._h_myself,
             ("get", "/rest/api/3/serverInfo"): self._h_server_info,
@@ -973,7 +1005,7 @@ class JiraSandbox:
 
     def _respond(self, method: str, path: str, status: int, body: Any = None,
                  headers: dict[str, str] | None = None) -> Response:
-        if status == 204 or (body is None and status in (202,)):
+        if status == 204 or (body is None and status in (201, 202)):
             return Response(status_code=status, headers=headers)
         if self.validate_responses:
             op = self.spec.find_operation(method, path)
@@ -1043,6 +1075,8 @@ class JiraSandbox:
             return _jira_time(issue.created)
         if fid == "updated":
             return _jira_time(issue.updated)
+        if fid == "issuelinks":
+            return [self._render_link(site, issue, link, base) for link in issue.links]
         if fid == "comment":
             comments = [self._render_comment(site, issue, c, base) for c in issue.comments]
             return {"comments": comments, "maxResults": len(comments), "total": len(comments), "startAt": 0,
@@ -1100,6 +1134,23 @@ class JiraSandbox:
         return {"self": f"{base}/rest/api/3/issue/{issue.id}/comment/{c.id}", "id": c.id, "author": author,
                 "body": c.body, "updateAuthor": author, "created": _jira_time(c.created),
                 "updated": _jira_time(c.created), "jsdPublic": True}
+
+    @staticmethod
+    def _link_type_json(lt: LinkType, base: str) -> dict[str, Any]:
+        return {"id": lt.id, "name": lt.name, "inward": lt.inward, "outward": lt.outward,
+                "self": f"{base}/rest/api/3/issueLinkType/{lt.id}"}
+
+    def _render_link(self, site: Site, issue: Issue, link: IssueLink, base: str) -> dict[str, Any]:
+        """One entry of ``fields.issuelinks``: only the other end, under the key that labels it."""
+        outbound = link.source_id == issue.id
+        other = site.issues[link.target_id if outbound else link.source_id]
+        return {"id": link.id, "self": f"{base}/rest/api/3/issueLink/{link.id}",
+                "type": self._link_type_json(link.type, base),
+                "outwardIssue" if outbound else "inwardIssue": {
+                    "id": str(other.id), "key": other.key, "self": f"{base}/rest/api/3/issue/{other.id}",
+                    "fields": {"summary": other.fields.get("summary"),
+                               "status": self._status_json(site, other.fields["status"], base),
+                               "issuetype": self._field_value(site, other, "issuetype", base)}}}
 
     # ------------------------------------------------------------------------------------------
     # Field validation (create / edit / transition)
@@ -1518,6 +1569,56 @@ class JiraSandbox:
         issue = ctx.site.issue(ctx.path_params["issueIdOrKey"])
         comment = self._comment(ctx.site, issue, (ctx.body or {}).get("body"), ctx.account_id)
         return self._ok(ctx, 201, self._render_comment(ctx.site, issue, comment, ctx.base))
+
+    def _h_get_comment(self, ctx: _Ctx) -> Response:
+        issue = ctx.site.issue(ctx.path_params["issueIdOrKey"])
+        cid = ctx.path_params["id"]
+        comment = next((c for c in issue.comments if c.id == cid), None)
+        if comment is None:  # a comment of another issue is not found through this one either
+            raise JiraHttpError(404, [f"Can not find a comment for the id: {cid}."])
+        return self._ok(ctx, 200, self._render_comment(ctx.site, issue, comment, ctx.base))
+
+    # -- issue links ---------------------------------------------------------------------------
+    def _h_link_types(self, ctx: _Ctx) -> Response:
+        return self._ok(ctx, 200, {"issueLinkTypes": [self._link_type_json(lt, ctx.base)
+                                                      for lt in ctx.site.link_types]})
+
+    def _h_link_issues(self, ctx: _Ctx) -> Response:
+        """POST /issueLink -> 201, empty body. The inwardIssue is Jira's "from" issue: it shows the link with
+        the type's outward words ("A blocks B" for inwardIssue A, outwardIssue B) and gets the optional
+        comment (the spec's "from (outward) issue"; Atlassian's JRJC sends fromIssueKey as inwardIssue).
+        A link that already exists is answered 201 again, and its comment is still added (spec).
+        No webhook: API-FACTS §4.4 lists no link event for dynamic webhooks, and Jira's admin-webhook
+        issuelink_created is not emulated; only the optional comment emits comment_created."""
+        site, body = ctx.site, ctx.body
+        source = self._linked_issue(site, body["inwardIssue"])
+        target = self._linked_issue(site, body["outwardIssue"])
+        ref = body["type"]
+        # The name wording is Atlassian's (JRJC tests); UNCONFIRMED: the id wording, and the answer to a type
+        # with neither id nor name.
+        if ref.get("id") is not None:
+            lt = next((t for t in site.link_types if t.id == str(ref["id"])), None)
+            missing = f"No issue link type with id '{ref['id']}' found."
+        else:
+            lt = next((t for t in site.link_types if t.name == ref.get("name")), None)
+            missing = f"No issue link type with name '{ref.get('name', 'null')}' found."
+        if lt is None:
+            raise JiraHttpError(404, [missing])
+        if source.id == target.id:  # UNCONFIRMED: that Jira refuses a self-link with 400, and the wording
+            raise JiraHttpError(400, ["You cannot link an issue to itself."])
+        if body.get("comment") is not None:  # a bad comment fails the request before the link is made
+            self._comment(site, source, body["comment"].get("body"), ctx.account_id)
+        if not any(lk.type == lt and lk.source_id == source.id and lk.target_id == target.id for lk in source.links):
+            link = IssueLink(str(site.next_link_id), lt, source.id, target.id)
+            site.next_link_id += 1
+            source.links.append(link)
+            target.links.append(link)
+        return self._ok(ctx, 201)
+
+    @staticmethod
+    def _linked_issue(site: Site, ref: dict[str, Any]) -> Issue:
+        """A LinkedIssue reference: ``id`` wins over ``key``."""
+        return site.issue(str(ref["id"]) if ref.get("id") is not None else str(ref.get("key") or ""))
 
     def _user_bean(self, ctx: _Ctx, account_id: str) -> dict[str, Any]:
         u = self._user_json(ctx.site, account_id, ctx.base) or {}

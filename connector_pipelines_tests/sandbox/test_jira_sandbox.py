@@ -13,6 +13,7 @@ import pytest
 
 from connector_pipelines.sandbox.common import sync_transport
 from connector_pipelines.sandbox.jira import (
+    WEBHOOK_EVENTS,
     JiraSandbox,
     JqlError,
     parse_jql,
@@ -326,6 +327,113 @@ def test_transitions_and_edit(client: httpx.Client, sandbox: JiraSandbox) -> Non
     assert client.get(f"{API}/issue/{issue['key']}").json()["fields"]["summary"] == "Renamed"
     r = client.put(f"{API}/issue/{issue['key']}", json={"fields": {"description": "plain"}})
     assert r.status_code == 400
+
+
+def test_get_single_comment_and_404s(client: httpx.Client) -> None:
+    issue, other = create(client, "Commented"), create(client, "Other")
+    posted = client.post(f"{API}/issue/{issue['key']}/comment", json={"body": ADF}).json()
+    r = client.get(f"{API}/issue/{issue['key']}/comment/{posted['id']}")
+    assert r.status_code == 200 and r.json() == posted  # the same Comment JSON (response checked by the spec)
+    assert client.get(f"{API}/issue/{issue['id']}/comment/{posted['id']}").json() == posted
+    assert client.get(f"{API}/issue/{issue['key']}/comment").json()["comments"] == [posted]
+    for path, message in [
+        (f"OPS-99/comment/{posted['id']}", "Issue does not exist or you do not have permission to see it."),
+        (f"{issue['key']}/comment/99999", "Can not find a comment for the id: 99999."),
+        (f"{issue['key']}/comment/abc", "Can not find a comment for the id: abc."),
+        (f"{other['key']}/comment/{posted['id']}", f"Can not find a comment for the id: {posted['id']}."),
+    ]:
+        r = client.get(f"{API}/issue/{path}")
+        assert r.status_code == 404, path
+        assert r.json() == {"errorMessages": [message], "errors": {}}
+
+
+def test_issue_link_types(client: httpx.Client) -> None:
+    r = client.get(f"{API}/issueLinkType")
+    assert r.status_code == 200 and set(r.json()) == {"issueLinkTypes"}
+    types = {t["name"]: t for t in r.json()["issueLinkTypes"]}
+    assert {"Blocks", "Cloners", "Duplicate", "Relates"} <= set(types)
+    assert (types["Blocks"]["inward"], types["Blocks"]["outward"]) == ("is blocked by", "blocks")
+    assert (types["Duplicate"]["inward"], types["Duplicate"]["outward"]) == ("is duplicated by", "duplicates")
+    assert types["Relates"]["inward"] == types["Relates"]["outward"] == "relates to"
+    for t in types.values():
+        assert set(t) == {"id", "name", "inward", "outward", "self"}
+        assert t["self"].endswith(f"/rest/api/3/issueLinkType/{t['id']}")
+    assert len({t["id"] for t in types.values()}) == len(types)
+
+
+def linked(client: httpx.Client, key: str) -> list[dict]:
+    r = client.get(f"{API}/issue/{key}", params={"fields": "issuelinks"})
+    assert r.status_code == 200 and set(r.json()["fields"]) == {"issuelinks"}
+    return r.json()["fields"]["issuelinks"]
+
+
+def test_link_issues_shows_the_link_on_both_issues(client: httpx.Client, sandbox: JiraSandbox,
+                                                   capture: Capture) -> None:
+    sandbox.add_admin_webhook(CLOUD, "https://admin.example/h", None, list(WEBHOOK_EVENTS))
+    a, b, c = create(client, "Blocker"), create(client, "Blocked"), create(client, "Copy")
+    sandbox.deliver_pending()
+    capture.requests.clear()
+    r = client.post(f"{API}/issueLink", json={"type": {"name": "Blocks"}, "inwardIssue": {"key": a["key"]},
+                                              "outwardIssue": {"key": b["key"]}})
+    assert r.status_code == 201 and r.content == b""
+    (on_a,), (on_b,) = linked(client, a["key"]), linked(client, b["key"])
+    assert on_a["id"] == on_b["id"] and on_a["self"].endswith(f"/rest/api/3/issueLink/{on_a['id']}")
+    assert on_a["type"]["name"] == on_b["type"]["name"] == "Blocks"
+    assert "inwardIssue" not in on_a and on_a["outwardIssue"]["key"] == b["key"]      # "A blocks B"
+    assert "outwardIssue" not in on_b and on_b["inwardIssue"]["key"] == a["key"]      # "B is blocked by A"
+    target = on_a["outwardIssue"]
+    assert target["id"] == b["id"] and target["self"].endswith(f"/rest/api/3/issue/{b['id']}")
+    assert target["fields"]["summary"] == "Blocked" and target["fields"]["status"]["name"] == "To Do"
+    # each entry plus the issue it sits on is a whole IssueLink (the schema of GET /issueLink/{linkId})
+    for entry, here in ((on_a, {"inwardIssue": on_b["inwardIssue"]}), (on_b, {"outwardIssue": target})):
+        sandbox.spec.validate_response("GET", f"/rest/api/3/issueLink/{entry['id']}", 200, {**entry, **here})
+    assert linked(client, c["key"]) == []
+    assert [lk["outwardIssue"]["key"] for lk in sandbox.issues(CLOUD)[0]["fields"]["issuelinks"]] == [b["key"]]
+    found = search(client, f"key = {a['key']}", fields=["issuelinks"]).json()["issues"]
+    assert found[0]["fields"]["issuelinks"] == [on_a]
+    fields = {f["id"]: f for f in client.get(f"{API}/field").json()}
+    assert fields["issuelinks"]["name"] == "Linked Issues" and fields["issuelinks"]["schema"]["type"] == "array"
+
+    # by type id and issue ids; a repeated link is answered 201 and not stored twice; the comment goes to
+    # the inward ("from") issue
+    body = {"type": {"id": "10001"}, "inwardIssue": {"id": c["id"]}, "outwardIssue": {"key": a["key"]}}
+    assert client.post(f"{API}/issueLink", json=body).status_code == 201
+    assert client.post(f"{API}/issueLink", json={**body, "comment": {"body": ADF}}).status_code == 201
+    assert [lk["outwardIssue"]["key"] for lk in linked(client, c["key"])] == [a["key"]]
+    assert [lk["type"]["name"] for lk in linked(client, a["key"])] == ["Blocks", "Cloners"]
+    assert linked(client, a["key"])[1]["inwardIssue"]["key"] == c["key"]
+    assert client.get(f"{API}/issue/{c['key']}/comment").json()["comments"][0]["body"] == ADF
+    assert client.get(f"{API}/issue/{a['key']}/comment").json()["total"] == 0
+
+    sandbox.deliver_pending()  # links emit no webhook; the comment is an ordinary comment_created
+    assert [(e["webhookEvent"], e["issue"]["key"]) for e in capture.bodies()] == [("comment_created", c["key"])]
+
+
+def test_link_issues_errors(client: httpx.Client, sandbox: JiraSandbox) -> None:
+    a, b = create(client, "One"), create(client, "Two")
+    ok = {"type": {"name": "Duplicate"}, "inwardIssue": {"key": a["key"]}, "outwardIssue": {"key": b["key"]}}
+    for body, message in [
+        ({**ok, "outwardIssue": {"key": "OPS-99"}}, "Issue does not exist or you do not have permission to see it."),
+        ({**ok, "inwardIssue": {"id": "99999"}}, "Issue does not exist or you do not have permission to see it."),
+        ({**ok, "type": {"name": "Nope"}}, "No issue link type with name 'Nope' found."),
+        ({**ok, "type": {"name": "duplicate"}}, "No issue link type with name 'duplicate' found."),
+        ({**ok, "type": {"id": "424242"}}, "No issue link type with id '424242' found."),
+    ]:
+        r = client.post(f"{API}/issueLink", json=body)
+        assert r.status_code == 404, body
+        assert r.json() == {"errorMessages": [message], "errors": {}}
+    for body, fragment in [  # the spec rejects these
+        ({"type": ok["type"], "inwardIssue": ok["inwardIssue"]}, "'outwardIssue' is a required property"),
+        ({**ok, "type": {"name": "Duplicate", "colour": "red"}}, "Additional properties are not allowed"),
+        ({**ok, "inwardIssue": {"key": 7}}, "7 is not of type 'string'"),
+    ]:
+        r = client.post(f"{API}/issueLink", json=body)
+        assert r.status_code == 400 and fragment in " ".join(r.json()["errorMessages"]), (body, r.json())
+    r = client.post(f"{API}/issueLink", json={**ok, "comment": {"body": "plain text"}})
+    assert r.status_code == 400 and "Atlassian Document" in r.json()["errors"]["comment"]
+    r = client.post(f"{API}/issueLink", json={**ok, "outwardIssue": {"key": a["key"]}})
+    assert r.status_code == 400 and r.json()["errorMessages"] == ["You cannot link an issue to itself."]
+    assert linked(client, a["key"]) == linked(client, b["key"]) == []  # nothing was linked by a failed request
 
 
 def test_users_myself_server_info(client: httpx.Client) -> None:

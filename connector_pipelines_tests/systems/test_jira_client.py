@@ -228,6 +228,43 @@ def test_issue_lifecycle(jira: JiraClient, sandbox: JiraSandbox, project: str) -
     assert jira.browse_url(created.key) == f"{SITE_URL}/browse/{created.key}"
 
 
+def test_get_comment(jira: JiraClient, project: str) -> None:
+    key = jira.create_issue(issue_fields(project, "Commented")).key
+    posted = jira.add_comment(key, ADF)
+    assert jira.get_comment(key, posted["id"]) == posted
+    other = jira.create_issue(issue_fields(project, "Other")).key
+    for issue_key, comment_id, message in (
+            (key, "99999", "Can not find a comment for the id: 99999."),
+            (other, posted["id"], f"Can not find a comment for the id: {posted['id']}."),
+            (f"{project}-999", posted["id"], "Issue does not exist or you do not have permission to see it.")):
+        with pytest.raises(ApiError) as err:
+            jira.get_comment(issue_key, comment_id)
+        assert err.value.status == 404 and err.value.body["errorMessages"] == [message]
+
+
+def test_issue_link_types_and_link_issues(jira: JiraClient, project: str) -> None:
+    types = {t["name"]: t for t in jira.issue_link_types()}
+    assert (types["Blocks"]["inward"], types["Blocks"]["outward"]) == ("is blocked by", "blocks")
+    assert {"Cloners", "Duplicate", "Relates"} <= set(types)
+
+    blocker = jira.create_issue(issue_fields(project, "Blocker")).key
+    blocked = jira.create_issue(issue_fields(project, "Blocked")).key
+    assert jira.link_issues("Blocks", blocker, blocked) is None
+    jira.link_issues("Blocks", blocker, blocked)  # Jira answers a repeated link as created; stored once
+    (out,) = jira.get_issue(blocker, ["issuelinks"])["fields"]["issuelinks"]
+    (back,) = jira.get_issue(blocked, ["issuelinks"])["fields"]["issuelinks"]
+    assert out["type"]["outward"] == "blocks" and out["outwardIssue"]["key"] == blocked
+    assert back["type"]["inward"] == "is blocked by" and back["inwardIssue"]["key"] == blocker
+    assert jira.http.calls_by_endpoint["POST /rest/api/3/issueLink"] == 2
+
+    with pytest.raises(ApiError) as err:
+        jira.link_issues("Blockz", blocker, blocked)
+    assert err.value.status == 404 and "No issue link type with name 'Blockz' found." in str(err.value)
+    with pytest.raises(ApiError) as err:
+        jira.link_issues("Duplicate", blocker, f"{project}-999")
+    assert err.value.status == 404
+
+
 def test_webhook_management(jira: JiraClient, sandbox: JiraSandbox, project: str) -> None:
     url = "https://receiver.example/jira"
     wid = jira.register_webhook(url, ["jira:issue_updated"], f"project = {project} AND issuetype = Task")

@@ -227,6 +227,19 @@ class JiraClient:
     def add_comment(self, key: str, body_adf: dict) -> dict:
         return self.http.post(f"{API}/issue/{key}/comment", json={"body": body_adf}).json()
 
+    def get_comment(self, key: str, comment_id: str) -> dict:
+        return self.http.get(f"{API}/issue/{key}/comment/{comment_id}").json()
+
+    def issue_link_types(self) -> list[dict]:
+        return list(self.http.get(f"{API}/issueLinkType").json().get("issueLinkTypes") or [])
+
+    def link_issues(self, link_type_name: str, inward_key: str, outward_key: str) -> None:
+        """Link two issues (201, no body; an existing identical link is answered the same). Jira shows the
+        link on ``inward_key`` with the type's outward words: ("Blocks", "A-1", "B-2") is "A-1 blocks B-2"."""
+        self.http.post(f"{API}/issueLink", json={"type": {"name": link_type_name},
+                                                 "inwardIssue": {"key": inward_key},
+                                                 "outwardIssue": {"key": outward_key}})
+
     # -- users ----------------------------------------------------------------------------------
     def get_user(self, account_id: str) -> dict:
         return self.http.get(f"{API}/user", params={"accountId": account_id}).json()
