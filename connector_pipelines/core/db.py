@@ -7,13 +7,19 @@ server dagster-postgres uses); without it the tables live in ``$DAGSTER_HOME/con
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+
+T = TypeVar("T")
 
 DATABASE_URL_ENV = "CONNECTOR_DATABASE_URL"
 
@@ -34,7 +40,10 @@ credentials = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False, default=utcnow),
 )
 
-# Verified inbound webhook deliveries waiting for a sensor (core.inbox).
+# Verified inbound webhook deliveries waiting for a sensor (core.inbox). ``seq`` is the commit order:
+# allocated from ``cp_sequences`` under a row lock held to the end of the storing transaction, so a reader
+# that has seen ``seq = n`` has seen every committed row with a smaller ``seq`` (whatever the timing of
+# concurrent commits: PostgreSQL ids are not in commit order).
 inbox = sa.Table(
     "cp_inbox",
     metadata,
@@ -47,20 +56,80 @@ inbox = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("processed_at", sa.DateTime),
     sa.Column("error", sa.Text),
+    sa.Column("seq", sa.BigInteger),
     sa.UniqueConstraint("source", "dedupe_key", name="uq_cp_inbox_source_dedupe"),
 )
 sa.Index("ix_cp_inbox_source_id", inbox.c.source, inbox.c.id)
+sa.Index("ix_cp_inbox_source_seq", inbox.c.source, inbox.c.seq)
 
-# Inbound calls refused by the receiver (bad signature, malformed body): counted, never work.
-inbox_rejections = sa.Table(
-    "cp_inbox_rejections",
+# Monotonic counters (name -> last value handed out), e.g. the inbox commit order.
+sequences = sa.Table(
+    "cp_sequences",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("source", sa.String(64), nullable=False),
-    sa.Column("reason", sa.String(200), nullable=False),
-    sa.Column("status_code", sa.Integer, nullable=False),
-    sa.Column("received_at", sa.DateTime, nullable=False, default=utcnow),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False, default=0),
 )
+
+# What each reader (one integration pair reading one source) did with an inbox row: queued for a run,
+# processed, due for another attempt (``retry`` at next_attempt_at), or parked as a dead letter.
+inbox_dispatch = sa.Table(
+    "cp_inbox_dispatch",
+    metadata,
+    sa.Column("reader", sa.String(128), primary_key=True),
+    sa.Column("inbox_id", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("dispatches", sa.Integer, nullable=False, default=1),
+    sa.Column("run_key", sa.String(200)),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("next_attempt_at", sa.DateTime),
+    sa.Column("error", sa.Text),
+    sa.Column("queued_at", sa.DateTime, nullable=False, default=utcnow),
+    sa.Column("updated_at", sa.DateTime, nullable=False, default=utcnow),
+)
+sa.Index("ix_cp_inbox_dispatch_status", inbox_dispatch.c.reader, inbox_dispatch.c.status,
+         inbox_dispatch.c.next_attempt_at)
+
+# Inbound calls refused by the receiver (bad signature, malformed body): counted, never work. One row per
+# (source, reason, status, hour) with a count, so a flood of forgeries cannot grow the table without bound.
+inbox_rejections = sa.Table(
+    "cp_inbox_refusals",
+    metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(64), primary_key=True),
+    sa.Column("status_code", sa.Integer, primary_key=True),
+    sa.Column("hour", sa.DateTime, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False, default=0),
+    sa.Column("last_at", sa.DateTime, nullable=False, default=utcnow),
+)
+
+# Verified signatures seen by the receiver (a JWT, or the HMAC-signed body): the same proof presented
+# again with another delivery identifier is a replay. Rows expire with the proof.
+replay_guard = sa.Table(
+    "cp_replay_guard",
+    metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("digest", sa.String(80), primary_key=True),
+    sa.Column("identifier", sa.String(512), nullable=False),
+    sa.Column("seen_at", sa.DateTime, nullable=False, default=utcnow),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+)
+sa.Index("ix_cp_replay_guard_expires", replay_guard.c.expires_at)
+
+# Time-limited claims on keys (core.leases): one writer per record key, one refresher per credential,
+# one live run worker per run id. An owner renews its leases while it works; a crashed owner's lease
+# expires and a successor may take it over.
+leases = sa.Table(
+    "cp_leases",
+    metadata,
+    sa.Column("scope", sa.String(128), primary_key=True),
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("acquired_at", sa.DateTime, nullable=False, default=utcnow),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+)
+sa.Index("ix_cp_leases_owner", leases.c.owner)
+sa.Index("ix_cp_leases_scope_expires", leases.c.scope, leases.c.expires_at)
 
 # Record ledger: idempotency + audit + replay, one row per (integration, source record/action).
 ledger = sa.Table(
@@ -79,12 +148,19 @@ ledger = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("run_id", sa.String(64)),
     sa.Column("context", sa.JSON),
+    # when an automatic retry is due (None: not retried automatically: done, given up, or needs a person)
+    sa.Column("retry_after", sa.DateTime),
+    # an *uncertain* intent (the create may have happened, its answer was lost): a target search made
+    # after this moment sees such an issue despite the search index's lag; before it, finding nothing
+    # proves nothing
+    sa.Column("verify_after", sa.DateTime),
     sa.Column("created_at", sa.DateTime, nullable=False, default=utcnow),
     sa.Column("updated_at", sa.DateTime, nullable=False, default=utcnow),
     sa.UniqueConstraint("integration", "source_key", name="uq_cp_ledger_integration_source"),
 )
 sa.Index("ix_cp_ledger_target", ledger.c.integration, ledger.c.target_key)
 sa.Index("ix_cp_ledger_state", ledger.c.integration, ledger.c.state)
+sa.Index("ix_cp_ledger_retry", ledger.c.integration, ledger.c.retry_after)
 
 # Webhook subscriptions we registered with vendors (BC subscriptions, Jira dynamic webhooks).
 webhook_registrations = sa.Table(
@@ -149,13 +225,12 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def _create_tables(engine: Engine, attempts: int = 5) -> None:
-    """Create the project's tables once, even when several processes open a new database at once.
+    """Create the project's tables once, even when several processes open a new database at once, and
+    add columns a newer release declares to tables an older one created (additive, nullable only).
 
     PostgreSQL: serialised by a transaction-level advisory lock; SQLite: BEGIN IMMEDIATE. A loser of
     a remaining race (catalog unique violation) retries and then finds the tables present.
     """
-    import time
-
     from sqlalchemy.exc import DBAPIError
 
     for attempt in range(attempts):
@@ -164,6 +239,7 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
                 if engine.dialect.name == "postgresql":
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727172001)")
                 metadata.create_all(conn)
+                _add_missing_columns(conn)
             return
         except DBAPIError:
             if attempt == attempts - 1:
@@ -171,33 +247,85 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+def _add_missing_columns(conn: Connection) -> None:
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"{table.name}.{column.name} is missing and not nullable: migrate by hand")
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+            if table is inbox and column.name == "seq":   # rows stored before commit ordering existed
+                conn.execute(sa.update(inbox).values(seq=inbox.c.id))
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def write_transaction(engine: Engine):
+def upsert_insert(engine: Engine, table: sa.Table):
+    """``INSERT`` with ``on_conflict_do_nothing`` / ``on_conflict_do_update`` for this engine's dialect."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+class _WriteTransaction:
+    def __init__(self, engine: Engine) -> None:
+        self.conn = engine.connect()
+        if is_sqlite(engine):
+            self.conn.info["immediate"] = True
+
+    def __enter__(self) -> Connection:
+        self._tx = self.conn.begin()
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                self._tx.commit()
+            else:
+                self._tx.rollback()
+        finally:
+            self.conn.info.pop("immediate", None)
+            self.conn.close()
+        return False
+
+
+def write_transaction(engine: Engine) -> _WriteTransaction:
     """A transaction that takes the database's write lock at BEGIN on SQLite (``BEGIN IMMEDIATE``).
 
-    On PostgreSQL it is an ordinary transaction: lock rows with ``SELECT ... FOR UPDATE`` inside it.
+    Every write of the project's tables goes through one: a SQLite transaction that reads first and
+    writes later would otherwise fail with "database is locked" when another writer got in between
+    (the busy timeout cannot help an upgrade from a read lock). On PostgreSQL it is an ordinary
+    transaction: lock rows with ``SELECT ... FOR UPDATE`` inside it. Never hold one across network I/O.
     """
-    conn = engine.connect()
-    if is_sqlite(engine):
-        conn.info["immediate"] = True
+    return _WriteTransaction(engine)
 
-    class _Tx:
-        def __enter__(self):
-            self._tx = conn.begin()
-            return conn
 
-        def __exit__(self, exc_type, exc, tb):
-            try:
-                if exc_type is None:
-                    self._tx.commit()
-                else:
-                    self._tx.rollback()
-            finally:
-                conn.info.pop("immediate", None)
-                conn.close()
-            return False
+def transient_db_error(exc: BaseException) -> bool:
+    """A failure a new transaction may not meet: deadlock, serialization failure, lock or busy timeout,
+    a lost connection."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
-    return _Tx()
+    if isinstance(exc, OperationalError):
+        return True
+    code = getattr(getattr(exc, "orig", None), "pgcode", None)
+    return isinstance(exc, DBAPIError) and code in ("40001", "40P01", "55P03", "57014")
+
+
+def retrying_write(engine: Engine, work: Callable[[Connection], T], *, attempts: int = 5) -> T:
+    """Run ``work(conn)`` in a write transaction, again (after a short jittered pause) when the database
+    refused it for a transient reason; nothing of a refused attempt is committed."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with write_transaction(engine) as conn:
+                return work(conn)
+        except Exception as exc:
+            if attempt == attempts or not transient_db_error(exc):
+                raise
+            time.sleep(random.uniform(0.02, 0.1) * attempt)
+    raise AssertionError("unreachable")

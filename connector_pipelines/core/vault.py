@@ -8,10 +8,11 @@ key encrypts; every key decrypts (``MultiFernet``), so rotating a key is a migra
 3. drop the old key from the variable.
 
 ``locked(name)`` is the one place a rotating secret (Atlassian's refresh token) may be read and
-replaced: it holds a lock shared by every process that uses the same database (PostgreSQL: an
-advisory transaction lock on the name plus ``SELECT ... FOR UPDATE`` on the row; SQLite: the
-database write lock taken by ``BEGIN IMMEDIATE``) and writes the new value in the same transaction
-that read the old one.
+replaced: it holds the credential's lease (core.leases), shared by every process that uses the same
+database, while the caller reads the value, talks to the token endpoint and writes the new value. No
+database lock is held across that network call (on SQLite a transaction would hold the whole
+database's write lock, and the receiver could not store deliveries meanwhile); the lease is renewed
+while held, and a crashed holder's lease expires so a sibling can go on.
 
 Plaintext never reaches the table, a log line or an exception message. The credential's name is
 sealed inside the ciphertext too, so a ciphertext copied onto another row does not decrypt as that
@@ -20,9 +21,10 @@ row.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,9 +33,21 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.engine import Connection, Engine
 
-from connector_pipelines.core.db import credentials, get_engine, is_sqlite, utcnow, write_transaction
+from connector_pipelines.core.db import (
+    credentials,
+    get_engine,
+    is_sqlite,
+    retrying_write,
+    upsert_insert,
+    utcnow,
+    write_transaction,
+)
+from connector_pipelines.core.leases import Leases, new_owner
 
 VAULT_KEYS_ENV = "CONNECTOR_VAULT_KEYS"
+LOCK_SCOPE = "vault"
+LOCK_LEASE_S = 60.0
+LOCK_TIMEOUT_S = 300.0
 
 Value = dict[str, Any] | str
 
@@ -66,34 +80,16 @@ def _parse_keys(keys: list[str] | tuple[str, ...] | str) -> MultiFernet:
     return MultiFernet(fernets)
 
 
-def _advisory_key(name: str) -> int:
-    """A stable signed 64-bit key for pg_advisory_xact_lock, one per credential name."""
-    return int.from_bytes(hashlib.sha256(b"cp_vault:" + name.encode("utf-8")).digest()[:8], "big", signed=True)
-
-
 class LockedCredential:
-    """What ``Vault.locked`` yields: the decrypted value and a ``set`` that writes in the same transaction."""
+    """What ``Vault.locked`` yields: the decrypted value and a ``set`` that stores a new one at once."""
 
-    def __init__(self, vault: Vault, conn: Connection, name: str, value: Value | None, exists: bool) -> None:
+    def __init__(self, vault: Vault, name: str, value: Value | None) -> None:
         self._vault = vault
-        self._conn = conn
         self.name = name
         self.value = value
-        self._exists = exists
 
     def set(self, new_value: Value) -> None:
-        ciphertext = self._vault._encrypt(self.name, new_value)
-        if self._exists:
-            self._conn.execute(
-                credentials.update()
-                .where(credentials.c.name == self.name)
-                .values(ciphertext=ciphertext, version=credentials.c.version + 1, updated_at=utcnow())
-            )
-        else:
-            self._conn.execute(
-                credentials.insert().values(name=self.name, ciphertext=ciphertext, version=1, updated_at=utcnow())
-            )
-            self._exists = True
+        self._vault.put(self.name, new_value)
         self.value = new_value
 
     def __repr__(self) -> str:  # never show the secret
@@ -148,9 +144,13 @@ class Vault:
 
     # -- plain operations -------------------------------------------------------------------------
     def put(self, name: str, value: Value) -> None:
-        with write_transaction(self.engine) as conn:
-            row = self._lock_row(conn, name)
-            LockedCredential(self, conn, name, None, row is not None).set(value)
+        ciphertext = self._encrypt(name, value)
+        insert = upsert_insert(self.engine, credentials)
+        stmt = insert.on_conflict_do_update(index_elements=[credentials.c.name], set_={
+            "ciphertext": insert.excluded.ciphertext, "version": credentials.c.version + 1,
+            "updated_at": insert.excluded.updated_at})
+        retrying_write(self.engine, lambda conn: conn.execute(stmt, [{
+            "name": name, "ciphertext": ciphertext, "version": 1, "updated_at": utcnow()}]))
 
     def get(self, name: str) -> Value | None:
         with self.engine.connect() as conn:
@@ -187,26 +187,25 @@ class Vault:
 
     # -- the lock ---------------------------------------------------------------------------------
     @contextmanager
-    def locked(self, name: str) -> Iterator[LockedCredential]:
-        """Exclusive access to one credential across every process on this database.
+    def locked(self, name: str, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[LockedCredential]:
+        """Exclusive use of one credential across every process on this database.
 
-        Yields an object with ``.value`` (decrypted, or None) and ``.set(new_value)``; the write
-        commits when the block exits normally and rolls back if it raises.
+        Yields an object with ``.value`` (decrypted, or None) and ``.set(new_value)`` (stored at once).
+        Waits up to ``timeout_s`` for another holder; the lease is renewed while held and released on exit.
         """
-        with write_transaction(self.engine) as conn:  # SQLite: BEGIN IMMEDIATE = the write lock
-            row = self._lock_row(conn, name)
-            value = None if row is None else self._decrypt(name, row.ciphertext)
-            yield LockedCredential(self, conn, name, value, row is not None)
+        leases = Leases(self.engine, new_owner(f"vault:{name}"), ttl_s=LOCK_LEASE_S)
+        deadline = time.monotonic() + timeout_s
+        while not leases.acquire(LOCK_SCOPE, [name]):
+            if time.monotonic() >= deadline:
+                raise VaultError(f"credential {name!r} stayed locked by another process for {timeout_s:.0f} s")
+            time.sleep(random.uniform(0.05, 0.2))
+        leases.start_heartbeat()
+        try:
+            yield LockedCredential(self, name, self.get(name))
+        finally:
+            leases.stop_heartbeat()
+            leases.release(LOCK_SCOPE, [name])
 
-    def _lock_row(self, conn: Connection, name: str):
-        """Inside a write transaction: lock the credential (even one not stored yet) and read its row."""
-        if self.engine.dialect.name == "postgresql":
-            # The row lock alone cannot guard a credential that does not exist yet.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(name)})
-        return self._select(conn, name, for_update=True)
-
-    def _select(self, conn: Connection, name: str, *, for_update: bool = False):
-        stmt = sa.select(credentials.c.name, credentials.c.ciphertext).where(credentials.c.name == name)
-        if for_update and not is_sqlite(self.engine):
-            stmt = stmt.with_for_update()
-        return conn.execute(stmt).first()
+    def _select(self, conn: Connection, name: str):
+        return conn.execute(sa.select(credentials.c.name, credentials.c.ciphertext)
+                            .where(credentials.c.name == name)).first()

@@ -130,19 +130,37 @@ def test_ciphertext_copied_to_another_row_is_refused(sqlite_url):
         vault.get("b")
 
 
-def test_locked_set_commits_and_rolls_back(sqlite_url):
+def test_locked_set_is_stored_at_once_and_survives_a_later_error(sqlite_url):
+    """A rotated refresh token is valid the moment Atlassian issued it and the old one is burnt: ``set``
+    stores it at once, so an error later in the block can never lose it (the old design rolled it back)."""
     vault = Vault(get_engine(sqlite_url), [Vault.generate_key()])
     with vault.locked("c") as cred:
         assert cred.value is None
         cred.set({"v": 1})
-        cred.set({"v": 2})  # a second set in the same transaction updates the new row
-    assert vault.get("c") == {"v": 2}
+        cred.set({"v": 2})
+        assert vault.get("c") == {"v": 2}   # visible to every process before the block ends
     with pytest.raises(RuntimeError), vault.locked("c") as cred:
         cred.set({"v": 3})
         raise RuntimeError("boom")
-    assert vault.get("c") == {"v": 2}
+    assert vault.get("c") == {"v": 3}
     with db.get_engine(sqlite_url).connect() as conn:
-        assert conn.execute(sa.select(credentials.c.version).where(credentials.c.name == "c")).scalar_one() == 2
+        assert conn.execute(sa.select(credentials.c.version).where(credentials.c.name == "c")).scalar_one() == 3
+
+
+def test_a_held_credential_lock_holds_no_database_lock(sqlite_url):
+    """While one process refreshes (the lock held across the token endpoint's answer and its Retry-After
+    sleeps), another can still write the database: on SQLite a transaction held open there would take the
+    whole database's write lock, and the receiver could not store deliveries."""
+    from connector_pipelines.core.inbox import Inbox
+
+    engine = get_engine(sqlite_url)
+    vault = Vault(engine, [Vault.generate_key()])
+    with vault.locked("atlassian:jira"):
+        started = time.monotonic()
+        assert Inbox(engine).put("jira", "delivery-1", {"event": {}})
+        assert time.monotonic() - started < 5     # not the 30 s busy timeout
+        with pytest.raises(VaultError, match="stayed locked"), vault.locked("atlassian:jira", timeout_s=0.3):
+            pass
 
 
 # -- exclusivity across processes -----------------------------------------------------------------

@@ -263,6 +263,9 @@ class AtlassianTokenProvider:
             if self._cached and self._cached[0] == token:
                 self._cached = None
 
+    def close(self) -> None:
+        self._http.close()
+
     def refresh(self) -> str:
         """Rotate now, whatever the access token's age (keeps a quiet grant inside the 90-day window)."""
         with self._lock:
