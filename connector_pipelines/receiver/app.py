@@ -4,12 +4,20 @@ Answers (DESIGN.md §3, ANCHORS.md §3.5):
 - 2xx once stored (a re-delivery that the inbox already holds is also 2xx);
 - 503 + Retry-After when it cannot store, or cannot verify because its own secret is missing for BC
   (BC and Jira retry; BC deletes a subscription on any answer other than 408/429/5xx);
-- 4xx only for a forgery (401), a malformed body (400) or an oversized one (413) — counted in
-  ``cp_inbox_rejections`` and never stored as work.
+- 4xx only for a forgery or a replayed signature (401), a malformed body (400), an oversized one or too
+  many entries (413) or a body that is not JSON by its Content-Type (415) — counted per source, reason,
+  status and hour by ``Inbox.reject`` and never stored as work.
+
+One delivery is one ``Inbox.put_many`` call: all its entries are stored in one transaction, or none.
+Strings a database cannot hold (NUL, lone surrogates) in an authenticated body are stored escaped, not
+refused. A signed Jira delivery (the JWT with its body, or the HMAC-signed body) is accepted for one delivery
+identifier only: presented again with another identifier it is a replay (401); a forged body under a
+captured token gets in only as a signal, which the resolution run checks against Jira's API. Every database call runs in a worker
+thread, so a slow database never stalls the event loop (``/healthz`` and refusals still answer).
 
 Adding a source (Monday, Acumatica next; F&O business events are one already) = one ``Source``: a ``verify(request,
 raw_body) -> Verified | Rejection`` and a ``dedupe_keys(verified) -> [(key, payload)]``, appended to
-``sources()``; the generic endpoint does the size limit, rejections, storage and answers.
+``sources()``; the generic endpoint does the content type, size limit, rejections, storage and answers.
 """
 
 from __future__ import annotations
@@ -19,17 +27,25 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from connector_pipelines.core.inbox import Inbox
+from connector_pipelines.core.inbox import Inbox, Proof
 from connector_pipelines.receiver.verify import (
+    JWT_LEEWAY_S,
+    JWT_MAX_AGE_S,
     MalformedJSON,
+    bearer_token,
+    escape_unstorable,
+    jwt_valid_until,
     parse_json,
     same_secret,
     valid_app_jwt,
@@ -47,6 +63,10 @@ FO_SOURCE = "finance_operations"
 FO_PATH = "/webhooks/d365-business-events"
 FO_SECRET_HEADER = "X-Connector-Secret"
 MAX_EVENTS_PER_CALL = 1000
+# BC sends at most 1,000 entries per subscription per 30 s window (a ``collection`` entry beyond,
+# API-FACTS §2.3) but one POST can batch several subscriptions.
+MAX_BC_ENTRIES_PER_CALL = 5000
+REPLAY_WINDOW_S = 30 * 24 * 3600   # how long an HMAC-signed body (which carries no expiry) stays single-use
 
 MAX_VALIDATION_TOKEN = 1024
 MAX_DEDUPE_KEY = 512          # cp_inbox.dedupe_key is String(512)
@@ -61,18 +81,26 @@ class ReceiverSettings:
     fo_events_secret: str | None = None           # shared secret of the F&O business-event endpoint
     fo_events_secret_header: str = FO_SECRET_HEADER
     max_body_bytes: int = 1_000_000
+    max_bc_entries_per_call: int = MAX_BC_ENTRIES_PER_CALL
+    jira_jwt_max_age_s: int = JWT_MAX_AGE_S         # a dynamic-webhook JWT older than this (by iat) is refused
+    replay_window_s: int = REPLAY_WINDOW_S
 
     @classmethod
     def from_env(cls) -> ReceiverSettings:
         """CONNECTOR_BC_CLIENT_STATE, CONNECTOR_JIRA_CLIENT_SECRET, CONNECTOR_JIRA_WEBHOOK_SECRET,
         CONNECTOR_FO_EVENTS_SECRET (an empty value counts as unset) and optionally
-        CONNECTOR_FO_EVENTS_SECRET_HEADER and CONNECTOR_RECEIVER_MAX_BODY_BYTES."""
-        return cls(bc_client_state=os.environ.get("CONNECTOR_BC_CLIENT_STATE") or None,
-                   jira_app_client_secret=os.environ.get("CONNECTOR_JIRA_CLIENT_SECRET") or None,
-                   jira_admin_webhook_secret=os.environ.get("CONNECTOR_JIRA_WEBHOOK_SECRET") or None,
-                   fo_events_secret=os.environ.get("CONNECTOR_FO_EVENTS_SECRET") or None,
-                   fo_events_secret_header=os.environ.get("CONNECTOR_FO_EVENTS_SECRET_HEADER") or FO_SECRET_HEADER,
-                   max_body_bytes=int(os.environ.get("CONNECTOR_RECEIVER_MAX_BODY_BYTES") or 1_000_000))
+        CONNECTOR_FO_EVENTS_SECRET_HEADER, CONNECTOR_RECEIVER_MAX_BODY_BYTES, CONNECTOR_RECEIVER_MAX_BC_ENTRIES,
+        CONNECTOR_JIRA_JWT_MAX_AGE_S and CONNECTOR_REPLAY_WINDOW_S."""
+        env = os.environ.get
+        return cls(bc_client_state=env("CONNECTOR_BC_CLIENT_STATE") or None,
+                   jira_app_client_secret=env("CONNECTOR_JIRA_CLIENT_SECRET") or None,
+                   jira_admin_webhook_secret=env("CONNECTOR_JIRA_WEBHOOK_SECRET") or None,
+                   fo_events_secret=env("CONNECTOR_FO_EVENTS_SECRET") or None,
+                   fo_events_secret_header=env("CONNECTOR_FO_EVENTS_SECRET_HEADER") or FO_SECRET_HEADER,
+                   max_body_bytes=int(env("CONNECTOR_RECEIVER_MAX_BODY_BYTES") or 1_000_000),
+                   max_bc_entries_per_call=int(env("CONNECTOR_RECEIVER_MAX_BC_ENTRIES") or MAX_BC_ENTRIES_PER_CALL),
+                   jira_jwt_max_age_s=int(env("CONNECTOR_JIRA_JWT_MAX_AGE_S") or JWT_MAX_AGE_S),
+                   replay_window_s=int(env("CONNECTOR_REPLAY_WINDOW_S") or REPLAY_WINDOW_S))
 
     def __repr__(self) -> str:  # never print the secrets, only whether they are set
         return (f"ReceiverSettings(bc_client_state={'set' if self.bc_client_state else None}, "
@@ -80,7 +108,8 @@ class ReceiverSettings:
                 f"jira_admin_webhook_secret={'set' if self.jira_admin_webhook_secret else None}, "
                 f"fo_events_secret={'set' if self.fo_events_secret else None}, "
                 f"fo_events_secret_header={self.fo_events_secret_header!r}, "
-                f"max_body_bytes={self.max_body_bytes})")
+                f"max_body_bytes={self.max_body_bytes}, max_bc_entries_per_call={self.max_bc_entries_per_call}, "
+                f"jira_jwt_max_age_s={self.jira_jwt_max_age_s}, replay_window_s={self.replay_window_s})")
 
 
 @dataclass(frozen=True)
@@ -94,10 +123,12 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Verified:
-    """A call whose sender is proven: the parsed body plus facts the source took from the headers."""
+    """A call whose sender is proven: the parsed body, facts the source took from the headers, and the
+    signature to record as used (a source whose proof could be replayed for another delivery)."""
 
     body: Any
     facts: dict[str, Any] = field(default_factory=dict)
+    proof: Proof | None = None
 
 
 Items = list[tuple[str, dict[str, Any]]]
@@ -140,6 +171,8 @@ def bc_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified
         entries = body.get("value") if isinstance(body, dict) else None
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             return Rejection(400, "malformed_body")
+        if len(entries) > settings.max_bc_entries_per_call:
+            return Rejection(413, "too_many_entries")
         # Every entry must carry the secret (one POST can batch several subscriptions): one forged
         # entry refuses the whole call, and nothing of it is stored. Every entry is compared (no early
         # exit), so the answer's timing does not tell which entry failed.
@@ -173,15 +206,24 @@ def jira_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verifi
     def verify(request: Request, raw: bytes) -> Verified | Rejection:
         headers = request.headers
         # The signature first, over the raw bytes: an unsigned call learns nothing about its body.
+        # What it proves is single-use (the Proof) for the body it came with: the same signed delivery under
+        # another identifier is a replay. A JWT is remembered *with its body*: Jira's claim set is UNCONFIRMED
+        # (API-FACTS §8), and if it carries nothing per delivery, two genuine deliveries in one second share a
+        # token — refusing the second would lose it (Jira does not retry a 401). A known token with a new body
+        # is therefore stored as a signal only; the resolution run acts on what Jira's API says, never on it.
         if headers.get("authorization"):
-            if not valid_app_jwt(headers.get("authorization"), settings.jira_app_client_secret):
+            claims = valid_app_jwt(headers.get("authorization"), settings.jira_app_client_secret,
+                                   max_age_s=settings.jira_jwt_max_age_s)
+            if claims is None:
                 return Rejection(401, "bad_signature" if settings.jira_app_client_secret else "jwt_not_configured")
-            kind = "jwt"
+            kind, signed = "jwt", (bearer_token(headers.get("authorization")) or "").encode() + b"\n" + raw
+            until = datetime.fromtimestamp(jwt_valid_until(claims, JWT_LEEWAY_S, settings.jira_jwt_max_age_s), UTC)
         elif headers.get("x-hub-signature"):
             if not valid_hub_signature(headers.get("x-hub-signature"), settings.jira_admin_webhook_secret, raw):
                 return Rejection(401, "bad_signature" if settings.jira_admin_webhook_secret
                                  else "hmac_not_configured")
-            kind = "hmac"
+            kind, signed = "hmac", raw
+            until = datetime.now(UTC) + timedelta(seconds=settings.replay_window_s)
         else:
             return Rejection(401, "missing_signature")
         identifier = (headers.get("x-atlassian-webhook-identifier") or "").strip()
@@ -194,8 +236,9 @@ def jira_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verifi
         if not isinstance(body, dict):
             return Rejection(400, "malformed_body")
         retry = (headers.get("x-atlassian-webhook-retry") or "").strip()
+        proof = Proof(f"{kind}:{hashlib.sha256(signed).hexdigest()}", identifier, until)
         return Verified(body, {"identifier": identifier, "signature_kind": kind,
-                               "retry": int(retry) if retry.isdigit() else None})
+                               "retry": int(retry) if retry.isdigit() else None}, proof)
 
     return verify
 
@@ -222,8 +265,10 @@ def fo_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified
         except MalformedJSON:
             return Rejection(400, "malformed_body")
         envelopes = body if isinstance(body, list) else [body]
-        if not envelopes or len(envelopes) > MAX_EVENTS_PER_CALL:
+        if not envelopes:
             return Rejection(400, "malformed_body")
+        if len(envelopes) > MAX_EVENTS_PER_CALL:
+            return Rejection(413, "too_many_entries")
         for envelope in envelopes:
             try:
                 BusinessEvent.parse(envelope)
@@ -256,6 +301,19 @@ def bounded_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json``, with any parameters (charset)."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class NoAnswer(Response):
+    """The client has gone (it disconnected mid-body): there is no one to answer."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
 def _describe(exc: BaseException) -> str:
     """An exception without SQLAlchemy's statement parameters (which would carry the payload)."""
     return f"{type(exc).__name__}: {getattr(exc, 'orig', None) or type(exc).__name__}"
@@ -269,11 +327,11 @@ def create_app(inbox: Inbox, settings: ReceiverSettings) -> Starlette:
         if not value:
             log.warning("%s is not set: deliveries that need it will be refused", name)
 
-    def reject(request: Request, source: str, r: Rejection) -> Response:
+    async def reject(request: Request, source: str, r: Rejection) -> Response:
         client = request.client.host if request.client else "-"
         log.warning("rejected %s webhook from %s: %s (%d)", source, client, r.reason, r.status)
         try:
-            inbox.reject(source, r.reason, r.status)
+            await run_in_threadpool(inbox.reject, source, r.reason, r.status)
         except (SQLAlchemyError, OSError) as exc:
             log.error("could not count a %s rejection: %s", source, _describe(exc))
         return JSONResponse({"error": r.reason}, r.status, headers=r.headers or None)
@@ -296,32 +354,46 @@ def create_app(inbox: Inbox, settings: ReceiverSettings) -> Starlette:
             if source.handshake is not None:
                 answer = source.handshake(request)
                 if isinstance(answer, Rejection):
-                    return reject(request, source.name, answer)
+                    return await reject(request, source.name, answer)
                 if answer is not None:
                     return answer
             if request.method != "POST":
                 return JSONResponse({"error": "method_not_allowed"}, 405, headers={"Allow": "POST"})
-            raw = await read_limited(request)
+            if not is_json(request.headers.get("content-type")):
+                return await reject(request, source.name, Rejection(415, "unsupported_media_type"))
+            try:
+                raw = await read_limited(request)
+            except ClientDisconnect:
+                log.info("%s webhook: the client disconnected before its body was read", source.name)
+                return NoAnswer()
             if isinstance(raw, Rejection):
-                return reject(request, source.name, raw)
+                return await reject(request, source.name, raw)
             verdict = source.verify(request, raw)
             if isinstance(verdict, Rejection):
-                return reject(request, source.name, verdict)
-            items = [(bounded_key(key), payload) for key, payload in source.dedupe_keys(verdict)]
+                return await reject(request, source.name, verdict)
+            entries, escaped = escape_unstorable([[key, payload] for key, payload in source.dedupe_keys(verdict)])
+            if escaped:
+                log.warning("%s webhook carried NUL or lone surrogate characters: stored escaped", source.name)
+            items = [(bounded_key(key), payload) for key, payload in entries]
             try:
-                new = inbox.put_many(source.name, items)
+                stored = await run_in_threadpool(inbox.put_many, source.name, items, verdict.proof)
             except (SQLAlchemyError, OSError) as exc:
-                # Entries stored before the failure dedupe on the sender's retry.
+                # One transaction: nothing of the delivery is stored, the sender's retry stores all of it.
                 log.error("inbox unavailable; asking %s to retry: %s", source.name, _describe(exc))
                 return JSONResponse({"error": "inbox_unavailable"}, 503, headers={"Retry-After": RETRY_AFTER_S})
-            return JSONResponse({"stored": new, "duplicates": len(items) - new}, 202)
+            if stored.replayed:
+                return await reject(request, source.name, Rejection(401, "replayed_signature"))
+            return JSONResponse({"stored": stored.new, "duplicates": stored.duplicates}, 202)
 
         return handle
 
+    def ping() -> None:
+        with inbox.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1").scalar_one()
+
     async def healthz(_request: Request) -> Response:
         try:
-            with inbox.engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1").scalar_one()
+            await run_in_threadpool(ping)
         except (SQLAlchemyError, OSError) as exc:
             log.error("healthz: inbox unavailable: %s", _describe(exc))
             return JSONResponse({"status": "unavailable", "inbox": "unavailable"}, 503)

@@ -97,7 +97,7 @@ def test_malformed_envelopes_are_400_and_nothing_is_stored(inbox, body):
 
 
 def test_not_json_is_400(inbox):
-    r = app(inbox).post(FO_PATH, content=b"{not json", headers={HEADER: SECRET})
+    r = app(inbox).post(FO_PATH, content=b"{not json", headers={HEADER: SECRET, "Content-Type": "application/json"})
     assert r.status_code == 400
 
 
