@@ -115,6 +115,60 @@ class LineSummary(BaseModel):
     amount_field: str = Field(description="Line field summed into LinesTotal")
 
 
+class RecentWindow(BaseModel):
+    """Documents dated within the last ``days`` days on ``field`` (a date or date-time field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    days: int
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, v: int) -> int:
+        if not 1 <= v <= 366:
+            raise ValueError(f"recent.days must be between 1 and 366, not {v}")
+        return v
+
+
+class CatchUp(BaseModel):
+    """For an entity announced only by events: how to find, *without* the events, the documents that
+    should have an issue — so a lost event fails the reconcile check and the repair opens its issue.
+
+    ``rules`` (the documents' state) and/or ``recent`` (a date window) describe a read of the source;
+    ``unavailable`` says why no read can find them (the check then warns that it cannot verify)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[ExceptionRule] = Field(default_factory=list)
+    recent: RecentWindow | None = None
+    unavailable: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> CatchUp:
+        readable = bool(self.rules or self.recent)
+        if readable == bool(self.unavailable):
+            raise ValueError("catch_up needs rules and/or recent (a read of the source), or unavailable: <why>")
+        return self
+
+    @property
+    def readable(self) -> bool:
+        return self.unavailable is None
+
+    def matches(self, record: dict[str, Any], now: datetime | None = None) -> bool:
+        if not all(rule.matches(record, now) for rule in self.rules):
+            return False
+        if self.recent is None:
+            return True
+        value = record.get(self.recent.field)
+        return bool(value) and parse_moment(str(value)) >= self.since(now)
+
+    def since(self, now: datetime | None = None) -> datetime:
+        assert self.recent is not None
+        today = (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return today - timedelta(days=self.recent.days)
+
+
 class EntitySync(BaseModel):
     """One document set of the source that becomes issues in the target."""
 
@@ -139,6 +193,8 @@ class EntitySync(BaseModel):
         "(dataAreaId comes from the event's legal entity)"))
     lines: LineSummary | None = None
     menu_item: str | None = Field(None, description="F&O display menu item for the link back to the record")
+    catch_up: CatchUp | None = Field(None, description=(
+        "Event-only entities: the read that finds the documents an event should have announced"))
     # -- resolution settings ---------------------------------------------------------------------------
     state_check: StateCheck | None = Field(None, description="workflow_action: act only while the field is due")
     workflow_action: str | None = Field(None, description=(
@@ -159,6 +215,9 @@ class EntitySync(BaseModel):
         if not self.exception and not self.business_event:
             raise ValueError(f"entity '{self.name}' needs at least one exception rule (otherwise every record is "
                              "an exception), unless a business event announces each exception")
+        if self.business_event and not self.exception and self.catch_up is None:
+            raise ValueError(f"entity '{self.name}' is announced only by events: declare catch_up (a read that finds "
+                             "its documents without the events, so a lost event is noticed) or catch_up.unavailable")
         if self.business_event and not self.event_keys:
             raise ValueError(f"entity '{self.name}': business_event needs event_keys (entity field <- event field)")
         if self.resolution == "workflow_action" and not (self.workflow_action and self.state_check):
@@ -178,6 +237,11 @@ class EntitySync(BaseModel):
     @property
     def event_driven(self) -> bool:
         return self.business_event is not None
+
+    @property
+    def event_only(self) -> bool:
+        """No state of the document defines the exception: every announced document gets an issue."""
+        return not self.exception
 
 
 class JiraTarget(BaseModel):

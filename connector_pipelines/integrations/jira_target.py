@@ -1,14 +1,21 @@
-"""Jira as the target: exactly one issue per source exception, whatever is re-delivered or re-run.
+"""Jira as the target: exactly one issue per source exception, whatever is re-delivered, re-run,
+run twice at once, or killed half-way.
 
 The write path for a batch (DESIGN.md §3):
-1. ledger: records already ``done`` with the same fingerprint are skipped;
+0. claim: every record key is leased to one writer at a time (core.leases). A key another live writer
+   holds is waited for (``claim_wait_s``), then left to that writer; a dead writer's lease expires and
+   is taken over. Nothing here reads-then-writes the ledger without holding the key's lease;
+1. ledger (read under the claim): records already ``done`` with the same fingerprint are skipped;
 2. target truth: one JQL search per 50 keys on the external-id custom field (its id discovered from
    the site's field list at connect time) — found -> update, never a second create;
-3. an *intent* row is committed before the creates, then bulk create (50 per call);
-4. the ledger is marked done / failed per record, with the run id.
-A crash between Jira's create answer and step 4 leaves intent rows: the next attempt finds the
-issue through step 2 (re-searching once after ``intent_recheck_s`` to ride out search lag).
-Only identifiers and the context to act leave the ERP: the mapped fields, never ledger or GL data.
+3. an *intent* row is committed before each bulk create of ≤ 50, then the ledger is marked done per
+   chunk with the issue keys Jira answered.
+A create whose answer was lost (a crash after Jira answered, a timeout, a 5xx) leaves an *uncertain*
+intent: Jira's search index lags, so "not found" proves nothing until ``verify_after`` (the moment the
+create could last have happened + ``search_lag_bound_s``). Until then the record is *deferred* — left
+as an intent with ``retry_after = verify_after`` for the ledger retry sensor — never re-created and
+never slept on. Transient failures get ``retry_after`` from the retry budget; permanent ones wait for
+a person. Only identifiers and the context to act leave the ERP: the mapped fields, never ledger or GL data.
 """
 
 from __future__ import annotations
@@ -16,13 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
+
 from connector_pipelines.core import adf
+from connector_pipelines.core.db import utcnow
+from connector_pipelines.core.failures import WriteSettings, describe, is_transient
 from connector_pipelines.core.http import ApiError
-from connector_pipelines.core.ledger import DONE, INTENT, Ledger, LedgerEntry
+from connector_pipelines.core.leases import Leases
+from connector_pipelines.core.ledger import DONE, FAILED, INTENT, Ledger, LedgerEntry
 from connector_pipelines.integrations.definition import (
     EntitySync,
     IntegrationDefinition,
@@ -31,7 +45,7 @@ from connector_pipelines.integrations.definition import (
     to_number,
 )
 from connector_pipelines.integrations.sources.base import SourceRecord
-from connector_pipelines.systems.jira.client import JiraClient
+from connector_pipelines.systems.jira.client import BULK_LIMIT, JiraClient
 from connector_pipelines.systems.jira.errors import JiraConfigError
 
 log = logging.getLogger(__name__)
@@ -50,6 +64,10 @@ class WriteReport:
     duplicates: int = 0
     links: dict[str, str] = field(default_factory=dict)   # external id -> issue URL
     failures: dict[str, str] = field(default_factory=dict)  # external id -> error
+    # external id -> when it is tried again (transient failures, deferred uncertain creates)
+    retry_at: dict[str, datetime] = field(default_factory=dict)
+    deferred: dict[str, datetime] = field(default_factory=dict)   # uncertain create: verified after this time
+    left_to_others: dict[str, str] = field(default_factory=dict)  # external id -> the writer holding it
 
     def merge(self, other: WriteReport) -> WriteReport:
         self.created += other.created
@@ -59,11 +77,21 @@ class WriteReport:
         self.duplicates += other.duplicates
         self.links.update(other.links)
         self.failures.update(other.failures)
+        self.retry_at.update(other.retry_at)
+        self.deferred.update(other.deferred)
+        self.left_to_others.update(other.left_to_others)
         return self
+
+    @property
+    def needs_a_person(self) -> dict[str, str]:
+        """Failures no automatic retry will fix (permanent errors, or the retry budget is spent)."""
+        return {k: v for k, v in self.failures.items() if k not in self.retry_at}
 
     def counts(self) -> dict[str, int]:
         return {"created": self.created, "updated": self.updated, "skipped": self.skipped,
-                "failed": self.failed, "duplicates_found": self.duplicates}
+                "failed": self.failed, "failed_will_retry": len([k for k in self.failures if k in self.retry_at]),
+                "deferred_search_lag": len(self.deferred), "left_to_other_run": len(self.left_to_others),
+                "duplicates_found": self.duplicates}
 
 
 @dataclass
@@ -76,18 +104,23 @@ class _Planned:
 
 class JiraIssueWriter:
     def __init__(self, jira: JiraClient, ledger: Ledger, integration: IntegrationDefinition,
-                 run_id: str | None, *, intent_recheck_s: float = 2.0) -> None:
+                 run_id: str | None, *, leases: Leases, settings: WriteSettings | None = None) -> None:
         self.jira = jira
         self.ledger = ledger
         self.integration = integration
         self.run_id = run_id
-        self.intent_recheck_s = intent_recheck_s
+        self.leases = leases
+        self.settings = settings or WriteSettings.from_env()
         names = {integration.target.external_id_field}
         for e in integration.entities:
             names |= {f.name for f in e.fields}
         # Discovered per site at connect time; a missing or ambiguous field name fails loudly here.
         self.fields = jira.resolve_fields(sorted(names))
         self.external_id_field = self.fields[integration.target.external_id_field]
+
+    @property
+    def claim_scope(self) -> str:
+        return f"ledger:{self.integration.name}"
 
     # -- planning ---------------------------------------------------------------------------------
     def desired_fields(self, entity: EntitySync, record: SourceRecord) -> dict[str, Any]:
@@ -129,11 +162,40 @@ class JiraIssueWriter:
 
     # -- the write path -----------------------------------------------------------------------------
     def upsert(self, entity: EntitySync, records: list[SourceRecord]) -> WriteReport:
+        """Open or update one issue per record; each record key is written under its lease."""
         report = WriteReport()
         unique = {r.external_id: r for r in records}  # the same record twice in a batch is one record
         planned = {k: self._plan(entity, r) for k, r in unique.items()}
-        known = self.ledger.get_many(self.integration.name, planned)
+        self._claimed(list(planned), report, lambda keys, taken: self._upsert_claimed(
+            entity, {k: planned[k] for k in keys}, report))
+        return report
 
+    def _claimed(self, keys: list[str], report: WriteReport, work) -> None:
+        """Run ``work(keys)`` on the keys this writer holds, releasing them after; wait for keys other
+        writers hold (they usually finish within seconds) and leave the rest to them."""
+        remaining = set(keys)
+        deadline = time.monotonic() + self.settings.claim_wait_s
+        while remaining:
+            got = self.leases.acquire(self.claim_scope, remaining)
+            if got:
+                try:
+                    work(sorted(got), got)
+                finally:
+                    self.leases.release(self.claim_scope, got)
+                remaining -= set(got)
+            if not remaining or time.monotonic() >= deadline:
+                break
+            time.sleep(random.uniform(0.15, 0.4))
+        if remaining:
+            holders = self.leases.held_by_others(self.claim_scope, remaining)
+            for key in sorted(remaining):
+                owner = holders.get(key, ("another writer",))[0]
+                report.left_to_others[key] = owner
+            log.info("%s: %d record(s) left to the writer(s) holding them", self.integration.name, len(remaining))
+
+    def _upsert_claimed(self, entity: EntitySync, planned: dict[str, _Planned], report: WriteReport) -> None:
+        known = self.ledger.get_many(self.integration.name, planned)   # read under the claim: current
+        now = utcnow()
         updates: dict[str, tuple[str, _Planned]] = {}
         to_lookup: dict[str, _Planned] = {}
         for key, p in planned.items():
@@ -147,98 +209,171 @@ class JiraIssueWriter:
             else:
                 to_lookup[key] = p
 
-        found = self._find_existing(self.integration.project_for(entity), to_lookup, known)
+        found = self._find_existing(self.integration.project_for(entity), list(to_lookup))
         to_create: dict[str, _Planned] = {}
+        deferred: dict[str, datetime] = {}
         for key, p in to_lookup.items():
             issues = found.get(key, [])
             if issues:
-                if len(issues) > 1:
-                    report.duplicates += len(issues) - 1
-                    log.warning("%s: %d issues carry external id %s; updating the oldest", self.integration.name,
-                                len(issues), key)
-                oldest = min(issues, key=lambda i: int(i["id"]))
-                updates[key] = (oldest["key"], p)
+                updates[key] = (self._adopt(key, issues, report), p)
+                continue
+            verify_after = self._verify_after(known.get(key), now)
+            if verify_after is not None and now < verify_after:
+                deferred[key] = verify_after      # an earlier create may exist but be invisible to search yet
             else:
                 to_create[key] = p
 
         self._update(entity, updates, report)
         self._create(entity, to_create, report)
-        return report
+        self._defer(entity, {k: (to_lookup[k], t) for k, t in deferred.items()}, report)
 
-    def _find_existing(self, project: str, to_lookup: dict[str, _Planned],
-                       known: dict[str, LedgerEntry]) -> dict[str, list[dict]]:
-        if not to_lookup:
+    def _verify_after(self, entry: LedgerEntry | None, now: datetime) -> datetime | None:
+        """For an uncertain intent: when a "not found" becomes trustworthy. An intent found now was left
+        by a writer that is gone (its lease expired or it failed): any create it made happened before
+        now, so a search after now + the lag bound sees it."""
+        if entry is None or entry.state != INTENT:
+            return None
+        return entry.verify_after or now + timedelta(seconds=self.settings.search_lag_bound_s)
+
+    def _adopt(self, key: str, issues: list[dict], report: WriteReport) -> str:
+        if len(issues) > 1:
+            report.duplicates += len(issues) - 1
+            log.warning("%s: %d issues carry external id %s; updating the oldest (the reconcile check lists them "
+                        "and the repair job closes the newer ones)", self.integration.name, len(issues), key)
+        return min(issues, key=lambda i: int(i["id"]))["key"]
+
+    def _find_existing(self, project: str, keys: list[str]) -> dict[str, list[dict]]:
+        if not keys:
             return {}
-        keys = list(to_lookup)
-        found = self.jira.find_by_external_ids(self.external_id_field, keys, project, ["summary", "status"])
-        # Intent rows mean a create may have happened before a crash: ride out search lag once.
-        missing_intents = [k for k in keys if not found.get(k) and known.get(k) and known[k].state == INTENT]
-        if missing_intents and self.intent_recheck_s > 0:
-            time.sleep(self.intent_recheck_s)
-            again = self.jira.find_by_external_ids(self.external_id_field, missing_intents, project,
-                                                   ["summary", "status"])
-            found.update({k: v for k, v in again.items() if v})
-        return found
+        return self.jira.find_by_external_ids(self.external_id_field, keys, project, ["summary", "status"])
+
+    def _row(self, entity: EntitySync, key: str, p: _Planned, **values: Any) -> dict[str, Any]:
+        return {"source_key": key, "entity": entity.name, "action": "issue", "context": p.context, **values}
+
+    def _fail(self, entity: EntitySync, key: str, p: _Planned, what: str, exc: BaseException, entry_attempts: int,
+              report: WriteReport, verify_after: datetime | None = None) -> dict[str, Any]:
+        """A failed write: transient ones get a retry time from the budget, permanent ones wait for a person."""
+        msg = f"{what}: {describe(exc)}"[:2000]
+        retry_at = None
+        if verify_after is not None:          # the create may have happened: verify before anything else
+            retry_at = verify_after
+        elif is_transient(exc):
+            retry_at = self.settings.retry.next_at(entry_attempts, utcnow())
+        report.failed += 1
+        report.failures[key] = msg
+        if retry_at is not None:
+            report.retry_at[key] = retry_at
+        row = self._row(entity, key, p, last_error=msg, retry_after=retry_at)
+        if verify_after is not None:
+            row["verify_after"] = verify_after
+        return row
 
     def _update(self, entity: EntitySync, updates: dict[str, tuple[str, _Planned]], report: WriteReport) -> None:
+        if not updates:
+            return
+        attempts = {k: e.attempts for k, e in self.ledger.get_many(self.integration.name, updates).items()}
         done, failed = [], []
         for key, (issue_key, p) in updates.items():
             fields = {k: v for k, v in p.fields.items() if k not in ("project", "issuetype")}
             try:
                 self.jira.edit_issue(issue_key, fields)
-            except ApiError as exc:
-                failed.append(self._failure(entity, key, p, "update", exc))
-                report.failed += 1
-                report.failures[key] = str(exc)
+            except (ApiError, httpx.TransportError) as exc:
+                failed.append(self._fail(entity, key, p, "update", exc, attempts.get(key, 0) + 1, report))
                 continue
             report.updated += 1
             url = self.jira.browse_url(issue_key)
             report.links[key] = url
-            done.append({"source_key": key, "entity": entity.name, "action": "issue", "target_key": issue_key,
-                         "target_url": url, "fingerprint": p.fingerprint, "context": p.context})
+            done.append(self._row(entity, key, p, target_key=issue_key, target_url=url, fingerprint=p.fingerprint))
         self.ledger.mark_done(self.integration.name, done, self.run_id)
-        self.ledger.mark_failed(self.integration.name, failed, self.run_id)
+        self.ledger.mark_failed(self.integration.name, failed, self.run_id, count_attempt=True)
 
     def _create(self, entity: EntitySync, to_create: dict[str, _Planned], report: WriteReport) -> None:
-        if not to_create:
-            return
         keys = list(to_create)
-        self.ledger.record_intents(self.integration.name, [
-            {"source_key": k, "entity": entity.name, "action": "issue", "context": to_create[k].context}
-            for k in keys], self.run_id)
+        for start in range(0, len(keys), BULK_LIMIT):
+            self._create_chunk(entity, {k: to_create[k] for k in keys[start:start + BULK_LIMIT]}, report)
+
+    def _create_chunk(self, entity: EntitySync, chunk: dict[str, _Planned], report: WriteReport) -> None:
+        """Intent rows, one bulk create of ≤ 50, then done/failed rows: the window in which a crash leaves
+        an uncertain intent is one call long."""
+        keys = list(chunk)
+        self.ledger.record_intents(self.integration.name, [self._row(entity, k, chunk[k]) for k in keys], self.run_id)
+        attempts = {k: e.attempts for k, e in self.ledger.get_many(self.integration.name, keys).items()}
         try:
-            result = self.jira.bulk_create([to_create[k].fields for k in keys])
-        except ApiError as exc:  # every element failed (Jira answers 400 only then) or retries ran out
-            # Earlier chunks of 50 may have been created before the failing call: keep the rows as
-            # *intent* (with the error) so the retry looks them up — search lag included — before creating.
-            self.ledger.mark_failed(self.integration.name, [
-                self._failure(entity, k, to_create[k], "create", exc) for k in keys], self.run_id, state=INTENT)
-            report.failed += len(keys)
-            report.failures.update({k: str(exc) for k in keys})
+            result = self.jira.bulk_create([chunk[k].fields for k in keys])
+        except (ApiError, httpx.TransportError) as exc:
+            # A refusal of the whole request (a 4xx: nothing was created) is definite; after a timeout or
+            # a 5xx the issues may exist: keep the intents, verify after the search lag before re-creating.
+            uncertain = not isinstance(exc, ApiError) or is_transient(exc)
+            verify_after = utcnow() + timedelta(seconds=self.settings.search_lag_bound_s) if uncertain else None
+            rows = [self._fail(entity, k, chunk[k], "create", exc, attempts.get(k, 1), report,
+                               verify_after=verify_after) for k in keys]
+            self.ledger.mark_failed(self.integration.name, rows, self.run_id, state=INTENT if uncertain else FAILED)
             return
         done, failed = [], []
         for i, key in enumerate(keys):
             created = result.created[i] if i < len(result.created) else None
-            p = to_create[key]
+            p = chunk[key]
             if created is None:
                 msg = result.errors.get(i, "Jira did not create the issue")
-                failed.append({"source_key": key, "entity": entity.name, "action": "issue", "last_error": msg,
-                               "context": p.context})
-                report.failed += 1
-                report.failures[key] = msg
+                status = result.error_status.get(i)
+                exc = ApiError("jira", "POST", "/rest/api/3/issue/bulk", status or 400, {"errorMessages": [msg]})
+                failed.append(self._fail(entity, key, p, "create", exc, attempts.get(key, 1), report))
                 continue
             url = self.jira.browse_url(created.key)
             report.created += 1
             report.links[key] = url
-            done.append({"source_key": key, "entity": entity.name, "action": "issue", "target_key": created.key,
-                         "target_url": url, "fingerprint": p.fingerprint, "context": p.context})
+            done.append(self._row(entity, key, p, target_key=created.key, target_url=url, fingerprint=p.fingerprint))
         self.ledger.mark_done(self.integration.name, done, self.run_id)
         self.ledger.mark_failed(self.integration.name, failed, self.run_id)
 
-    @staticmethod
-    def _failure(entity: EntitySync, key: str, p: _Planned, what: str, exc: Exception) -> dict[str, Any]:
-        return {"source_key": key, "entity": entity.name, "action": "issue", "last_error": f"{what}: {exc}"[:2000],
-                "context": p.context}
+    def _defer(self, entity: EntitySync, deferred: dict[str, tuple[_Planned, datetime]], report: WriteReport) -> None:
+        if not deferred:
+            return
+        rows = []
+        for key, (p, verify_after) in deferred.items():
+            report.deferred[key] = verify_after
+            report.retry_at[key] = verify_after
+            rows.append(self._row(entity, key, p, retry_after=verify_after, verify_after=verify_after,
+                                  last_error=f"deferred: an earlier create may exist; searched again after "
+                                             f"{verify_after.isoformat(timespec='seconds')}Z (search lag bound)"))
+        self.ledger.defer(self.integration.name, rows, self.run_id)
+
+    # -- records that need no issue any more ------------------------------------------------------
+    def settle(self, entity: EntitySync, keys: list[str], why: str) -> WriteReport:
+        """Ledger rows of records that are no longer exceptions (or gone): an uncertain intent is first
+        verified in Jira (an issue found is recorded, so reconciliation and resolution know it); the
+        rest are closed as done without an issue. Deferred again while the search lag bound runs."""
+        report = WriteReport()
+
+        def work(claimed: list[str], _taken) -> None:
+            known = self.ledger.get_many(self.integration.name, claimed)
+            now = utcnow()
+            found = self._find_existing(self.integration.project_for(entity),
+                                        [k for k in claimed if known.get(k) and known[k].state == INTENT])
+            done, deferred = [], []
+            for key in claimed:
+                entry = known.get(key)
+                context = (entry.context if entry else {}) | {"settled": why}
+                row = {"source_key": key, "entity": entity.name, "action": "issue", "context": context}
+                if found.get(key):
+                    issue = self._adopt(key, found[key], report)
+                    done.append({**row, "target_key": issue, "target_url": self.jira.browse_url(issue)})
+                    report.links[key] = self.jira.browse_url(issue)
+                    continue
+                verify_after = self._verify_after(entry, now)
+                if verify_after is not None and now < verify_after:
+                    report.deferred[key] = verify_after
+                    report.retry_at[key] = verify_after
+                    deferred.append({**row, "retry_after": verify_after, "verify_after": verify_after,
+                                     "last_error": f"deferred: verifying an earlier create ({why})"})
+                else:
+                    report.skipped += 1
+                    done.append(row)
+            self.ledger.mark_done(self.integration.name, done, self.run_id)
+            self.ledger.defer(self.integration.name, deferred, self.run_id)
+
+        self._claimed(keys, report, work)
+        return report
 
 
 __all__ = ["JiraConfigError", "JiraIssueWriter", "WriteReport"]

@@ -1,9 +1,11 @@
 """The sync engine between a source adapter and the Jira writer (no Dagster here).
 
-Three entry points, one write path:
+Entry points, one write path:
 - ``sync_window``: a polled time window (partition) of one entity;
 - ``sync_notified``: the records a batch of notifications announced;
-- ``reconcile``: compare the source's current exceptions with the target's issues.
+- ``retry_records``: ledger rows whose automatic retry is due (transient failures, deferred creates);
+- ``reconcile``: compare the source's current exceptions with the target's issues;
+- ``repair``: open the missing issues and close the newer of duplicated ones.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from connector_pipelines.core import adf
+from connector_pipelines.core.ledger import LedgerEntry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
 from connector_pipelines.integrations.sources.base import SourceAdapter, SourceRecord
@@ -39,6 +43,10 @@ class SyncReport:
     def counts(self) -> dict[str, int]:
         return {"records_read": self.read, "not_exceptions": self.not_exceptions, **self.write.counts(),
                 "quarantined": len(self.quarantined), "ignored_notifications": self.ignored}
+
+    @property
+    def needs_a_person(self) -> dict[str, str]:
+        return self.write.needs_a_person
 
 
 def _upsert_exceptions(writer: JiraIssueWriter, entity: EntitySync, records: list[SourceRecord]) -> SyncReport:
@@ -87,6 +95,34 @@ def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, wri
     return reports
 
 
+def retry_records(integration: IntegrationDefinition, source: SourceAdapter, writer: JiraIssueWriter,
+                  entries: list[LedgerEntry]) -> dict[str, SyncReport]:
+    """Retry ledger rows whose ``retry_after`` passed: re-read their records (few calls), write those
+    still exceptions through the normal path, and settle the rest (an uncertain create is verified
+    in Jira first)."""
+    reports: dict[str, SyncReport] = {}
+    by_entity: dict[str, list[LedgerEntry]] = {}
+    for e in entries:
+        by_entity.setdefault(e.entity, []).append(e)
+    for name, group in by_entity.items():
+        try:
+            entity = integration.entity(name)
+        except KeyError:
+            continue    # an entity removed from defs.yaml: its rows stay as they are, listed by the ledger CLI
+        report = reports.setdefault(name, SyncReport())
+        keys = [e.source_key for e in group]
+        records = source.fetch_by_ids(entity, [source.parse_external_id(k)[1] for k in keys])
+        report.merge(_upsert_exceptions(writer, entity, records))
+        written = {r.external_id for r in records if entity.is_exception(r.data)}
+        readable = {r.external_id for r in records}
+        rest = [k for k in keys if k not in written]
+        for why, subset in (("no longer an exception", [k for k in rest if k in readable]),
+                            ("no longer readable at the source", [k for k in rest if k not in readable])):
+            if subset:
+                report.write.merge(writer.settle(entity, subset, why))
+    return reports
+
+
 def _quarantine_missing(writer: JiraIssueWriter, source: SourceAdapter, entity: EntitySync, missing: list[str],
                         changes: Any) -> dict[str, str]:
     """Ledger rows in state ``quarantined`` with a reason a person can act on; a later event (or a
@@ -109,53 +145,136 @@ class Reconciliation:
     exceptions: int
     open_issues: int
     missing: list[str]
-    duplicates: dict[str, list[str]]
+    duplicates: dict[str, list[str]]          # external id -> its open issues, oldest first
     stale: dict[str, str]
     orphaned: dict[str, str]
+    unverifiable: str | None = None          # why completeness cannot be checked (event-only, no catch-up read)
+    records: dict[str, SourceRecord] = field(default_factory=dict)   # the current exceptions, by external id
 
     @property
     def passed(self) -> bool:
-        return not self.missing and not self.duplicates and not self.stale
+        return not self.missing and not self.duplicates and not self.stale and not self.unverifiable
 
 
 def reconcile(integration: IntegrationDefinition, source: SourceAdapter, jira: JiraClient,
-              entity: EntitySync, external_id_field) -> Reconciliation:
-    """Every current exception must have exactly one open issue; an open issue whose record is no
-    longer an exception is orphaned (reported, not failed: the person closing it may be on it)."""
-    current = {r.external_id: r for r in source.fetch_current_exceptions(entity)}
+              entity: EntitySync, external_id_field, ledger=None) -> Reconciliation:
+    """Every current exception must have exactly one open issue (event-only entities: one issue of any
+    status for every document the catch-up read finds); an open issue whose record is no longer an
+    exception is orphaned (reported, not failed: the person closing it may be on it). Duplicates are
+    found among all open issues of the entity, whatever the source says now.
+
+    Search lags: an exception that search does not show but the ledger has an issue for is read by
+    key (a consistent read) before it is called missing."""
     done_cat = integration.target.done_status_category
     project = integration.project_for(entity)
+    prefix = source.external_id(entity, "")
+    unverifiable = None
+    if entity.event_only and not (entity.catch_up and entity.catch_up.readable):
+        unverifiable = (entity.catch_up.unavailable if entity.catch_up else None) or "no catch-up read declared"
+        current: dict[str, SourceRecord] = {}
+    else:
+        current = {r.external_id: r for r in source.fetch_current_exceptions(entity)}
     found = jira.find_by_external_ids(external_id_field, list(current), project,
                                       ["status", external_id_field.id]) if current else {}
-    missing, duplicates, stale = [], {}, {}
+    if ledger is not None:
+        _read_lagging(jira, ledger, integration, external_id_field, current, found)
+
+    open_by_key: dict[str, list[dict]] = {}
+    jql = (f'project = "{project}" AND statusCategory != "{done_cat}" '
+           f'AND {external_id_field.jql_clause} is not EMPTY')
+    for issue in jira.search_jql(jql, ["status", external_id_field.id]):
+        ext = (issue.get("fields") or {}).get(external_id_field.id) or ""
+        if ext.startswith(prefix):
+            open_by_key.setdefault(ext, []).append(issue)
+    duplicates = {k: [i["key"] for i in sorted(v, key=lambda i: int(i["id"]))]
+                  for k, v in open_by_key.items() if len(v) > 1}
+
+    missing, stale = [], {}
     for key in current:
         issues = found.get(key, [])
         open_ = [i for i in issues if _category(i) != done_cat]
-        if len(open_) > 1:
-            duplicates[key] = sorted(i["key"] for i in open_)
+        if entity.event_only:
+            if not issues:
+                missing.append(key)
         elif not open_:
             if issues:
                 stale[key] = issues[0]["key"]
             else:
                 missing.append(key)
-    prefix = source.external_id(entity, "")
-    jql = (f'project = "{project}" AND statusCategory != "{done_cat}" '
-           f'AND {external_id_field.jql_clause} is not EMPTY')
-    orphaned, open_count = {}, 0
-    if not entity.exception:
-        # Event-driven without a state rule (e.g. "vendor invoice posted"): no current state defines the
-        # exceptions, so an open issue is never orphaned by the source's state.
-        return Reconciliation(len(current), 0, missing, duplicates, stale, orphaned)
-    for issue in jira.search_jql(jql, ["status", external_id_field.id]):
-        ext = (issue.get("fields") or {}).get(external_id_field.id) or ""
-        if not ext.startswith(prefix):
+    # Event-driven without a state rule (e.g. "vendor invoice posted"): no current state defines the
+    # exceptions, so an open issue is never orphaned by the source's state.
+    orphaned = {} if entity.event_only else {k: v[0]["key"] for k, v in open_by_key.items() if k not in current}
+    return Reconciliation(len(current), sum(len(v) for v in open_by_key.values()), missing, duplicates, stale, orphaned, unverifiable, current)
+
+
+def _read_lagging(jira: JiraClient, ledger, integration: IntegrationDefinition, external_id_field,
+                  current: dict[str, SourceRecord], found: dict[str, list[dict]]) -> None:
+    """Keys the search did not show but the ledger has an issue for: GET the issue (not the lagging index)."""
+    from connector_pipelines.core.http import ApiError
+
+    unseen = [k for k in current if not found.get(k)]
+    for key, entry in ledger.get_many(integration.name, unseen).items():
+        if not entry.target_key:
             continue
-        open_count += 1
-        if ext not in current:
-            orphaned[ext] = issue["key"]
-    return Reconciliation(len(current), open_count, missing, duplicates, stale, orphaned)
+        try:
+            issue = jira.get_issue(entry.target_key, ["status", external_id_field.id])
+        except ApiError as exc:
+            if exc.status == 404:
+                continue
+            raise
+        if (issue.get("fields") or {}).get(external_id_field.id) == key:
+            found[key] = [issue]
 
 
+@dataclass
+class RepairReport:
+    opened: WriteReport = field(default_factory=WriteReport)
+    closed_duplicates: dict[str, str] = field(default_factory=dict)   # closed issue -> the one kept
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {"missing_opened": self.opened.created + self.opened.updated,
+                "duplicates_closed": len(self.closed_duplicates), "repair_failures": len(self.failures)}
+
+
+def repair(integration: IntegrationDefinition, source: SourceAdapter, writer: JiraIssueWriter, entity: EntitySync,
+           rec: Reconciliation) -> RepairReport:
+    """Open the issues reconciliation found missing (the records re-read and written through the normal
+    path, so the ledger claim and the target search apply), and close each newer duplicate: the ledger
+    is pointed at the oldest issue first, then the newer one is linked to it as a duplicate, commented
+    and moved to done (its Done webhook then finds no ledger row and acts on nothing)."""
+    from connector_pipelines.core.http import ApiError
+
+    report = RepairReport()
+    if rec.missing:
+        ids = [rec.records[k].record_id for k in rec.missing if k in rec.records]
+        records = [r for r in source.fetch_by_ids(entity, ids) if entity.event_only or entity.is_exception(r.data)]
+        report.opened = writer.upsert(entity, records)
+    jira, name, done_cat = writer.jira, integration.name, integration.target.done_status_category
+    for key, issue_keys in rec.duplicates.items():
+        keep, newer = issue_keys[0], issue_keys[1:]
+        entry = writer.ledger.get(name, key)
+        if entry is not None and entry.target_key != keep:
+            writer.ledger.mark_done(name, [{"source_key": key, "entity": entity.name, "action": "issue",
+                                            "target_key": keep, "target_url": jira.browse_url(keep),
+                                            "context": entry.context | {"repointed_from": entry.target_key}}],
+                                    writer.run_id)
+        for dup in newer:
+            try:
+                jira.link_issues("Duplicate", dup, keep)
+                jira.add_comment(dup, adf.doc(adf.paragraph(
+                    adf.text("connector_pipelines: ", strong=True),
+                    adf.text(f"closed as a duplicate of {keep} (both carry ERP record {key}); work continues there."))))
+                done = [t for t in jira.transitions(dup)
+                        if ((t.get("to") or {}).get("statusCategory") or {}).get("key") == done_cat]
+                if not done:
+                    raise ApiError("jira", "GET", f"/issue/{dup}/transitions", 409,
+                                   {"errorMessages": [f"no transition of {dup} leads to a {done_cat} status"]})
+                jira.transition(dup, done[0]["id"])
+                report.closed_duplicates[dup] = keep
+            except ApiError as exc:
+                report.failures[dup] = str(exc)
+    return report
 def _category(issue: dict[str, Any]) -> str:
     status = (issue.get("fields") or {}).get("status") or {}
     return (status.get("statusCategory") or {}).get("key", "")

@@ -164,9 +164,33 @@ def test_current_exceptions_filter_server_side_with_the_typed_enum_literal(sourc
     assert flt == ("dataAreaId eq 'usmf' and DocumentApprovalStatus eq "
                    "Microsoft.Dynamics.DataEntities.VersioningDocumentState'Rejected'")
     assert [r.record_id for r in records] == ["usmf:PO-1"]
-    # an event-only entity has no state that defines its exceptions: nothing to reconcile, no call
-    assert source.fetch_current_exceptions(integration.entity("purchase_orders_confirmed")) == []
+    # posted invoices: no catch-up read is possible (reconciliation says it cannot verify), and no call
+    assert source.fetch_current_exceptions(integration.entity("vendor_invoices_posted")) == []
     assert len(client.listed) == 1
+
+
+def test_an_event_only_entity_is_caught_up_by_state_and_a_recent_date_window(source, client, integration):
+    """What a lost "PO confirmed" event would leave unnoticed: every order confirmed with a recent
+    accounting date is read, so reconciliation can ask Jira for each one's issue."""
+    from datetime import UTC, datetime, timedelta
+
+    entity = integration.entity("purchase_orders_confirmed")
+    today = datetime.now(UTC).date()
+    client.rows["PurchaseOrderHeadersV2"] = [
+        {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-NEW", "DocumentApprovalStatus": "Confirmed",
+         "AccountingDate": today.isoformat()},
+        {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-OLD", "DocumentApprovalStatus": "Confirmed",
+         "AccountingDate": (today - timedelta(days=40)).isoformat()},
+        {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-DRAFT", "DocumentApprovalStatus": "Draft",
+         "AccountingDate": today.isoformat()}]
+    records = source.fetch_current_exceptions(entity)
+    [(entity_set, flt)] = client.listed
+    since = (today - timedelta(days=14)).isoformat()
+    assert entity_set == "PurchaseOrderHeadersV2"
+    assert flt == (f"dataAreaId eq 'usmf' and AccountingDate ge {since}T00:00:00Z and DocumentApprovalStatus eq "
+                   "Microsoft.Dynamics.DataEntities.VersioningDocumentState'Confirmed'")
+    # the scripted client does not evaluate filters: the catch-up rule is applied client-side as well
+    assert [r.record_id for r in records] == ["usmf:PO-NEW"]
 
 
 def rejected_po(client, status: str) -> None:

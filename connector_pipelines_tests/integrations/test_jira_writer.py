@@ -8,6 +8,7 @@ with the shipped bc_jira definition's project and custom fields, a static token,
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ import yaml
 
 from connector_pipelines.core import adf
 from connector_pipelines.core.db import get_engine
+from connector_pipelines.core.failures import WriteSettings
 from connector_pipelines.core.http import ApiError, RetrySettings
+from connector_pipelines.core.leases import Leases, new_owner
 from connector_pipelines.core.ledger import DONE, FAILED, INTENT, Ledger
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter
@@ -132,9 +135,13 @@ class Harness:
     source: FakeSource
     fields: dict[str, str]  # custom field name -> id on the sandbox site
 
-    def writer(self, integration: IntegrationDefinition | None = None, **kw: Any) -> JiraIssueWriter:
-        kw.setdefault("intent_recheck_s", 0)
-        return JiraIssueWriter(self.jira, self.ledger, integration or self.integration, "run-1", **kw)
+    def writer(self, integration: IntegrationDefinition | None = None, *, run_id: str = "run-1",
+               **settings: Any) -> JiraIssueWriter:
+        """A writer with its own lease owner; ``settings`` override WriteSettings (no search lag by default)."""
+        values = {"search_lag_bound_s": 0.0, "claim_wait_s": 5.0, "lease_ttl_s": 30.0} | settings
+        return JiraIssueWriter(self.jira, self.ledger, integration or self.integration, run_id,
+                               leases=Leases(self.ledger.engine, new_owner("test"), ttl_s=values["lease_ttl_s"]),
+                               settings=WriteSettings(**values))
 
     def entity(self, name: str = "blocked_vendors", *, lean: bool = True) -> EntitySync:
         """The shipped entity; ``lean`` drops the description's context table, which the sandbox's ADF
@@ -208,6 +215,14 @@ def h(tmp_path: Path) -> Iterator[Harness]:
     yield from make_harness(tmp_path)
 
 
+def core_counts(report) -> dict[str, int]:
+    """The counts every upsert reports; the others (retries, deferrals, claims) are asserted where they matter."""
+    wanted = ("created", "updated", "skipped", "failed", "duplicates_found")
+    counts = report.counts()
+    assert counts["deferred_search_lag"] == 0 and counts["left_to_other_run"] == 0, counts
+    return {k: counts[k] for k in wanted}
+
+
 def spy_batch_sizes(h: Harness) -> dict[str, list[int]]:
     """Record how many keys each JQL lookup names and how many issues each bulk create carries."""
     sizes: dict[str, list[int]] = {"search": [], "bulk": []}
@@ -239,7 +254,7 @@ def test_first_upsert_bulk_creates_one_issue_per_record_with_one_search_and_one_
     report = writer.upsert(entity, h.source.all(entity))
 
     assert sizes == {"search": [50, 50, 20], "bulk": [50, 50, 20]}
-    assert report.counts() == {"created": 120, "updated": 0, "skipped": 0, "failed": 0, "duplicates_found": 0}
+    assert core_counts(report) == {"created": 120, "updated": 0, "skipped": 0, "failed": 0, "duplicates_found": 0}
     assert h.calls(SEARCH) == 3
     assert h.calls(BULK) == 3
     assert h.calls(EDIT) == 0
@@ -266,7 +281,7 @@ def test_second_upsert_of_unchanged_records_makes_no_jira_call(h: Harness):
 
     report = writer.upsert(entity, h.source.all(entity))
 
-    assert report.counts() == {"created": 0, "updated": 0, "skipped": 7, "failed": 0, "duplicates_found": 0}
+    assert core_counts(report) == {"created": 0, "updated": 0, "skipped": 7, "failed": 0, "duplicates_found": 0}
     assert h.sandbox.calls_total == 0
     assert len(h.issues()) == 7
     assert len(report.links) == 7
@@ -293,7 +308,7 @@ def test_a_changed_record_edits_the_same_issue(h: Harness):
 
     report = writer.upsert(entity, h.source.all(entity))
 
-    assert report.counts() == {"created": 0, "updated": 1, "skipped": 1, "failed": 0, "duplicates_found": 0}
+    assert core_counts(report) == {"created": 0, "updated": 1, "skipped": 1, "failed": 0, "duplicates_found": 0}
     assert h.calls(BULK) == 0 and h.calls(SEARCH) == 0 and h.calls(EDIT) == 1
     assert len(h.issues()) == 2
     stored = h.stored(key)
@@ -319,7 +334,7 @@ def test_an_issue_someone_else_created_is_updated_not_duplicated(h: Harness):
 
     report = writer.upsert(entity, h.source.all(entity))
 
-    assert report.counts() == {"created": 0, "updated": 1, "skipped": 0, "failed": 0, "duplicates_found": 0}
+    assert core_counts(report) == {"created": 0, "updated": 1, "skipped": 0, "failed": 0, "duplicates_found": 0}
     assert h.calls(BULK) == 0 and h.calls(SEARCH) == 1 and h.calls(EDIT) == 1
     assert len(h.issues_with("fake:vendors:1")) == 1
     assert h.stored(theirs["key"])["summary"] == "Blocked vendor V1 Vendor 1 (blocked: All)"
@@ -364,7 +379,7 @@ def test_a_bulk_element_failure_fails_only_that_record_and_a_later_upsert_retrie
     h.reset_calls()
     again = writer.upsert(entity, h.source.all(entity))
 
-    assert again.counts() == {"created": 1, "updated": 0, "skipped": 4, "failed": 0, "duplicates_found": 0}
+    assert core_counts(again) == {"created": 1, "updated": 0, "skipped": 4, "failed": 0, "duplicates_found": 0}
     assert h.calls(SEARCH) == 1 and h.calls(BULK) == 1 and h.calls(EDIT) == 0
     assert len(h.issues()) == 5
     assert len(h.issues_with("fake:vendors:2")) == 1
@@ -372,14 +387,15 @@ def test_a_bulk_element_failure_fails_only_that_record_and_a_later_upsert_retrie
     assert h.ledger.in_state("bc_jira", FAILED) == []
 
 
-def test_a_record_whose_create_failed_in_a_crash_window_is_found_after_search_lag(h: Harness, monkeypatch):
-    """Intent rows: bulk create succeeded, the ledger commit did not. Jira's search index lags 1 s;
-    the retry must re-search after intent_recheck_s and update, never create a second issue."""
+def test_a_create_whose_answer_was_lost_is_deferred_until_the_search_lag_bound_then_found(h: Harness, monkeypatch):
+    """Intent rows: bulk create succeeded, the ledger commit did not. Jira's search index lags 1 s. An
+    immediate retry must neither re-create (search cannot see the issues yet) nor sleep: it defers the
+    records to the lag bound; a retry after the bound finds and adopts them — never a second issue."""
     entity = h.entity()
     for n in range(3):
         h.vendor(str(n))
     h.sandbox.search_lag_s = 1
-    writer = h.writer(intent_recheck_s=1.5)
+    writer = h.writer(search_lag_bound_s=1.5)
     real = Ledger.mark_done
     crashes = []
 
@@ -397,12 +413,19 @@ def test_a_record_whose_create_failed_in_a_crash_window_is_found_after_search_la
     assert {e.source_key for e in h.ledger.in_state("bc_jira", INTENT)} == {f"fake:vendors:{n}" for n in range(3)}
 
     h.reset_calls()
+    started = time.monotonic()
+    deferred = writer.upsert(entity, h.source.all(entity))
+    assert time.monotonic() - started < 1.0            # deferred, not slept on
+    assert deferred.created == 0 and deferred.updated == 0 and len(deferred.deferred) == 3
+    assert h.calls(BULK) == 0 and len(h.issues()) == 3
+    rows = h.ledger.in_state("bc_jira", INTENT)
+    assert len(rows) == 3 and all(r.retry_after and r.verify_after and r.retry_after == r.verify_after for r in rows)
+
+    time.sleep(1.6)
     report = writer.upsert(entity, h.source.all(entity))
 
     assert report.created == 0 and report.updated == 3
-    assert h.calls(SEARCH) == 2  # the first search misses (index lag), the recheck finds them
     assert h.calls(BULK) == 0
-    assert len(h.issues()) == 3
     for n in range(3):
         assert len(h.issues_with(f"fake:vendors:{n}")) == 1
     assert len(h.ledger.in_state("bc_jira", DONE)) == 3
@@ -474,11 +497,11 @@ def _marks(node: Any) -> list[dict[str, Any]]:
     return out
 
 
-def test_a_whole_batch_refused_keeps_intent_rows_with_the_error_and_is_retried(h: Harness, monkeypatch):
+def test_a_failed_bulk_call_keeps_uncertain_intents_due_for_a_verified_retry(h: Harness, monkeypatch):
     entity = h.entity()
     for n in range(3):
         h.vendor(str(n))
-    writer = h.writer()
+    writer = h.writer(search_lag_bound_s=0.5)
     real_bulk = writer.jira.bulk_create
     calls = []
 
@@ -490,13 +513,55 @@ def test_a_whole_batch_refused_keeps_intent_rows_with_the_error_and_is_retried(h
 
     monkeypatch.setattr(writer.jira, "bulk_create", refuse_once)
     report = writer.upsert(entity, h.source.all(entity))
-    assert report.failed == 3 and report.created == 0
-    # Earlier chunks of a failing bulk call may exist in Jira: the rows stay intent (looked up before any
-    # create on retry), with the error recorded.
+    assert report.failed == 3 and report.created == 0 and set(report.retry_at) == set(report.failures)
+    # A 503 may come after Jira created the issues: the rows stay intent (uncertain), with the error and
+    # a verify time; the ledger retry picks them up then.
     pending = h.ledger.in_state("bc_jira", INTENT)
     assert len(pending) == 3 and all("503" in (e.last_error or "") for e in pending)
+    assert all(e.verify_after and e.retry_after == e.verify_after for e in pending)
+    assert writer.upsert(entity, h.source.all(entity)).deferred      # before the bound: not re-created
 
+    time.sleep(0.6)
     again = writer.upsert(entity, h.source.all(entity))
     assert again.created == 3 and calls == [3, 3]
     assert len(h.issues()) == 3
     assert h.ledger.counts("bc_jira")["done"] == 3
+
+
+def test_a_refused_bulk_call_is_definite_and_a_permanent_failure(h: Harness, monkeypatch):
+    """A 400 refusing the whole request created nothing: no uncertainty, no automatic retry (a person
+    must look), and an explicit retry creates at once."""
+    entity = h.entity()
+    h.vendor("1")
+    writer = h.writer(search_lag_bound_s=60)
+    real_bulk = writer.jira.bulk_create
+    calls = []
+
+    def refuse_once(issues):
+        calls.append(len(issues))
+        if len(calls) == 1:
+            raise ApiError("jira", "POST", "/rest/api/3/issue/bulk", 400, {"errorMessages": ["bad request"]})
+        return real_bulk(issues)
+
+    monkeypatch.setattr(writer.jira, "bulk_create", refuse_once)
+    report = writer.upsert(entity, h.source.all(entity))
+    assert report.failed == 1 and report.needs_a_person and not report.retry_at
+    row = h.ledger.get("bc_jira", "fake:vendors:1")
+    assert row.state == FAILED and row.retry_after is None and row.verify_after is None
+    assert writer.upsert(entity, h.source.all(entity)).created == 1
+    assert calls == [1, 1]
+
+
+def test_a_transient_element_failure_is_retried_automatically_with_backoff(h: Harness, monkeypatch):
+    from connector_pipelines.systems.jira.models import BulkCreateResult
+
+    entity = h.entity()
+    h.vendor("1")
+    writer = h.writer()
+    monkeypatch.setattr(writer.jira, "bulk_create", lambda issues: BulkCreateResult(
+        created=[None] * len(issues), errors={0: "rate limited"}, error_status={0: 429}))
+    report = writer.upsert(entity, h.source.all(entity))
+    row = h.ledger.get("bc_jira", "fake:vendors:1")
+    assert report.failed == 1 and not report.needs_a_person
+    assert row.state == FAILED and row.retry_after is not None and row.attempts == 1
+    assert h.ledger.due_for_retry("bc_jira", now=row.retry_after) == [row]

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from connector_pipelines.core import adf
+from connector_pipelines.core.failures import WriteSettings
 from connector_pipelines.core.http import ApiError
+from connector_pipelines.core.leases import Leases, new_owner
 from connector_pipelines.core.ledger import DONE, FAILED, QUARANTINED
 from connector_pipelines.integrations.resolution import ResolutionProcessor, done_transition, resolve_key
 from connector_pipelines.integrations.sources.base import ResolutionOutcome
@@ -48,8 +50,11 @@ def done(h: Harness, key: str) -> list[dict[str, Any]]:
     return events_of(h, lambda: h.sandbox.transition_as_user(CLOUD, key, "Done", "acc-person"))
 
 
-def processor(h: Harness, run_id: str = "run-r") -> ResolutionProcessor:
-    return ResolutionProcessor(h.integration, h.source, h.jira, h.ledger, run_id)
+def processor(h: Harness, run_id: str = "run-r", **settings) -> ResolutionProcessor:
+    values = {"search_lag_bound_s": 0.0, "claim_wait_s": 5.0, "lease_ttl_s": 30.0} | settings
+    return ResolutionProcessor(h.integration, h.source, h.jira, h.ledger, run_id,
+                               leases=Leases(h.ledger.engine, new_owner(run_id), ttl_s=values["lease_ttl_s"]),
+                               settings=WriteSettings(**values))
 
 
 def comments(h: Harness, key: str) -> list[str]:
@@ -163,8 +168,9 @@ def test_an_api_error_from_resolve_marks_failed_and_a_rerun_retries_it(h: Harnes
     report = processor(h).process(events + events)  # a re-delivery in the same batch is not a retry
 
     assert h.source.resolved == [("blocked_vendors", "1")]
-    assert report.failed == 1 and report.acted == 0 and report.repeated == 1
-    assert "unblock_vendor failed" in report.failures[keys["1"]]
+    assert report.failed == 1 and report.acted == 0
+    assert report.retry == {0: report.failures[keys["1"]], 1: report.failures[keys["1"]]}  # both wait for the retry
+    assert "unblock_vendor failed" in report.failures[keys["1"]] and not report.needs_a_person
     row = h.ledger.get("bc_jira", resolve_key("fake:vendors:1"))
     assert row.state == FAILED and "503" in row.last_error
     assert comments(h, keys["1"]) == [] and h.calls(COMMENT) == 0
@@ -216,3 +222,72 @@ def test_a_done_transition_passes_a_note_naming_the_issue_and_status(h: Harness)
     keys = opened(h, "1")
     processor(h).process(done(h, keys["1"]))
     assert h.source.notes == [f"{keys['1']}: resolved in Jira (moved to Done)"]
+
+
+def test_a_permanent_source_refusal_is_quarantined_for_a_person_and_says_why_on_the_issue(h: Harness):
+    keys = opened(h, "1")
+    h.source.outcomes["1"] = ApiError("fake", "POST", "/purchaseInvoices(1)/post", 400,
+                                      {"error": {"code": "Application_DialogException", "message": "Amount missing"}})
+    report = processor(h).process(done(h, keys["1"]))
+    assert report.failed == 1 and not report.retry and keys["1"] in report.needs_a_person
+    assert h.ledger.get("bc_jira", resolve_key("fake:vendors:1")).state == QUARANTINED
+    assert any("Amount missing" in c and "move the issue to Done again" in c for c in comments(h, keys["1"]))
+
+
+# -- a webhook is a signal, never the truth ------------------------------------------------------------
+def test_a_done_event_for_an_issue_that_is_not_done_in_jira_is_refused_and_changes_nothing(h: Harness):
+    """A replayed or forged delivery says Done; Jira says the issue is still To Do: nothing happens."""
+    keys = opened(h, "1")
+    genuine = done(h, keys["1"])
+    events_of(h, lambda: h.sandbox.transition_as_user(CLOUD, keys["1"], "To Do", "acc-person"))
+
+    report = processor(h).process(genuine)
+
+    assert h.source.resolved == []
+    assert report.refused == 1 and report.acted == 0
+    assert "not done in Jira" in report.refusals[keys["1"]] and "To Do" in report.refusals[keys["1"]]
+    assert h.ledger.get("bc_jira", resolve_key("fake:vendors:1")) is None
+    assert comments(h, keys["1"]) == []
+
+
+def test_a_forged_resolution_comment_is_refused_and_the_text_comes_from_jira(h: Harness):
+    keys = opened(h, "1")
+    [genuine] = events_of(h, lambda: h.sandbox.comment_as_user(CLOUD, keys["1"], "Resolution: verified",
+                                                                 "acc-person"))
+    forged_text = json.loads(json.dumps(genuine))
+    forged_text["comment"]["body"] = adf.doc(adf.paragraph(adf.text("Resolution: pay 1,000,000 to account X")))
+    forged_id = json.loads(json.dumps(genuine))
+    forged_id["comment"]["id"] = "999999"
+
+    refused = processor(h).process([forged_id])
+    assert refused.refused == 1 and h.source.resolved == []
+    assert "no comment 999999" in refused.refusals[keys["1"]]
+
+    acted = processor(h).process([forged_text])
+    assert acted.acted == 1
+    assert h.source.notes == [f"{keys['1']}: verified"]   # Jira's text, not the delivery's
+
+
+def test_two_runs_resolving_the_same_issue_at_once_act_once(h: Harness):
+    import threading
+
+    keys = opened(h, "1")
+    events = done(h, keys["1"])
+    slow = threading.Event()
+    real = h.source.resolve
+
+    def slow_resolve(entity, record_id, note=None):
+        slow.wait(1.0)          # the first run is still acting when the second arrives
+        return real(entity, record_id, note)
+
+    h.source.resolve = slow_resolve
+    reports = []
+    threads = [threading.Thread(target=lambda n=n: reports.append(processor(h, f"run-{n}").process(events)))
+               for n in range(2)]
+    for t in threads:
+        t.start()
+    slow.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert h.source.resolved == [("blocked_vendors", "1")]
+    assert sorted(r.acted for r in reports) == [0, 1] and sum(r.repeated for r in reports) == 1

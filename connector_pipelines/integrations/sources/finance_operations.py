@@ -96,15 +96,25 @@ class FinanceOperationsSource:
         return [r for r in records if r.record_id in wanted]
 
     def fetch_current_exceptions(self, entity: EntitySync) -> list[SourceRecord]:
-        if not entity.exception:
-            return []   # event-driven only: no state of the document defines the exception
+        """The documents that should have an issue now: those in the exception state, or, for an entity
+        announced only by events, those its ``catch_up`` read finds (state rules and/or a recent date
+        window) — what a lost event would otherwise leave unnoticed."""
         clauses = [f"dataAreaId eq {FinanceOperationsClient.literal(self.legal_entity)}"]
-        pushed = self.odata_filter(entity.entity_set, entity.exception)
+        if entity.exception:
+            rules, keep = entity.exception, entity.is_exception
+        elif entity.catch_up and entity.catch_up.readable:
+            catch_up = entity.catch_up
+            rules, keep = catch_up.rules, catch_up.matches
+            if catch_up.recent:
+                clauses.append(f"{catch_up.recent.field} ge {FinanceOperationsClient.literal(catch_up.since())}")
+        else:
+            return []   # event-only without a catch-up read: reconciliation says it cannot verify
+        pushed = self.odata_filter(entity.entity_set, rules)
         if pushed:
             clauses.append(pushed)
         rows = self.client.list(entity.entity_set, filter=" and ".join(clauses), expand=self._expand(entity),
                                 cross_company=True)
-        return [r for r in (self._record(entity, row) for row in rows) if entity.is_exception(r.data)]
+        return [r for r in (self._record(entity, row) for row in rows) if keep(r.data)]
 
     def odata_filter(self, entity_set: str, rules: list[ExceptionRule]) -> str | None:
         """The rules OData can express, with enum literals typed from $metadata (F&O compares enums

@@ -56,6 +56,7 @@ class BulkCreateResult(BaseModel):
 
     created: list[CreatedIssue | None] = Field(default_factory=list)
     errors: dict[int, str] = Field(default_factory=dict)
+    error_status: dict[int, int] = Field(default_factory=dict)   # the HTTP status Jira gave each failed element
 
     @property
     def ok(self) -> bool:
