@@ -169,12 +169,35 @@ def cmd_jira_consent(args: argparse.Namespace) -> int:
 def cmd_ledger(args: argparse.Namespace) -> int:
     ledger = resources_from_env(for_dagster=False)["connector_store"].ledger()
     print(json.dumps(ledger.counts(args.integration), indent=2))
-    for state in ("failed", "quarantined"):
+    for state in ("intent", "failed", "quarantined"):
         for e in ledger.in_state(args.integration, state):
-            print(f"{state:<11} {e.source_key:<60} attempts={e.attempts} run={e.run_id} {e.last_error or ''}")
+            when = f"retry after {e.retry_after:%Y-%m-%d %H:%M:%S}Z" if e.retry_after else "needs a person"
+            if state == "intent" and not e.retry_after:
+                when = "being written"
+            print(f"{state:<11} {e.source_key:<60} attempts={e.attempts} {when} run={e.run_id} {e.last_error or ''}")
     return 0
 
 
+def cmd_inbox(args: argparse.Namespace) -> int:
+    """Per reader (pair + source): what it owes, and its dead letters with their errors; replay on demand."""
+    inbox = resources_from_env(for_dagster=False)["connector_store"].inbox()
+    sources = [args.source] if args.source else sorted({args.source_default, "jira"})
+    status = 0
+    for source in sources:
+        dispatch = inbox.dispatch(f"{args.integration}:{source}")
+        if args.inbox_cmd == "replay":
+            ids = [int(i) for i in args.ids.split(",")] if args.ids else None
+            print(f"{args.integration}:{source}: {dispatch.replay(ids)} dead letter(s) due again now")
+            continue
+        counts = dispatch.counts()
+        print(f"{args.integration}:{source} {json.dumps(counts)}")
+        for d in dispatch.dead_letters(limit=args.limit):
+            print(f"  dead  inbox row {d.inbox_id:<8} attempts={d.attempts} run={d.run_id} {d.error or ''}")
+        status = status or (1 if counts["dead"] else 0)
+    return status
+
+
+PAIR_SOURCES = {"bc_jira": "business_central", "d365_jira": "finance_operations"}
 JIRA_SCOPES = "read:jira-work write:jira-work read:jira-user manage:jira-webhook offline_access"
 
 
@@ -208,7 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     led.add_argument("integration")
     led.set_defaults(fn=cmd_ledger)
 
+    ib = sub.add_parser("inbox", help="deliveries an integration owes work on, and its dead letters")
+    ibs = ib.add_subparsers(dest="inbox_cmd", required=True)
+    for name, text in (("list", "counts per reader and the dead letters with their errors (exit 1 if any)"),
+                       ("replay", "make dead letters due again now, with a fresh retry budget")):
+        cmd = ibs.add_parser(name, help=text)
+        cmd.add_argument("integration", help="e.g. bc_jira")
+        cmd.add_argument("--source", help="business_central, finance_operations or jira (default: the pair's two)")
+        if name == "replay":
+            cmd.add_argument("--ids", help="comma-separated inbox row ids (default: every dead letter)")
+        else:
+            cmd.add_argument("--limit", type=int, default=50)
+    ib.set_defaults(fn=cmd_inbox)
+
     args = parser.parse_args(argv)
+    if args.cmd == "inbox":
+        args.source_default = PAIR_SOURCES.get(args.integration, "jira")
     try:
         return args.fn(args)
     except MissingSetting as exc:

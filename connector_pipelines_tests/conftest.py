@@ -89,7 +89,6 @@ def _world(tmp_path: Path, monkeypatch, storage: str, pg_name: str | None) -> It
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     if storage == "postgres":
         database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_name}"
-        monkeypatch.setenv("CONNECTOR_INBOX_SETTLE_S", "0.3")
         overrides = {"storage": {"postgres": {"postgres_db": {
             "scheme": "postgresql+psycopg2", "hostname": "127.0.0.1", "port": 5432, "db_name": pg_name,
             "username": "postgres", "password": ""}}}}
@@ -104,8 +103,7 @@ def _world(tmp_path: Path, monkeypatch, storage: str, pg_name: str | None) -> It
         clear_client_cache()
         with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as instance:
             defs = load_defs()
-            settle = 0.35 if storage == "postgres" else 0.0
-            yield World(stack, DagsterDriver(defs, instance, settle_s=settle), defs, instance, database_url)
+            yield World(stack, DagsterDriver(defs, instance), defs, instance, database_url)
     finally:
         clear_client_cache()
         stack.stop()

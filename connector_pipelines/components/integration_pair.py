@@ -8,10 +8,16 @@ For the pair:
 - ``<pair>__poll_job`` + ``<pair>__poll_schedule`` (current and previous window);
 - ``<pair>__notification_job`` + ``<pair>__<source>_inbox_sensor`` (one run per inbox batch);
 - ``<pair>__resolution_job`` + ``<pair>__jira_inbox_sensor`` (Jira done -> act on the source);
+- ``<pair>__retry_job`` + ``<pair>__ledger_retry_sensor`` (records whose automatic retry is due);
+- ``<pair>__repair_job`` + schedule (open missing issues, close newer duplicates);
 - ``<pair>__subscription_renewal_job`` / ``<pair>__jira_webhook_renewal_job`` and their schedules;
-- ``<pair>__reconcile_job`` + schedule running the checks.
-"""
+- ``<pair>__reconcile_job`` + schedule running the checks, including ``no_dead_letters`` on the pair's
+  inbox backlog assets ``[<pair>, inbox, <source>]``.
 
+Failures (core.failures): ops raise ``Failure(allow_retries=False)`` and jobs carry
+``dagster/retry_on_asset_or_op_failure=false``: the ledger and the inbox own the retry budget. Inbox
+jobs also carry ``dagster/max_retries=0``: when their worker dies the inbox sensor retries the batch.
+"""
 
 import hashlib
 import json
@@ -20,21 +26,36 @@ from typing import Any
 
 import dagster as dg
 
+from connector_pipelines.components.inbox_sensor import (
+    InboxBatchConfig,
+    build_inbox_sensor,
+    dead_letter_check,
+    inbox_backlog_spec,
+    reader_name,
+)
+from connector_pipelines.core.db import utcnow
+from connector_pipelines.core.failures import describe, is_transient
 from connector_pipelines.core.inbox import InboxRow
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
 from connector_pipelines.integrations.resolution import ResolutionProcessor
-from connector_pipelines.integrations.sync import SyncReport, reconcile, sync_notified, sync_window
+from connector_pipelines.integrations.sync import (
+    SyncReport,
+    reconcile,
+    repair,
+    retry_records,
+    sync_notified,
+    sync_window,
+)
 
 JIRA_SOURCE = "jira"
 MAX_LINKS_IN_METADATA = 25
 RESOURCE_KEYS = {"connector_store", "jira"}
+# Our budgets (ledger, inbox) retry failed work; Dagster re-launches only runs whose worker died.
+NO_STEP_RETRY_TAGS = {"dagster/retry_on_asset_or_op_failure": "false"}
+INBOX_JOB_TAGS = {**NO_STEP_RETRY_TAGS, "dagster/max_retries": "0"}
 
-
-class InboxBatchConfig(dg.Config):
-    """The inbox rows a run covers: ids only, never payloads or secrets."""
-
-    inbox_ids: list[int]
+__all__ = ["InboxBatchConfig", "IntegrationPairComponent", "build_inbox_sensor", "build_integration_defs"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -57,7 +78,8 @@ def make_source(integration: IntegrationDefinition, resources: Any):
 def make_writer(integration: IntegrationDefinition, resources: Any, run_id: str) -> JiraIssueWriter:
     store = resources.connector_store
     jira = resources.jira.client(store.vault())
-    return JiraIssueWriter(jira, store.ledger(), integration, run_id)
+    return JiraIssueWriter(jira, store.ledger(), integration, run_id, leases=store.leases(),
+                           settings=store.write_settings())
 
 
 def _log_quarantined(log, report: SyncReport) -> None:
@@ -69,12 +91,18 @@ def _log_quarantined(log, report: SyncReport) -> None:
         log.info(f"ignored notification: {reason}")
 
 
+def _md_list(items: dict[str, Any]) -> dg.MetadataValue:
+    lines = [f"- `{k}`: {v}" for k, v in list(items.items())[:MAX_LINKS_IN_METADATA]]
+    if len(items) > MAX_LINKS_IN_METADATA:
+        lines.append(f"- … and {len(items) - MAX_LINKS_IN_METADATA} more (see the ledger)")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
 def report_metadata(counts: dict[str, int], write: WriteReport, calls: dict[str, int],
                     quarantined: dict[str, str] | None = None) -> dict[str, Any]:
     md: dict[str, Any] = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
     if quarantined:
-        md["quarantined_records"] = dg.MetadataValue.md("\n".join(
-            f"- `{k}`: {v}" for k, v in list(quarantined.items())[:MAX_LINKS_IN_METADATA]))
+        md["quarantined_records"] = _md_list(quarantined)
     md.update({f"api_calls_{k}": dg.MetadataValue.int(v) for k, v in calls.items()})
     if write.links:
         rows = list(write.links.items())[:MAX_LINKS_IN_METADATA]
@@ -83,33 +111,41 @@ def report_metadata(counts: dict[str, int], write: WriteReport, calls: dict[str,
         if len(write.links) > MAX_LINKS_IN_METADATA:
             table += f"\n\n… and {len(write.links) - MAX_LINKS_IN_METADATA} more (see the ledger)"
         md["issues"] = dg.MetadataValue.md(table)
-        first = rows[0][1]
-        md["first_issue"] = dg.MetadataValue.url(first)
+        md["first_issue"] = dg.MetadataValue.url(rows[0][1])
     if write.failures:
-        md["failures"] = dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in
-                                                       list(write.failures.items())[:MAX_LINKS_IN_METADATA]))
+        md["failures"] = _md_list({k: v + (f" (retried automatically after {write.retry_at[k].isoformat()}Z)"
+                                           if k in write.retry_at else " (needs a person)")
+                                   for k, v in write.failures.items()})
+    if write.deferred:
+        md["deferred_search_lag"] = _md_list({k: f"an earlier create may exist; verified after {t.isoformat()}Z"
+                                              for k, t in write.deferred.items()})
+    if write.left_to_others:
+        md["left_to_other_run"] = _md_list(write.left_to_others)
     return md
 
 
-def _write_errors_text(failed: int, what: str) -> str:
-    return (f"{failed} record(s) could not be written ({what}); they are marked failed in the ledger and "
-            "re-executing this run (or re-materializing the partition) retries exactly those.")
+def _fail_if_a_person_is_needed(what: str, needs: dict[str, str], md: dict[str, Any]) -> None:
+    """Transient failures are retried by the ledger retry sensor (the run stays green, the metadata says
+    when); a permanent one fails the step — without a Dagster retry, which would only repeat it."""
+    if needs:
+        raise dg.Failure(description=(
+            f"{len(needs)} record(s) could not be written ({what}) and need a person: the ledger lists them "
+            "with their errors (`connector-pipelines ledger`); re-executing this run or re-materializing the "
+            "partition after the fix retries exactly those."), metadata=md, allow_retries=False)
 
 
-def _fail_on_write_errors(what: str, report_failed: int, md: dict[str, Any]) -> None:
-    if report_failed:
-        raise dg.Failure(description=_write_errors_text(report_failed, what), metadata=md)
+def _batch_failed(dispatch, rows: list[InboxRow], run_id: str, exc: BaseException, what: str) -> None:
+    """A batch that could not complete: its rows are due again (transient) or dead letters (permanent)."""
+    from connector_pipelines.core.failures import RetryBudget
 
-
-def _close_inbox_batch(inbox, rows: list[InboxRow], run_id: str, failures: dict[str, str], md: dict[str, Any],
-                       describe) -> None:
-    """End of an inbox-batch op: rows marked processed, or failed (with the errors) and the op fails,
-    so re-executing the run retries exactly the failed records (the ledger skips the rest)."""
-    ids = [r.id for r in rows]
-    if failures:
-        inbox.mark(ids, "failed", run_id, "; ".join(failures.values())[:2000])
-        raise dg.Failure(description=describe(len(failures)), metadata=md)
-    inbox.mark(ids, "processed", run_id)
+    budget = RetryBudget.from_env()
+    transient = is_transient(exc)
+    due = dispatch.failed([r.id for r in rows], run_id, f"{what}: {describe(exc)}",
+                          (lambda n: budget.next_at(n, utcnow())) if transient else None)
+    when = sorted(t for t in due.values() if t)
+    retry = f"retried after {when[0].isoformat()}Z" if when else "parked as dead letter(s) for a person"
+    raise dg.Failure(description=f"{what} failed ({'transient' if transient else 'permanent'}): {describe(exc)}; "
+                                 f"{len(rows)} inbox row(s) {retry}.", allow_retries=False) from exc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,26 +162,35 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
 
     assets = [_entity_asset(integration, e, partitions, resource_keys, owners) for e in integration.entities]
     asset_keys = [a.key for a in assets]
+    backlogs = [inbox_backlog_spec(name, s, label, owners) for s, label in
+                ((src, integration.capabilities.label), (JIRA_SOURCE, "Jira"))]
     checks = [_reconcile_check(integration, e, resource_keys) for e in integration.entities]
+    checks += [dead_letter_check(name, s) for s in (src, JIRA_SOURCE)]
 
     # without_checks(): AssetSelection.assets() also selects the assets' checks, which would run a full
     # reconciliation against both live systems in every poll run; the reconcile job runs them instead.
     poll_job = dg.define_asset_job(f"{name}__poll_job",
                                    selection=dg.AssetSelection.assets(*asset_keys).without_checks(),
-                                   tags={**tags, "connector/trigger": "poll"},
+                                   tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "poll"},
                                    description=f"Poll {src} windows for exceptions and sync them to Jira.")
-    reconcile_job = dg.define_asset_job(f"{name}__reconcile_job",
-                                        selection=dg.AssetSelection.checks_for_assets(*asset_keys),
-                                        tags={**tags, "connector/trigger": "reconcile"},
-                                        description="Reconcile every current exception against the open Jira issues.")
+    reconcile_job = dg.define_asset_job(
+        f"{name}__reconcile_job",
+        selection=dg.AssetSelection.checks_for_assets(*asset_keys, *(b.key for b in backlogs)),
+        tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "reconcile"},
+        description="Reconcile every current exception against the open Jira issues; list dead letters.")
     notification_job = _notification_job(integration, resource_keys, tags)
     resolution_job = _resolution_job(integration, resource_keys, tags)
+    retry_job = _retry_job(integration, resource_keys, tags)
+    repair_job = _repair_job(integration, resource_keys, tags)
     jira_webhook_job = _jira_webhook_renewal_job(integration, resource_keys, tags)
-    jobs = [poll_job, reconcile_job, notification_job, resolution_job, jira_webhook_job]
+    jobs = [poll_job, reconcile_job, notification_job, resolution_job, retry_job, repair_job, jira_webhook_job]
     capabilities = integration.capabilities
 
     schedules = [
         dg.ScheduleDefinition(name=f"{name}__reconcile_schedule", job=reconcile_job, cron_schedule="7 * * * *",
+                              execution_timezone=integration.polling.timezone,
+                              default_status=dg.DefaultScheduleStatus.RUNNING),
+        dg.ScheduleDefinition(name=f"{name}__repair_schedule", job=repair_job, cron_schedule="37 * * * *",
                               execution_timezone=integration.polling.timezone,
                               default_status=dg.DefaultScheduleStatus.RUNNING),
         dg.ScheduleDefinition(name=f"{name}__jira_webhook_renewal_schedule", job=jira_webhook_job,
@@ -161,15 +206,18 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
                                                cron_schedule="17 */6 * * *",
                                                default_status=dg.DefaultScheduleStatus.RUNNING))
     sensors = [
-        build_inbox_sensor(f"{name}__{src}_inbox_sensor", src, notification_job, tags,
-                           description=f"Launch one {name} notification run per batch of {src} webhook rows."),
-        build_inbox_sensor(f"{name}__jira_inbox_sensor", JIRA_SOURCE, resolution_job, tags,
+        build_inbox_sensor(f"{name}__{src}_inbox_sensor", name, src, notification_job, tags,
+                           description=f"Launch one {name} notification run per batch of {src} webhook rows, and "
+                                       "retry batches that failed or whose run died."),
+        build_inbox_sensor(f"{name}__jira_inbox_sensor", name, JIRA_SOURCE, resolution_job, tags,
                            row_filter=_project_filter(integration.project_keys(),
                                                       integration.target.resolution_comment_prefix),
                            description=f"Launch one {name} resolution run per batch of Jira status transitions "
                                        f"(and resolution comments) in {', '.join(integration.project_keys())}."),
+        _ledger_retry_sensor(integration, retry_job, tags),
     ]
-    return dg.Definitions(assets=assets, asset_checks=checks, schedules=schedules, sensors=sensors, jobs=jobs)
+    return dg.Definitions(assets=[*assets, *backlogs], asset_checks=checks, schedules=schedules, sensors=sensors,
+                          jobs=jobs)
 
 
 def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partitions, resource_keys, owners):
@@ -192,8 +240,6 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         required_resource_keys=resource_keys,
         description=f"{entity.description} {window_text}",
         tags={"connector/entity": entity.name},
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL,
-                                    jitter=dg.Jitter.PLUS_MINUS),
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         window = context.partition_time_window
@@ -213,7 +259,7 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         md = report_metadata(report.counts(), report.write, calls, report.quarantined)
         md["window"] = dg.MetadataValue.text(f"{window.start.isoformat()} .. {window.end.isoformat()}")
         context.log.info(f"{entity.name} {md['window'].text}: {report.counts()}")
-        _fail_on_write_errors(f"{entity.name} window", report.write.failed, md)
+        _fail_if_a_person_is_needed(f"{entity.name} window", report.needs_a_person, md)
         return dg.MaterializeResult(metadata=md)
 
     return _asset
@@ -224,14 +270,15 @@ def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, res
 
     @dg.asset_check(asset=key, name="every_exception_has_one_open_issue", required_resource_keys=resource_keys,
                     description="Every current exception in the source has exactly one open Jira issue "
-                                "(missing, duplicate and stale issues fail; orphaned ones are listed).",
+                                "(missing, duplicate and stale issues fail; orphaned ones are listed). For entities "
+                                "announced only by events, every document the catch-up read finds has an issue.",
                     blocking=False)
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         source = make_source(integration, context.resources)
         store = context.resources.connector_store
         jira = context.resources.jira.client(store.vault())
         field = jira.resolve_fields([integration.target.external_id_field])[integration.target.external_id_field]
-        r = reconcile(integration, source, jira, entity, field)
+        r = reconcile(integration, source, jira, entity, field, store.ledger())
         md = {
             "current_exceptions": dg.MetadataValue.int(r.exceptions),
             "open_issues": dg.MetadataValue.int(r.open_issues),
@@ -240,21 +287,25 @@ def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, res
             "stale_done_in_jira": dg.MetadataValue.int(len(r.stale)),
             "orphaned": dg.MetadataValue.int(len(r.orphaned)),
         }
+        if r.unverifiable:
+            md["cannot_verify"] = dg.MetadataValue.text(f"completeness cannot be verified: {r.unverifiable}")
         if not r.passed:
             md["details"] = dg.MetadataValue.json({"missing": r.missing[:50], "duplicates": r.duplicates,
                                                    "stale": r.stale, "orphaned": r.orphaned})
-        return dg.AssetCheckResult(passed=r.passed, metadata=md,
-                                   severity=dg.AssetCheckSeverity.ERROR)
+        # Only "cannot verify" (nothing wrong was found) is a warning; anything found wrong is an error.
+        only_unverifiable = not (r.missing or r.duplicates or r.stale)
+        severity = dg.AssetCheckSeverity.WARN if only_unverifiable else dg.AssetCheckSeverity.ERROR
+        return dg.AssetCheckResult(passed=r.passed, metadata=md, severity=severity)
 
     return _check
 
 
 def _single_op_job(op_def: dg.OpDefinition, name: str, tags: dict[str, str], trigger: str,
-                   description: str) -> dg.JobDefinition:
+                   description: str, extra_tags: dict[str, str] | None = None) -> dg.JobDefinition:
     """The one-op job every sensor/schedule here launches: pair tags plus its trigger, in-process."""
 
-    @dg.job(name=name, tags={**tags, "connector/trigger": trigger}, executor_def=dg.in_process_executor,
-            description=description)
+    @dg.job(name=name, tags={**tags, **NO_STEP_RETRY_TAGS, **(extra_tags or {}), "connector/trigger": trigger},
+            executor_def=dg.in_process_executor, description=description)
     def _job():
         op_def()
 
@@ -263,17 +314,24 @@ def _single_op_job(op_def: dg.OpDefinition, name: str, tags: dict[str, str], tri
 
 def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
     name = integration.name
+    reader = reader_name(name, integration.source)
 
     @dg.op(name=f"{name}__sync_notified_records", required_resource_keys=resource_keys, pool="jira_site",
            description="Read the full records the notifications name, then open or update their Jira issues.")
     def sync_notified_records(context: dg.OpExecutionContext, config: InboxBatchConfig) -> dg.Output[None]:
         store = context.resources.connector_store
         inbox = store.inbox()
+        dispatch = inbox.dispatch(reader)
         rows = inbox.get(config.inbox_ids)
-        source = make_source(integration, context.resources)
-        writer = make_writer(integration, context.resources, context.run_id)
-        before = (source.api_calls(), writer.jira.http.calls)
-        reports = sync_notified(integration, source, writer, [r.payload for r in rows])
+        try:
+            source = make_source(integration, context.resources)
+            writer = make_writer(integration, context.resources, context.run_id)
+            before = (source.api_calls(), writer.jira.http.calls)
+            reports = sync_notified(integration, source, writer, [r.payload for r in rows])
+        except dg.Failure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the batch, its rows are retried or parked
+            _batch_failed(dispatch, rows, context.run_id, exc, f"{integration.source} notification batch")
         total = SyncReport()
         for entity_name, rep in reports.items():
             context.log.info(f"{entity_name}: {rep.counts()}")
@@ -281,41 +339,167 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
         _log_quarantined(context.log, total)
         calls = {integration.source: source.api_calls() - before[0], "jira": writer.jira.http.calls - before[1]}
         md = report_metadata({"notifications": len(rows), **total.counts()}, total.write, calls, total.quarantined)
-        _close_inbox_batch(inbox, rows, context.run_id, total.write.failures, md, lambda n: _write_errors_text(
-            n, "notification batch"))
+        # Every announced record is now in the ledger (done, due for retry, deferred or needing a person):
+        # the deliveries themselves are processed.
+        dispatch.processed([r.id for r in rows], context.run_id)
+        _fail_if_a_person_is_needed("notification batch", total.needs_a_person, md)
         return dg.Output(None, metadata=md)
 
     return _single_op_job(sync_notified_records, f"{name}__notification_job", tags, "webhook",
-                          f"One batch of {integration.source} notifications -> Jira issues.")
+                          f"One batch of {integration.source} notifications -> Jira issues.", INBOX_JOB_TAGS)
 
 
 def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
+    from connector_pipelines.core.failures import RetryBudget
+
     name = integration.name
+    reader = reader_name(name, JIRA_SOURCE)
 
     @dg.op(name=f"{name}__apply_jira_resolutions", required_resource_keys=resource_keys,
-           description="For issues moved to done: check the source document's status, then act once.")
+           description="For issues moved to done: confirm it with Jira, check the source document's status, "
+                       "then act once.")
     def apply_jira_resolutions(context: dg.OpExecutionContext, config: InboxBatchConfig) -> dg.Output[None]:
         store = context.resources.connector_store
         inbox = store.inbox()
+        dispatch = inbox.dispatch(reader)
         rows = inbox.get(config.inbox_ids)
-        source = make_source(integration, context.resources)
-        jira = context.resources.jira.client(store.vault())
-        processor = ResolutionProcessor(integration, source, jira, store.ledger(), context.run_id)
-        report = processor.process([r.payload.get("event", r.payload) for r in rows])
+        try:
+            source = make_source(integration, context.resources)
+            jira = context.resources.jira.client(store.vault())
+            processor = ResolutionProcessor(integration, source, jira, store.ledger(), context.run_id,
+                                            leases=store.leases(), settings=store.write_settings())
+            report = processor.process([r.payload.get("event", r.payload) for r in rows])
+        except dg.Failure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the batch, its rows are retried or parked
+            _batch_failed(dispatch, rows, context.run_id, exc, "Jira resolution batch")
         md: dict[str, Any] = {k: dg.MetadataValue.int(v) for k, v in report.counts().items()}
         md["events"] = dg.MetadataValue.int(len(rows))
         if report.outcomes:
             md["outcomes"] = dg.MetadataValue.md("\n".join(
                 f"- [{k}]({jira.browse_url(k)}): {v}" for k, v in list(report.outcomes.items())[:50]))
-        context.log.info(f"resolutions: {report.counts()}")
+        if report.refusals:
+            md["refused"] = _md_list(report.refusals)
+            for issue_key, why in list(report.refusals.items())[:10]:
+                context.log.warning(f"refused {issue_key}: {why}")
         if report.failures:
-            md["failures"] = dg.MetadataValue.md("\n".join(f"- {k}: {v}" for k, v in report.failures.items()))
-        _close_inbox_batch(inbox, rows, context.run_id, report.failures, md, lambda n: (
-            f"{n} resolution(s) failed; re-execute to retry them (done ones are skipped by the ledger)."))
+            md["failures"] = _md_list(report.failures)
+        context.log.info(f"resolutions: {report.counts()}")
+        retry = [rows[i].id for i in report.retry]
+        if retry:
+            budget = RetryBudget.from_env()
+            dispatch.failed(retry, context.run_id, "; ".join(sorted(set(report.retry.values())))[:2000],
+                            lambda n: budget.next_at(n, utcnow()))
+        dispatch.processed([r.id for i, r in enumerate(rows) if i not in report.retry], context.run_id)
+        if report.needs_a_person:
+            raise dg.Failure(description=f"{len(report.needs_a_person)} resolution(s) failed permanently; the issues "
+                                         "say why and the next Done runs them again.", metadata=md,
+                             allow_retries=False)
         return dg.Output(None, metadata=md)
 
     return _single_op_job(apply_jira_resolutions, f"{name}__resolution_job", tags, "jira_webhook",
-                          "Jira issues moved to done act back on the source documents.")
+                          "Jira issues moved to done act back on the source documents.", INBOX_JOB_TAGS)
+
+
+class LedgerRetryConfig(dg.Config):
+    """The ledger rows a retry run covers: row ids only."""
+
+    ledger_ids: list[int]
+
+
+def _retry_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
+    from connector_pipelines.core.failures import RetryBudget
+
+    name = integration.name
+
+    @dg.op(name=f"{name}__retry_records", required_resource_keys=resource_keys, pool="jira_site",
+           description="Records whose automatic retry is due: re-read them, then write them (or verify an "
+                       "earlier create after the search lag) through the normal path.")
+    def retry_records_op(context: dg.OpExecutionContext, config: LedgerRetryConfig) -> dg.Output[None]:
+        store = context.resources.connector_store
+        ledger = store.ledger()
+        entries = [e for e in ledger.by_ids(config.ledger_ids) if e.retry_after is not None]
+        try:
+            source = make_source(integration, context.resources)
+            writer = make_writer(integration, context.resources, context.run_id)
+            reports = retry_records(integration, source, writer, entries)
+        except dg.Failure:
+            raise
+        except Exception as exc:
+            # Nothing was written: each row's next attempt moves on by the budget (or it is given up).
+            budget = RetryBudget.from_env()
+            ledger.postpone(name, entries, f"retry: {describe(exc)}", context.run_id,
+                            (lambda n: budget.next_at(n, utcnow())) if is_transient(exc) else None)
+            raise dg.Failure(description=f"retry of {len(entries)} record(s) failed: {describe(exc)}",
+                             allow_retries=False) from exc
+        total = SyncReport()
+        for rep in reports.values():
+            total.merge(rep)
+        md = report_metadata({"records": len(entries), **total.counts()}, total.write, {})
+        context.log.info(f"retried {len(entries)} record(s): {total.counts()}")
+        _fail_if_a_person_is_needed("retry", total.needs_a_person, md)
+        return dg.Output(None, metadata=md)
+
+    return _single_op_job(retry_records_op, f"{name}__retry_job", tags, "retry",
+                          "Retry records whose transient failure or deferred create is due.")
+
+
+def _ledger_retry_sensor(integration: IntegrationDefinition, job: dg.JobDefinition, tags: dict[str, str],
+                         batch_size: int = 500, interval_s: int = 30) -> dg.SensorDefinition:
+    name = integration.name
+    [op_node] = job.graph.nodes
+
+    @dg.sensor(name=f"{name}__ledger_retry_sensor", job=job, minimum_interval_seconds=interval_s,
+               required_resource_keys={"connector_store"}, default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Launch a {name} retry run for ledger records whose retry time has come "
+                           "(transient failures with backoff; creates deferred past the search lag).")
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        due = context.resources.connector_store.ledger().due_for_retry(name, limit=batch_size)
+        if not due:
+            return dg.SkipReason(f"No {name} record is due for a retry.")
+        ident = json.dumps([[e.id, e.attempts, e.retry_after.isoformat() if e.retry_after else None] for e in due])
+        run_key = f"{name}:retry:{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+        return dg.SensorResult(run_requests=[dg.RunRequest(
+            run_key=run_key, run_config={"ops": {op_node.name: {"config": {"ledger_ids": [e.id for e in due]}}}},
+            tags={**tags, "connector/records": str(len(due))})])
+
+    return _sensor
+
+
+def _repair_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
+    name = integration.name
+
+    @dg.op(name=f"{name}__repair_issues", required_resource_keys=resource_keys, pool="jira_site",
+           description="Open the issues reconciliation finds missing; close each newer duplicate as a duplicate "
+                       "of the oldest, with a link.")
+    def repair_issues(context: dg.OpExecutionContext) -> dg.Output[None]:
+        store = context.resources.connector_store
+        source = make_source(integration, context.resources)
+        writer = make_writer(integration, context.resources, context.run_id)
+        field = writer.external_id_field
+        md: dict[str, Any] = {}
+        failures: dict[str, str] = {}
+        for entity in integration.entities:
+            rec = reconcile(integration, source, writer.jira, entity, field, store.ledger())
+            result = repair(integration, source, writer, entity, rec)
+            for k, v in result.counts().items():
+                md[f"{entity.name}__{k}"] = dg.MetadataValue.int(v)
+            if result.closed_duplicates:
+                md[f"{entity.name}__closed"] = dg.MetadataValue.md("\n".join(
+                    f"- [{d}]({writer.jira.browse_url(d)}) duplicate of [{k}]({writer.jira.browse_url(k)})"
+                    for d, k in result.closed_duplicates.items()))
+            if result.opened.links:
+                md[f"{entity.name}__opened"] = _md_list(result.opened.links)
+            failures.update(result.failures)
+            failures.update(result.opened.needs_a_person)
+            context.log.info(f"{entity.name}: {result.counts()}")
+        if failures:
+            md["failures"] = _md_list(failures)
+            raise dg.Failure(description=f"{len(failures)} repair(s) failed", metadata=md, allow_retries=False)
+        return dg.Output(None, metadata=md)
+
+    return _single_op_job(repair_issues, f"{name}__repair_job", tags, "repair",
+                          "Open missing issues and close newer duplicates (what the reconcile checks find).")
 
 
 def _subscription_renewal_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
@@ -406,70 +590,6 @@ def _project_filter(project_keys: list[str], comment_prefix: str | None = None):
         return any(str(issue.get("key", "")).startswith(f"{k}-") for k in project_keys)
 
     return belongs
-
-
-def inbox_settle_seconds(dialect: str) -> float:
-    """How long a new inbox row waits before a sensor takes it (CONNECTOR_INBOX_SETTLE_S).
-
-    SQLite serialises writers, so ids become visible in order: 0. On PostgreSQL a sequence value is
-    taken before a (slower) concurrent commit; 2 s lets such a row appear before the cursor passes it.
-    """
-    import os
-
-    configured = os.environ.get("CONNECTOR_INBOX_SETTLE_S")
-    if configured:
-        return float(configured)
-    return 0.0 if dialect == "sqlite" else 2.0
-
-
-def build_inbox_sensor(name: str, source: str, job: dg.JobDefinition, tags: dict[str, str], *,
-                       description: str, row_filter=None, batch_size: int = 500, max_runs_per_tick: int = 4,
-                       interval_s: int = 5) -> dg.SensorDefinition:
-    """A cursor sensor over the local inbox: one RunRequest per batch, run_key from the rows it covers.
-
-    The tick reads only the project's database (never a vendor API), is bounded by
-    ``batch_size * max_runs_per_tick`` rows, and reports the inbox depth as an observation.
-    """
-
-    [op_node] = job.graph.nodes  # a one-op job (_single_op_job): its op takes the inbox ids as config
-    op_name = op_node.name
-
-    @dg.sensor(name=name, job=job, minimum_interval_seconds=interval_s, description=description,
-               required_resource_keys={"connector_store"}, default_status=dg.DefaultSensorStatus.RUNNING)
-    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        store = context.resources.connector_store
-        inbox = store.inbox()
-        settle = inbox_settle_seconds(store.engine().dialect.name)
-        cursor = int(context.cursor or 0)
-        run_requests = []
-        for _ in range(max_runs_per_tick):
-            rows = inbox.read_after(source, cursor, batch_size, settle_s=settle)
-            if not rows:
-                break
-            cursor = rows[-1].id
-            mine = [r for r in rows if row_filter is None or row_filter(r)]
-            if not mine:
-                continue
-            ids = [r.id for r in mine]
-            digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:12]
-            run_requests.append(dg.RunRequest(
-                run_key=f"{source}:{ids[0]}-{ids[-1]}:{len(ids)}:{digest}",
-                run_config={"ops": {op_name: {"config": {"inbox_ids": ids}}}},
-                tags={**tags, "connector/inbox_first_id": str(ids[0]), "connector/inbox_last_id": str(ids[-1]),
-                      "connector/records": str(len(ids))},
-            ))
-            if len(rows) < batch_size:
-                break
-        stats = inbox.stats(source)
-        observation = dg.AssetObservation(asset_key=dg.AssetKey(["inbox", source]), metadata={
-            "pending": dg.MetadataValue.int(stats["pending"]), "total": dg.MetadataValue.int(stats["total"]),
-            "oldest_pending_age_s": dg.MetadataValue.float(stats["oldest_pending_age_s"])})
-        if not run_requests and str(cursor) == (context.cursor or "0"):
-            return dg.SensorResult(skip_reason=dg.SkipReason(f"No new {source} inbox rows after id {cursor}."),
-                                   asset_events=[observation])
-        return dg.SensorResult(run_requests=run_requests, cursor=str(cursor), asset_events=[observation])
-
-    return _sensor
 
 
 class IntegrationPairComponent(dg.Component, dg.Resolvable, IntegrationDefinition):

@@ -1,48 +1,55 @@
 """One ConfigurableResource per external system, plus the project's own store.
 
-Secrets (client secrets, BC clientState) are bound as ``dg.EnvVar`` in defs/resources.py, so run
-storage holds only the variable's name; the Jira refresh token lives in the encrypted vault and is
-decrypted at use time. Clients are cached per process so msal's token cache and HTTP connection
-pools survive from one op to the next.
+Secrets (client secrets, BC clientState, the database URL with its password) are bound as
+``dg.EnvVar`` in defs/resources.py, so run storage holds only the variable's name; the Jira refresh
+token lives in the encrypted vault and is decrypted at use time.
+
+Lifecycle (one client per run): a resource builds its client on first use inside a run and closes it
+in ``teardown_after_execution``; nothing is cached at module level. The store starts the run's lease
+and its heartbeat (core.leases): the record claims the run takes are renewed while it works, and the
+watchdog sensor notices within minutes when the run's worker dies.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from connector_pipelines.core.db import get_engine
+from connector_pipelines.core.failures import WriteSettings
 from connector_pipelines.core.inbox import Inbox
+from connector_pipelines.core.leases import Leases, new_owner
 from connector_pipelines.core.ledger import Ledger
 from connector_pipelines.core.vault import Vault
 
-_cache: dict[tuple[Any, ...], Any] = {}
-_cache_lock = threading.Lock()
-
-
-def _cached(key: tuple[Any, ...], build):
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = build()
-        return _cache[key]
+RUN_LEASE_SCOPE = "run"
 
 
 def clear_client_cache() -> None:
-    """Forget cached clients (tests that restart sandboxes on new ports)."""
-    with _cache_lock:
-        _cache.clear()
+    """Kept for callers that restart sandboxes on new ports: clients are per resource instance now, so
+    there is no process-wide cache left to clear."""
+
+
+def _close(client: Any) -> None:
+    """Close a client and the token provider it owns (its HTTP session)."""
+    for thing in (client, getattr(getattr(client, "http", None), "auth", None)):
+        close = getattr(thing, "close", None)
+        if close is not None:
+            close()
 
 
 class ConnectorStore(dg.ConfigurableResource):
-    """The project's tables (inbox, ledger, vault): CONNECTOR_DATABASE_URL, else SQLite under DAGSTER_HOME."""
+    """The project's tables (inbox, ledger, vault, leases): CONNECTOR_DATABASE_URL (bound as an EnvVar:
+    the URL may carry a password), else SQLite under DAGSTER_HOME."""
 
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; None = environment default")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; None = environment default",
+                                     repr=False)
+    _leases: Leases | None = PrivateAttr(default=None)
 
     def engine(self):
-        return get_engine(self.database_url)
+        return get_engine(self.database_url or None)
 
     def inbox(self) -> Inbox:
         return Inbox(self.engine())
@@ -52,6 +59,31 @@ class ConnectorStore(dg.ConfigurableResource):
 
     def vault(self) -> Vault:
         return Vault.from_env(self.engine())
+
+    def write_settings(self) -> WriteSettings:
+        return WriteSettings.from_env()
+
+    def leases(self) -> Leases:
+        """This run's (or process's) lease owner: record claims taken through it are renewed by the run's
+        heartbeat and released when the run ends."""
+        if self._leases is None:
+            self._leases = Leases(self.engine(), new_owner("adhoc"), ttl_s=self.write_settings().lease_ttl_s)
+        return self._leases
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run_id = getattr(context, "run_id", None)
+        if not run_id:
+            return   # a sensor tick or a schedule: nothing to keep alive
+        leases = Leases(self.engine(), new_owner(f"run:{run_id}"), ttl_s=self.write_settings().lease_ttl_s)
+        leases.acquire(RUN_LEASE_SCOPE, [run_id])   # the run's own lease: the watchdog's sign of life
+        leases.start_heartbeat()
+        self._leases = leases
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._leases is not None:
+            self._leases.stop_heartbeat()
+            self._leases.release_all()
+            self._leases = None
 
 
 class BusinessCentralResource(dg.ConfigurableResource):
@@ -77,16 +109,21 @@ class BusinessCentralResource(dg.ConfigurableResource):
         return EntraTokenProvider(self.tenant_id, self.client_id, self.client_secret, self.scope,
                                   authority_host=self.authority_host, ca_bundle=self.ca_bundle)
 
+    _client: Any = PrivateAttr(default=None)
+
     def client(self):
-        from connector_pipelines.systems.business_central.client import BusinessCentralClient
+        """This run's client (built on first use, closed when the run ends)."""
+        if self._client is None:
+            from connector_pipelines.systems.business_central.client import BusinessCentralClient
 
-        key = ("bc", self.tenant_id, self.environment, self.client_id, self.api_url, self.authority_host)
+            self._client = BusinessCentralClient.connect(self.api_url, self.tenant_id, self.environment,
+                                                         self.token_provider())
+        return self._client
 
-        def build():
-            return BusinessCentralClient.connect(self.api_url, self.tenant_id, self.environment,
-                                                 self.token_provider())
-
-        return _cached(key, build)
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            _close(self._client)
+            self._client = None
 
 
 class FinanceOperationsResource(dg.ConfigurableResource):
@@ -116,15 +153,20 @@ class FinanceOperationsResource(dg.ConfigurableResource):
         return EntraTokenProvider(self.tenant_id, self.client_id, self.client_secret, self.token_scope(),
                                   authority_host=self.authority_host, ca_bundle=self.ca_bundle)
 
+    _client: Any = PrivateAttr(default=None)
+
     def client(self):
-        from connector_pipelines.systems.finance_operations.client import FinanceOperationsClient
+        """This run's client (built on first use, closed when the run ends)."""
+        if self._client is None:
+            from connector_pipelines.systems.finance_operations.client import FinanceOperationsClient
 
-        key = ("fo", self.tenant_id, self.client_id, self.environment_url, self.token_scope(), self.authority_host)
+            self._client = FinanceOperationsClient.connect(self.environment_url.rstrip("/"), self.token_provider())
+        return self._client
 
-        def build():
-            return FinanceOperationsClient.connect(self.environment_url.rstrip("/"), self.token_provider())
-
-        return _cached(key, build)
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            _close(self._client)
+            self._client = None
 
 
 class JiraResource(dg.ConfigurableResource):
@@ -138,19 +180,33 @@ class JiraResource(dg.ConfigurableResource):
     credential_name: str = "atlassian:jira"
     webhook_url: str | None = Field(default=None, description="Public URL of the receiver's Jira endpoint")
 
-    def token_provider(self, vault: Vault):
-        from connector_pipelines.systems.atlassian.oauth import AtlassianTokenProvider
+    _tokens: Any = PrivateAttr(default=None)
+    _client: Any = PrivateAttr(default=None)
 
-        key = ("atlassian", self.client_id, self.auth_url, self.credential_name, id(vault.engine))
-        return _cached(key, lambda: AtlassianTokenProvider(vault, self.credential_name, self.client_id,
-                                                           self.client_secret, self.auth_url))
+    def token_provider(self, vault: Vault):
+        """This run's token provider (the access token itself is shared through the vault)."""
+        if self._tokens is None or self._tokens.vault.engine is not vault.engine:
+            from connector_pipelines.systems.atlassian.oauth import AtlassianTokenProvider
+
+            self._tokens = AtlassianTokenProvider(vault, self.credential_name, self.client_id, self.client_secret,
+                                                  self.auth_url)
+        return self._tokens
 
     def client(self, vault: Vault):
-        from connector_pipelines.systems.jira.client import JiraClient
-
+        """This run's client (built on first use, closed when the run ends)."""
         tokens = self.token_provider(vault)
-        key = ("jira", self.client_id, self.api_url, self.site_url, self.credential_name, id(vault.engine))
-        return _cached(key, lambda: JiraClient.connect(self.api_url, tokens.cloud_id(), self.site_url, tokens))
+        if self._client is None:
+            from connector_pipelines.systems.jira.client import JiraClient
+
+            self._client = JiraClient.connect(self.api_url, tokens.cloud_id(), self.site_url, tokens)
+        return self._client
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        for attr in ("_client", "_tokens"):
+            value = getattr(self, attr)
+            if value is not None:
+                _close(value)
+                setattr(self, attr, None)
 
 
 class MissingSetting(Exception):
@@ -182,8 +238,9 @@ def resources_from_env(for_dagster: bool = True) -> dict[str, dg.ConfigurableRes
         base = os.environ.get("CONNECTOR_RECEIVER_PUBLIC_URL")
         return f"{base.rstrip('/')}{path}" if base else None
 
+    # The URL may carry the database password: an EnvVar keeps it out of Dagster's run storage.
     out: dict[str, dg.ConfigurableResource] = {
-        "connector_store": ConnectorStore(database_url=os.environ.get("CONNECTOR_DATABASE_URL"))}
+        "connector_store": ConnectorStore(database_url=optional_secret("CONNECTOR_DATABASE_URL"))}
     builders = {
         "business_central": lambda: BusinessCentralResource(
             tenant_id=required("CONNECTOR_BC_TENANT_ID"),

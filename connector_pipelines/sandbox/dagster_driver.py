@@ -7,7 +7,6 @@ and config — so run history, run keys and cursors are Dagster's own, only the 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,15 +22,12 @@ class TickResult:
 
 
 class DagsterDriver:
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, settle_s: float = 0.0) -> None:
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
         self.defs = defs
         self.instance = instance
         self._cursors: dict[str, str | None] = {}
-        self.settle_s = settle_s
 
     def tick(self, sensor_name: str, *, raise_on_error: bool = True) -> TickResult:
-        if self.settle_s:  # let just-received inbox rows age past the sensor's settle window
-            time.sleep(self.settle_s)
         sensor = self.defs.resolve_sensor_def(sensor_name)
         resources = {k: v for k, v in (self.defs.resources or {}).items()
                      if k in (sensor.required_resource_keys or set())}
@@ -41,6 +37,8 @@ class DagsterDriver:
         result = TickResult(cursor=data.cursor)
         if data.cursor is not None:
             self._cursors[sensor_name] = data.cursor
+        if not data.run_requests:
+            return result
         job = self.defs.resolve_job_def(sensor.job_name)
         for rr in data.run_requests or []:
             # A run_key never launches twice for a sensor (Dagster's own rule, _daemon/sensor.py).

@@ -89,8 +89,11 @@ def run(workdir: Path) -> list[str]:
             step("reconciliation checks")
             for pair in ("bc_jira", "d365_jira"):
                 checks = check_evaluations(driver.run_job(f"{pair}__reconcile_job", raise_on_error=False))
-                if not checks or not all(c.passed for c in checks):
-                    problems.append(f"{pair} reconciliation check failed")
+                # posted F&O invoices cannot be verified (no catch-up read exists): a documented warning
+                failed = [str(c.asset_key.path[-1]) for c in checks
+                          if not c.passed and "cannot_verify" not in c.metadata]
+                if not checks or failed:
+                    problems.append(f"{pair} reconciliation check failed: {failed}")
             runs = instance.get_runs()
             step(f"{len(runs)} runs in the instance at {home}; issues: "
                  + ", ".join(f"{i['key']}" for i in sc.issues(stack)))

@@ -46,7 +46,7 @@ SECOND = {
     },
 }
 SECOND_JOBS = {f"bc_ops__{j}" for j in ("poll_job", "notification_job", "resolution_job", "subscription_renewal_job",
-                                         "jira_webhook_renewal_job", "reconcile_job")}
+                                         "jira_webhook_renewal_job", "reconcile_job", "retry_job", "repair_job")}
 
 
 def shipped() -> dict:
@@ -120,7 +120,8 @@ def test_the_shipped_yaml_loads_as_the_component():
     assert isinstance(component, IntegrationPairComponent)
     assert component.name == "bc_jira" and component.target.project_key == "FIN"
     assert {a.key for a in defs.assets} == {dg.AssetKey(["business_central", e["name"]])
-                                            for e in shipped()["attributes"]["entities"]}
+                                            for e in shipped()["attributes"]["entities"]} | {
+        dg.AssetKey(["bc_jira", "inbox", s]) for s in ("business_central", "jira")}
 
 
 def test_a_second_yaml_is_its_own_pair(tmp_path, monkeypatch):
@@ -129,12 +130,16 @@ def test_a_second_yaml_is_its_own_pair(tmp_path, monkeypatch):
     repo = dg.Definitions.merge(defs, dg.Definitions(resources=resources_from_env())).get_repository_def()
 
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == SECOND_JOBS
-    assert {s.name for s in repo.sensor_defs} == {"bc_ops__business_central_inbox_sensor", "bc_ops__jira_inbox_sensor"}
+    assert {s.name for s in repo.sensor_defs} == {"bc_ops__business_central_inbox_sensor", "bc_ops__jira_inbox_sensor",
+                                                  "bc_ops__ledger_retry_sensor"}
     assert {s.name for s in repo.schedule_defs} == {"bc_ops__poll_schedule", "bc_ops__reconcile_schedule",
-                                                    "bc_ops__subscription_renewal_schedule",
+                                                    "bc_ops__repair_schedule", "bc_ops__subscription_renewal_schedule",
                                                     "bc_ops__jira_webhook_renewal_schedule"}
     key = dg.AssetKey(["business_central", "overdue_sales_invoices"])
-    assert set(repo.asset_graph.get_all_asset_keys()) == {key}
+    # plus the pair's backlog on each inbox it reads, downstream of the shared inboxes
+    inboxes = ("business_central", "jira")
+    assert set(repo.asset_graph.get_all_asset_keys()) == {key} | {
+        dg.AssetKey(["bc_ops", "inbox", s]) for s in inboxes} | {dg.AssetKey(["inbox", s]) for s in inboxes}
     node = repo.asset_graph.get(key)
     assert node.group_name == "bc_ops" and node.owners == ["team:ops"]
     assert node.partitions_def.start == datetime(2027, 1, 1, tzinfo=UTC)
@@ -149,8 +154,8 @@ def test_a_second_yaml_is_its_own_pair(tmp_path, monkeypatch):
         moved = {"webhookEvent": "jira:issue_updated", "changelog": {"items": [{"field": "status"}]}}
         inbox.put("jira", "d1", {"event": {**moved, "issue": {"key": "FIN-1", "fields": {"project": {"key": "FIN"}}}}})
         inbox.put("jira", "d2", {"event": {**moved, "issue": {"key": "OPS-7", "fields": {"project": {"key": "OPS"}}}}})
-        with dg.instance_for_test() as instance:
-            ctx = dg.build_sensor_context(instance=instance, resources={"connector_store": store})
+        with dg.instance_for_test() as instance, dg.build_sensor_context(
+                instance=instance, resources={"connector_store": store}) as ctx:
             result = repo.get_sensor_def("bc_ops__jira_inbox_sensor").evaluate_tick(ctx)
         [request] = result.run_requests
         assert request.run_config == {"ops": {"bc_ops__apply_jira_resolutions": {"config": {"inbox_ids": [2]}}}}

@@ -30,8 +30,10 @@ class Pair:
                  subscriptions: bool) -> None:
         self.name, self.source, self.entities, self.owner = name, source, entities, owner
         self.entity_keys = {dg.AssetKey([source, e]) for e in entities}
-        jobs = ["poll_job", "notification_job", "resolution_job", "jira_webhook_renewal_job", "reconcile_job"]
-        schedules = {"reconcile_schedule": "reconcile_job", "jira_webhook_renewal_schedule": "jira_webhook_renewal_job"}
+        jobs = ["poll_job", "notification_job", "resolution_job", "jira_webhook_renewal_job", "reconcile_job",
+                "retry_job", "repair_job"]
+        schedules = {"reconcile_schedule": "reconcile_job", "jira_webhook_renewal_schedule": "jira_webhook_renewal_job",
+                     "repair_schedule": "repair_job"}
         if polls:
             schedules["poll_schedule"] = "poll_job"
         if subscriptions:
@@ -39,7 +41,9 @@ class Pair:
             schedules["subscription_renewal_schedule"] = "subscription_renewal_job"
         self.jobs = {f"{name}__{j}" for j in jobs}
         self.sensor_jobs = {f"{name}__{source}_inbox_sensor": f"{name}__notification_job",
-                            f"{name}__jira_inbox_sensor": f"{name}__resolution_job"}
+                            f"{name}__jira_inbox_sensor": f"{name}__resolution_job",
+                            f"{name}__ledger_retry_sensor": f"{name}__retry_job"}
+        self.backlog_keys = {dg.AssetKey([name, "inbox", s]) for s in (source, "jira")}
         self.schedule_jobs = {f"{name}__{k}": f"{name}__{v}" for k, v in schedules.items()}
 
 
@@ -53,6 +57,8 @@ PAIRS = [BC, FO]
 SOURCES = [p.source for p in PAIRS]
 ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))
 INBOX_KEYS = {dg.AssetKey(["inbox", s]) for s in [*SOURCES, "jira"]}
+BACKLOG_KEYS = set().union(*(p.backlog_keys for p in PAIRS))
+DEAD_LETTERS = "no_dead_letters"
 ENTITIES = [(p, e) for p in PAIRS for e in p.entities]
 
 
@@ -70,12 +76,22 @@ def test_the_definitions_are_loadable(defs):
     dg.Definitions.validate_loadable(defs)
 
 
-def test_assets_are_the_entities_and_the_inboxes(repo):
-    assert set(repo.asset_graph.get_all_asset_keys()) == ENTITY_KEYS | INBOX_KEYS
+def test_assets_are_the_entities_the_inboxes_and_each_pair_s_backlogs(repo):
+    assert set(repo.asset_graph.get_all_asset_keys()) == ENTITY_KEYS | INBOX_KEYS | BACKLOG_KEYS
 
 
-def test_each_entity_has_its_reconcile_check(repo):
-    assert set(repo.asset_graph.asset_check_keys) == {dg.AssetCheckKey(k, CHECK_NAME) for k in ENTITY_KEYS}
+def test_each_entity_has_its_reconcile_check_and_each_backlog_its_dead_letter_check(repo):
+    assert set(repo.asset_graph.asset_check_keys) == (
+        {dg.AssetCheckKey(k, CHECK_NAME) for k in ENTITY_KEYS} | {dg.AssetCheckKey(k, DEAD_LETTERS)
+                                                                   for k in BACKLOG_KEYS})
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
+def test_backlog_assets_are_external_in_the_pair_s_group_downstream_of_the_inbox(repo, pair):
+    for key in pair.backlog_keys:
+        node = repo.asset_graph.get(key)
+        assert node.is_external and not node.is_materializable and node.group_name == pair.name
+        assert node.parent_keys == {dg.AssetKey(["inbox", key.path[-1]])}
 
 
 def test_jobs_by_name(repo):
@@ -86,6 +102,10 @@ def test_jobs_by_name(repo):
             job = repo.get_job(name)
             assert job.tags["connector/integration"] == pair.name, name
             assert job.executor_def.name == "in_process", name  # I/O-bound: one process per run (rule 5)
+            # one retry budget: ours (ledger, inbox); Dagster re-launches only runs whose worker died
+            assert job.tags["dagster/retry_on_asset_or_op_failure"] == "false", name
+        for name in (f"{pair.name}__notification_job", f"{pair.name}__resolution_job"):
+            assert repo.get_job(name).tags["dagster/max_retries"] == "0", name  # the inbox retries these
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
@@ -96,14 +116,18 @@ def test_poll_job_materializes_the_entities_and_reconcile_job_runs_only_the_chec
     # a poll run must not also run three full reconciliations against both live systems
     assert poll.selection.resolve_checks(repo.asset_graph) == set()
     assert reconcile.selection.resolve(repo.asset_graph) == set()
-    assert reconcile.selection.resolve_checks(repo.asset_graph) == {dg.AssetCheckKey(k, CHECK_NAME)
-                                                                     for k in pair.entity_keys}
+    assert reconcile.selection.resolve_checks(repo.asset_graph) == (
+        {dg.AssetCheckKey(k, CHECK_NAME) for k in pair.entity_keys}
+        | {dg.AssetCheckKey(k, DEAD_LETTERS) for k in pair.backlog_keys})
     assert isinstance(repo.get_job(f"{pair.name}__poll_job").partitions_def, dg.TimeWindowPartitionsDefinition)
 
 
 def test_sensors_by_name_target_and_default_status(repo):
     sensors = {s.name: s for s in repo.sensor_defs}
     expected = {k: v for p in PAIRS for k, v in p.sensor_jobs.items()}
+    watchdog = sensors.pop("connector__run_watchdog")
+    assert watchdog.default_status == dg.DefaultSensorStatus.RUNNING and not watchdog.targets
+    assert watchdog.required_resource_keys == {"connector_store"}
     assert set(sensors) == set(expected)
     for name, job in expected.items():
         assert sensors[name].job_name == job
@@ -127,6 +151,8 @@ def test_schedules_by_name_target_and_default_status(repo):
 @pytest.mark.parametrize(("pair", "entity"), ENTITIES, ids=[f"{p.name}-{e}" for p, e in ENTITIES])
 def test_entity_assets_are_described_owned_and_hourly_from_go_live(repo, pair, entity):
     node = repo.asset_graph.get(dg.AssetKey([pair.source, entity]))
+    # no asset RetryPolicy: it would multiply with our own budgets (finding: 9 attempts of a permanent 4xx)
+    assert repo.assets_defs_by_key[node.key].op.retry_policy is None
     assert node.group_name == pair.name
     assert node.kinds == {pair.source, "jira"}
     assert node.owners == [pair.owner]

@@ -1,15 +1,20 @@
-"""The inbox sensors: receiver -> inbox table -> one cursor sensor per source (DAGSTER-STYLE rule 4).
+"""The inbox sensors: receiver -> inbox table -> one cursor sensor per (pair, source) (DAGSTER-STYLE rule 4).
 
 What is pinned here: a tick reads only the local inbox (never a vendor), launches one run per batch
 of rows (never one per row), carries inbox ids and never payloads in run_config, derives run_key
 from the rows so a re-evaluation from an old cursor cannot launch the same batch twice, is bounded
-by batch_size * max_runs_per_tick, and reports the inbox depth on the [inbox, <source>] asset.
+by batch_size * max_runs_per_tick, and reports the pair's backlog on [<pair>, inbox, <source>].
+And what finding 4 of the exactly-once issue asked: the cursor is gap-safe whatever the commit timing,
+failed batches are retried with backoff up to a limit and then parked as dead letters (listed, and
+failing a check), a batch whose run died is retried, and rows no pair takes never count as pending.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from datetime import timedelta
 
 import dagster as dg
@@ -19,6 +24,7 @@ import sqlalchemy as sa
 from connector_pipelines.components.integration_pair import build_inbox_sensor
 from connector_pipelines.components.resources import BusinessCentralResource, ConnectorStore, JiraResource
 from connector_pipelines.core import db
+from connector_pipelines.core.inbox import DEAD, PROCESSED, QUEUED, Inbox
 from connector_pipelines.definitions import defs as load_defs
 
 PAIR = "bc_jira"
@@ -67,6 +73,12 @@ def store(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def pg_store(pg_url, monkeypatch):
+    monkeypatch.setenv("CONNECTOR_DATABASE_URL", pg_url)
+    return ConnectorStore(database_url=pg_url)
+
+
+@pytest.fixture
 def instance(tmp_path, store):
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as inst:
         yield inst
@@ -83,9 +95,9 @@ def vendor_traps() -> dict[str, dg.ConfigurableResource]:
 
 
 def tick(sensor: dg.SensorDefinition, instance, store: ConnectorStore, cursor: str | None = None):
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                  resources={"connector_store": store, **vendor_traps()})
-    return sensor.evaluate_tick(ctx)
+    with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                 resources={"connector_store": store, **vendor_traps()}) as ctx:
+        return sensor.evaluate_tick(ctx)
 
 
 def bc_payload(i: int) -> dict:
@@ -104,6 +116,7 @@ def jira_payload(issue_key: str, project: str | None, event: str = "jira:issue_u
 
 
 def put(store: ConnectorStore, source: str, payloads: list[dict], prefix: str = "k") -> list[int]:
+    """One delivery per payload, like the receiver; returns the new rows' ids in commit order."""
     inbox = store.inbox()
     start = inbox.count(source)
     for i, payload in enumerate(payloads):
@@ -112,32 +125,37 @@ def put(store: ConnectorStore, source: str, payloads: list[dict], prefix: str = 
 
 
 def put_many_fast(store: ConnectorStore, source: str, n: int) -> list[int]:
-    """Bulk setup (one transaction) for the batching tests."""
-    now = db.utcnow()
-    with store.engine().begin() as conn:
-        conn.execute(sa.insert(db.inbox), [
-            {"source": source, "dedupe_key": f"bulk-{i}", "payload": bc_payload(i), "status": "pending",
-             "received_at": now} for i in range(n)])
+    """Bulk setup: one delivery of n entries (one transaction)."""
+    store.inbox().put_many(source, [(f"bulk-{i}", bc_payload(i)) for i in range(n)])
     return [r.id for r in store.inbox().read_after(source, 0, n + 1)]
+
+
+def seq_of(store: ConnectorStore, source: str, inbox_id: int) -> str:
+    return str(next(r.seq for r in store.inbox().read_after(source, 0, 100_000) if r.id == inbox_id))
 
 
 def inbox_ids(request: dg.RunRequest, op_name: str = BC_OP) -> list[int]:
     return request.run_config["ops"][op_name]["config"]["inbox_ids"]
 
 
-def observation(result, source: str = BC) -> dict:
+def observation(result, source: str = BC, pair: str = PAIR) -> dict:
     events = [e for e in result.asset_events if isinstance(e, dg.AssetObservation)]
-    assert [e.asset_key for e in events] == [dg.AssetKey(["inbox", source])]
+    assert [e.asset_key for e in events] == [dg.AssetKey([pair, "inbox", source])]
     return {k: v.value for k, v in events[0].metadata.items()}
 
 
+def empty_backlog(**overrides) -> dict:
+    return {"pending": 0, "queued": 0, "retry": 0, "dead_letters": 0, "processed": 0,
+            "oldest_pending_age_s": 0.0} | overrides
+
+
 # ------------------------------------------------------------------------------------------------
-def test_an_empty_inbox_skips_and_still_reports_its_depth(defs, instance, store):
+def test_an_empty_inbox_skips_and_still_reports_its_backlog(defs, instance, store):
     result = tick(defs.resolve_sensor_def(BC_SENSOR), instance, store)
     assert result.run_requests == []
     assert result.skip_message and "No new business_central inbox rows" in result.skip_message
     assert result.cursor is None
-    assert observation(result) == {"pending": 0, "total": 0, "oldest_pending_age_s": 0.0}
+    assert observation(result) == empty_backlog()
 
 
 def test_seven_rows_become_one_run_carrying_only_their_ids(defs, instance, store, monkeypatch):
@@ -152,33 +170,42 @@ def test_seven_rows_become_one_run_carrying_only_their_ids(defs, instance, store
     assert request.run_config == {"ops": {BC_OP: {"config": {"inbox_ids": ids}}}}
     assert MARKER not in json.dumps(request.run_config) + json.dumps(dict(request.tags))
     assert request.tags["connector/records"] == "7"
-    assert result.cursor == str(ids[-1])
+    assert result.cursor == seq_of(store, BC, ids[-1])
+    assert store.inbox().dispatch(f"{PAIR}:{BC}").counts()[QUEUED] == 7
     # the run_config is valid for the job the sensor targets (its resources need their settings to resolve)
     for name in DUMMY_SETTINGS:
         monkeypatch.setenv(name, "dummy")
     dg.validate_run_config(defs.resolve_job_def(sensor.job_name), request.run_config)
 
 
-def test_run_key_is_derived_from_the_rows_and_stable_on_re_evaluation(defs, instance, store):
+def test_a_re_evaluation_from_an_old_cursor_launches_nothing_twice(defs, instance, store):
     sensor = defs.resolve_sensor_def(BC_SENSOR)
     ids = put(store, BC, [bc_payload(i) for i in range(7)])
 
     first = tick(sensor, instance, store)
     again = tick(sensor, instance, store)  # e.g. the cursor write was lost: re-evaluated from the old cursor
-    assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
-    assert again.cursor == first.cursor
+    assert again.run_requests == [] and again.cursor == first.cursor
+    later = tick(sensor, instance, store, cursor=seq_of(store, BC, ids[2]))
+    assert later.run_requests == []        # rows 3..6 are already in the first batch
 
-    later = tick(sensor, instance, store, cursor=str(ids[2]))  # other rows -> another key
-    assert inbox_ids(later.run_requests[0]) == ids[3:]
-    assert later.run_requests[0].run_key != first.run_requests[0].run_key
-
-    assert tick(sensor, instance, store, cursor=first.cursor).run_requests == []
     [new] = put(store, BC, [bc_payload(99)])
     nxt = tick(sensor, instance, store, cursor=first.cursor)
     [request] = nxt.run_requests
     assert inbox_ids(request) == [new]
-    assert request.run_key not in {first.run_requests[0].run_key, later.run_requests[0].run_key}
-    assert nxt.cursor == str(new)
+    assert request.run_key != first.run_requests[0].run_key
+    assert nxt.cursor == seq_of(store, BC, new)
+
+
+def test_a_batch_whose_run_request_was_lost_is_requested_again_under_the_same_key(defs, instance, store,
+                                                                                   monkeypatch):
+    sensor = defs.resolve_sensor_def(BC_SENSOR)
+    ids = put(store, BC, [bc_payload(i) for i in range(3)])
+    first = tick(sensor, instance, store)       # the daemon never launched it (crashed after the tick)
+    monkeypatch.setenv("CONNECTOR_INBOX_ORPHAN_S", "0")
+    again = tick(sensor, instance, store, cursor=first.cursor)
+    [request] = again.run_requests
+    assert request.run_key == first.run_requests[0].run_key and inbox_ids(request) == ids
+    assert request.tags["connector/dispatch"] == "relaunch"
 
 
 def test_a_tick_covers_1200_rows_in_three_runs_of_at_most_500(defs, instance, store):
@@ -188,23 +215,23 @@ def test_a_tick_covers_1200_rows_in_three_runs_of_at_most_500(defs, instance, st
     assert [len(b) for b in batches] == [500, 500, 200]
     assert [i for b in batches for i in b] == ids
     assert len({r.run_key for r in result.run_requests}) == 3
-    assert result.cursor == str(ids[-1])
+    assert result.cursor == seq_of(store, BC, ids[-1])
 
 
 def test_max_runs_per_tick_bounds_a_tick_and_the_next_tick_resumes(defs, instance, store):
     ids = put_many_fast(store, BC, 1200)
     notification_job = defs.resolve_job_def(f"{PAIR}__notification_job")
-    sensor = build_inbox_sensor("bounded", BC, notification_job, {}, description="test",
+    sensor = build_inbox_sensor("bounded", PAIR, BC, notification_job, {}, description="test",
                                 batch_size=100, max_runs_per_tick=4)
 
     first = tick(sensor, instance, store)
     assert [len(inbox_ids(r)) for r in first.run_requests] == [100] * 4
-    assert first.cursor == str(ids[399])  # the last id covered, not the last id in the inbox
+    assert first.cursor == seq_of(store, BC, ids[399])  # the last row covered, not the last in the inbox
 
     second = tick(sensor, instance, store, cursor=first.cursor)
     covered = [i for r in first.run_requests + second.run_requests for i in inbox_ids(r)]
     assert covered == ids[:800]
-    assert second.cursor == str(ids[799])
+    assert second.cursor == seq_of(store, BC, ids[799])
 
 
 def test_jira_sensor_takes_only_its_projects_rows_and_still_advances(defs, instance, store):
@@ -220,26 +247,36 @@ def test_jira_sensor_takes_only_its_projects_rows_and_still_advances(defs, insta
     result = tick(sensor, instance, store)
     [request] = result.run_requests
     assert inbox_ids(request, JIRA_OP) == [ids[0], ids[2]]
-    assert result.cursor == str(ids[-1])
+    assert result.cursor == seq_of(store, "jira", ids[-1])
     assert MARKER not in json.dumps(request.run_config)
 
     others = put(store, "jira", [jira_payload("OPS-3", "OPS"), jira_payload("HR-1", "HR")])
     only_others = tick(sensor, instance, store, cursor=result.cursor)
     assert only_others.run_requests == []
-    assert only_others.cursor == str(others[-1])  # skipped rows are never read again
-    assert observation(only_others, "jira")["total"] == 7
+    assert only_others.cursor == seq_of(store, "jira", others[-1])  # skipped rows are never read again
+    # rows no pair takes are not pending: only the two this pair queued are owed
+    assert observation(only_others, "jira")["pending"] == 2
 
 
-def test_observation_carries_pending_total_and_oldest_pending_age(defs, instance, store):
+def test_rows_no_pair_takes_never_count_as_pending(defs, instance, store):
+    """Today's finding: "oldest pending age" only grew, because other projects' events stayed pending."""
+    sensor = defs.resolve_sensor_def(JIRA_SENSOR)
+    put(store, "jira", [jira_payload("OPS-1", "OPS"), jira_payload("HR-1", "HR")])
+    with store.engine().begin() as conn:
+        conn.execute(sa.update(db.inbox).values(received_at=db.utcnow() - timedelta(hours=5)))
+    before = observation(tick(sensor, instance, store, cursor="0"), "jira")
+    assert before == empty_backlog()
+
+
+def test_observation_carries_pending_queued_and_the_oldest_owed_age(defs, instance, store):
     ids = put(store, BC, [bc_payload(i) for i in range(3)])
-    inbox = store.inbox()
-    inbox.mark([ids[0]], "processed", "run-1")
-    with store.engine().begin() as conn:  # the oldest pending row arrived two minutes ago
+    with store.engine().begin() as conn:  # the oldest row arrived two minutes ago
         conn.execute(sa.update(db.inbox).where(db.inbox.c.id == ids[1])
                      .values(received_at=db.utcnow() - timedelta(seconds=120)))
-
-    seen = observation(tick(defs.resolve_sensor_def(BC_SENSOR), instance, store))
-    assert seen["pending"] == 2 and seen["total"] == 3
+    result = tick(defs.resolve_sensor_def(BC_SENSOR), instance, store)
+    store.inbox().dispatch(f"{PAIR}:{BC}").processed([ids[0]], "run-1")
+    seen = observation(tick(defs.resolve_sensor_def(BC_SENSOR), instance, store, cursor=result.cursor))
+    assert seen["pending"] == 2 and seen["queued"] == 2 and seen["processed"] == 1
     assert 120 <= seen["oldest_pending_age_s"] < 180
 
 
@@ -296,3 +333,128 @@ def test_each_pair_s_jira_sensor_takes_only_its_own_projects(defs, instance, sto
     assert len(bc.run_requests) == 1 == len(fo.run_requests)
     assert bc.run_requests[0].tags["connector/inbox_first_id"] != fo.run_requests[0].tags["connector/inbox_first_id"]
     assert fo.run_requests[0].tags["connector/integration"] == "d365_jira"
+
+
+# -- finding 4: nothing accepted is skipped or left without a visible reason ------------------------------
+def test_a_row_whose_commit_lands_late_is_not_passed_by_the_cursor(defs, instance, pg_store):
+    """On PostgreSQL an id is taken before a slow commit: the old id cursor (with a 2 s settle window)
+    passed a row committed 2.5 s after a later one. The seq is handed out under a lock held to commit,
+    so the later delivery cannot become visible before the slow one."""
+    sensor = defs.resolve_sensor_def(BC_SENSOR)
+    inbox = pg_store.inbox()
+    slow_open = threading.Event()
+    fast_done = threading.Event()
+
+    def slow_delivery() -> None:
+        with db.write_transaction(inbox.engine) as conn:
+            inbox._store(conn, BC, {"slow": bc_payload(1)}, None, 1)
+            slow_open.set()
+            time.sleep(2.5)
+
+    def fast_delivery() -> None:
+        slow_open.wait(10)
+        inbox.put(BC, "fast", bc_payload(2))
+        fast_done.set()
+
+    threads = [threading.Thread(target=slow_delivery), threading.Thread(target=fast_delivery)]
+    for t in threads:
+        t.start()
+    slow_open.wait(10)
+    time.sleep(0.5)
+    assert not fast_done.is_set()                       # the later delivery waits for the earlier commit
+    during = tick(sensor, instance, pg_store)
+    assert during.run_requests == []                    # nothing visible is half a story
+    for t in threads:
+        t.join(20)
+    after = tick(sensor, instance, pg_store, cursor=during.cursor)
+    keys = {r.dedupe_key: r.id for r in inbox.read_after(BC, 0, 10)}
+    assert [inbox_ids(r) for r in after.run_requests] == [[keys["slow"], keys["fast"]]]
+
+
+def test_a_failed_batch_is_retried_with_backoff_then_parked_as_a_dead_letter_that_fails_the_check(
+        defs, instance, store, monkeypatch):
+    from connector_pipelines.core.failures import RetryBudget
+
+    monkeypatch.setenv("CONNECTOR_RETRY_BASE_S", "0")
+    monkeypatch.setenv("CONNECTOR_RETRY_MAX_ATTEMPTS", "3")
+    budget = RetryBudget.from_env()
+    sensor = defs.resolve_sensor_def(BC_SENSOR)
+    dispatch = store.inbox().dispatch(f"{PAIR}:{BC}")
+    ids = put(store, BC, [bc_payload(i) for i in range(2)])
+    result = tick(sensor, instance, store)
+    keys = [result.run_requests[0].run_key]
+    for attempt in (1, 2):
+        due = dispatch.failed(ids, f"run-{attempt}", "business_central 503: down", lambda n: budget.next_at(n, db.utcnow()))
+        assert all(due.values())
+        result = tick(sensor, instance, store, cursor=result.cursor)
+        [request] = result.run_requests
+        assert inbox_ids(request) == ids and request.tags["connector/dispatch"] == "retry"
+        keys.append(request.run_key)
+    assert len(set(keys)) == 3                          # each attempt is its own run
+    dispatch.failed(ids, "run-3", "business_central 503: down", lambda n: budget.next_at(n, db.utcnow()))
+    result = tick(sensor, instance, store, cursor=result.cursor)
+    assert result.run_requests == []                    # the budget is spent: parked, not retried
+    assert observation(result)["dead_letters"] == 2
+    assert [d.inbox_id for d in sorted(dispatch.dead_letters(), key=lambda d: d.inbox_id)] == ids
+    assert all(d.status == DEAD and d.attempts == 3 and "503" in d.error for d in dispatch.dead_letters())
+
+    verdict = run_dead_letter_check(instance, store)
+    assert not verdict.passed and verdict.metadata["dead_letters"].value == 2
+    assert "503" in verdict.metadata["latest"].value
+
+    assert dispatch.replay() == 2                       # a person fixed the cause: replay them
+    result = tick(sensor, instance, store, cursor=result.cursor)
+    assert [inbox_ids(r) for r in result.run_requests] == [ids]
+
+
+def run_dead_letter_check(instance, store):
+    from connector_pipelines.components.inbox_sensor import dead_letter_check, inbox_backlog_spec
+    from connector_pipelines.sandbox.dagster_driver import check_evaluations
+
+    key = dg.AssetKey([PAIR, "inbox", BC])
+    job = dg.define_asset_job("dead_letters", selection=dg.AssetSelection.checks_for_assets(key))
+    defs = dg.Definitions(assets=[inbox_backlog_spec(PAIR, BC, "BC", None)], asset_checks=[dead_letter_check(PAIR, BC)],
+                          jobs=[job], resources={"connector_store": store})
+    [verdict] = check_evaluations(defs.resolve_job_def("dead_letters").execute_in_process(instance=instance))
+    return verdict
+
+
+def test_a_permanent_batch_error_parks_the_rows_at_once(defs, instance, store):
+    dispatch = store.inbox().dispatch(f"{PAIR}:{BC}")
+    ids = put(store, BC, [bc_payload(0)])
+    tick(defs.resolve_sensor_def(BC_SENSOR), instance, store)
+    assert dispatch.failed(ids, "run-1", "business_central 403: Forbidden", None) == {ids[0]: None}
+    assert dispatch.counts()[DEAD] == 1
+
+
+def test_a_batch_whose_run_died_without_recording_it_is_retried(defs, instance, store, monkeypatch):
+    """kill -9 of the run worker: the run ends FAILURE (the watchdog marks it), its rows still say queued."""
+    monkeypatch.setenv("CONNECTOR_RETRY_BASE_S", "0")
+    sensor = defs.resolve_sensor_def(BC_SENSOR)
+    dispatch = store.inbox().dispatch(f"{PAIR}:{BC}")
+    ids = put(store, BC, [bc_payload(i) for i in range(2)])
+    first = tick(sensor, instance, store)
+    [request] = first.run_requests
+    for name in DUMMY_SETTINGS:
+        monkeypatch.setenv(name, "dummy")
+    dead_run = instance.create_run_for_job(defs.resolve_job_def(f"{PAIR}__notification_job"),
+                                           run_config=request.run_config,
+                                           tags={"dagster/run_key": request.run_key})
+    instance.report_run_failed(dead_run, message="worker killed")
+    monkeypatch.setenv("CONNECTOR_INBOX_ORPHAN_S", "0")
+    second = tick(sensor, instance, store, cursor=first.cursor)
+    [retry] = second.run_requests             # noticed and, with no backoff configured, due at once
+    assert inbox_ids(retry) == ids and retry.run_key != request.run_key
+    assert retry.tags["connector/dispatch"] == "retry"
+    rows = dispatch.rows(ids)
+    assert all(r.attempts == 1 and "ended FAILURE" in r.error and r.run_key == retry.run_key for r in rows.values())
+    dispatch.processed(ids, "run-ok")
+    assert dispatch.counts()[PROCESSED] == 2
+
+
+def test_rows_stored_by_a_receiver_are_gap_free_in_commit_order(store):
+    inbox: Inbox = store.inbox()
+    inbox.put_many(BC, [("a", {}), ("b", {})])
+    inbox.put_many(BC, [("a", {}), ("c", {})])   # a re-delivered entry takes a seq it does not use
+    seqs = [r.seq for r in inbox.read_after(BC, 0, 10)]
+    assert seqs == sorted(seqs) and len(seqs) == 3

@@ -2,19 +2,23 @@
 
 DAGSTER-STYLE rule 3: a literal (or vault-decrypted) secret assigned to a resource field is written
 in plaintext (zlib) into the run storage ``snapshots`` table; a ``dg.EnvVar`` is stored by name
-only. This runs jobs of the real definitions (resources bound by resources_from_env) on a SQLite
-instance with recognisable secret values, then reads every table of every SQLite file the
-instance wrote (zlib-decompressing blobs) and every other file under its home: the values must be
-absent, while the variable *names* are present (which proves the scan sees the snapshots).
+only. This runs jobs of the real definitions (resources bound by resources_from_env) on a Dagster
+instance — SQLite, and PostgreSQL as in production — with recognisable secret values, among them the
+password inside CONNECTOR_DATABASE_URL (the project's tables live on the machine's PostgreSQL here,
+whose trust auth ignores it), then reads every table the instance wrote (zlib-decompressing blobs)
+and every file under its home: the values must be absent, while the variable *names* are present
+(which proves the scan sees the snapshots).
 """
 
 import socket
 import sqlite3
+import uuid
 import zlib
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from connector_pipelines.components.resources import clear_client_cache
 from connector_pipelines.core import db
@@ -25,8 +29,10 @@ BC_SECRET = "SECRET-bc-123"
 JIRA_SECRET = "SECRET-jira-456"
 STATE_SECRET = "SECRET-state-789"
 REFRESH_TOKEN = "SECRET-refresh-000"
+DB_PASSWORD = "SECRET-dbpass-555"
 VAULT_KEY = Vault.generate_key()
-SECRETS = (BC_SECRET, JIRA_SECRET, STATE_SECRET, REFRESH_TOKEN, VAULT_KEY)
+SECRETS = (BC_SECRET, JIRA_SECRET, STATE_SECRET, REFRESH_TOKEN, VAULT_KEY, DB_PASSWORD)
+PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 CANARY = "CANARY-metadata-visible"  # a non-secret the op writes to the event log: the scan must find it
 SETTINGS = {
     "CONNECTOR_BC_TENANT_ID": "tenant-1",
@@ -47,30 +53,51 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("secrets")
+def databases():
+    """Two throwaway PostgreSQL databases: the project's tables, and Dagster's own storage."""
+    names = {k: f"cp_secrets_{k}_{uuid.uuid4().hex[:8]}" for k in ("connector", "dagster")}
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in names.values():
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield names
+    finally:
+        for url in [u for u in db._engines if any(n in u for n in names.values())]:
+            db._engines.pop(url).dispose()
+        with admin.connect() as conn:
+            for name in names.values():
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def env(request, tmp_path_factory, databases):
+    tmp_path = tmp_path_factory.mktemp(f"secrets-{request.param}")
     home = tmp_path / "dagster_home"
     home.mkdir()
-    url = f"sqlite:///{tmp_path}/connector.sqlite"
+    # a password trust auth ignores, so it can be looked for everywhere Dagster writes
+    url = f"postgresql+psycopg2://postgres:{DB_PASSWORD}@127.0.0.1:5432/{databases['connector']}"
 
     def no_network(*_args, **_kwargs):
-        raise AssertionError("this test must not reach the network")
+        raise AssertionError("this test must not reach a vendor")
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         monkeypatch.setenv("CONNECTOR_DATABASE_URL", url)
         for name, value in SETTINGS.items():
             monkeypatch.setenv(name, value)
+        # Python sockets only: PostgreSQL is reached through libpq, vendors through httpx.
         monkeypatch.setattr(socket.socket, "connect", no_network)
         monkeypatch.setattr(socket, "create_connection", no_network)
         clear_client_cache()
+        overrides = {} if request.param == "sqlite" else {"storage": {"postgres": {"postgres_db": {
+            "scheme": "postgresql+psycopg2", "hostname": "127.0.0.1", "port": 5432,
+            "db_name": databases["dagster"], "username": "postgres", "password": ""}}}}
         try:
-            yield home, tmp_path / "connector.sqlite"
+            yield home, url, overrides, request.param, databases["dagster"]
         finally:
             clear_client_cache()
-            engine = db._engines.pop(url, None)
-            if engine is not None:
-                engine.dispose()
 
 
 def texts_of_value(value) -> list[str]:
@@ -99,6 +126,25 @@ def scan_sqlite(path: Path) -> dict[str, str]:
             out[f"{path.name}:{table}"] = "\n".join(chunks)
     finally:
         conn.close()
+    return out
+
+
+def scan_postgres(database: str) -> dict[str, str]:
+    """table -> all its text, for every table of a PostgreSQL database (bytea also zlib-decompressed)."""
+    engine = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}")
+    out: dict[str, str] = {}
+    try:
+        with engine.connect() as conn:
+            tables = [r[0] for r in conn.exec_driver_sql(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            for table in tables:
+                chunks = []
+                for row in conn.exec_driver_sql(f'SELECT * FROM "{table}"'):
+                    for value in row:
+                        chunks.extend(texts_of_value(value))
+                out[f"pg:{table}"] = "\n".join(chunks)
+    finally:
+        engine.dispose()
     return out
 
 
@@ -147,10 +193,10 @@ def probe_job(seen: dict[str, str]) -> dg.JobDefinition:
 @pytest.fixture(scope="module")
 def executed(env):
     """Run the probe job and the real bc_jira__jira_webhook_renewal_job; yield what they left behind."""
-    home, connector_db = env
+    home, connector_url, overrides, storage, dagster_db = env
     defs = load_defs()
     seen: dict[str, str] = {}
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as instance:
         probe = dg.Definitions(jobs=[probe_job(seen)], resources=defs.resources).resolve_job_def("secrets_probe_job")
         assert probe.execute_in_process(instance=instance).success
         # A job of the real definitions: it initialises the resources, then stops before any vendor
@@ -161,36 +207,42 @@ def executed(env):
         [failure] = [e for e in failed.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
         assert "webhook_url" in failure.step_failure_data.error.cause.message
         assert instance.get_runs_count() == 2
-    yield defs, seen, home, connector_db
+    yield defs, seen, home, connector_url, storage, dagster_db
 
 
 def test_no_secret_in_any_table_or_file_of_the_instance(executed):
-    _, _, home, _ = executed
+    _, _, home, _, storage, dagster_db = executed
     found = scan_tree(home)
-    assert any(k.endswith(":snapshots") for k in found), sorted(found)  # the run storage was scanned
+    if storage == "postgres":
+        found.update(scan_postgres(dagster_db))
+        assert any(k == "pg:snapshots" for k in found), sorted(found)  # the PostgreSQL run storage was scanned
+    else:
+        assert any(k.endswith(":snapshots") for k in found), sorted(found)  # the run storage was scanned
     assert any(CANARY in text for text in found.values())               # ... and decompressed
-    for name in ("CONNECTOR_BC_CLIENT_SECRET", "CONNECTOR_JIRA_CLIENT_SECRET", "CONNECTOR_BC_CLIENT_STATE"):
-        assert any(name in text for key, text in found.items() if key.endswith(":snapshots")), name
+    for name in ("CONNECTOR_BC_CLIENT_SECRET", "CONNECTOR_JIRA_CLIENT_SECRET", "CONNECTOR_BC_CLIENT_STATE",
+                 "CONNECTOR_DATABASE_URL"):
+        assert any(name in text for key, text in found.items() if key.endswith("snapshots")), name
     assert leaks(found) == []
 
 
 def test_the_vault_keeps_only_ciphertext_in_the_connector_database(executed):
-    _, _, _, connector_db = executed
-    found = {k: v for k, v in scan_tree(connector_db.parent).items() if "dagster_home" not in k}
-    assert any(k.endswith(":cp_credentials") for k in found)
-    assert leaks(found, (REFRESH_TOKEN, VAULT_KEY, BC_SECRET, JIRA_SECRET)) == []
+    _, _, _, connector_url, _, _ = executed
+    found = scan_postgres(connector_url.rsplit("/", 1)[-1])
+    assert found.get("pg:cp_credentials")
+    assert leaks(found, (REFRESH_TOKEN, VAULT_KEY, BC_SECRET, JIRA_SECRET, DB_PASSWORD)) == []
 
 
 def test_resources_are_bound_by_variable_name(executed):
-    defs, _, _, _ = executed
-    bc, jira = defs.resources["business_central"], defs.resources["jira"]
+    defs = executed[0]
+    bc, jira, store = defs.resources["business_central"], defs.resources["jira"], defs.resources["connector_store"]
     for value, name in ((bc.client_secret, "CONNECTOR_BC_CLIENT_SECRET"), (bc.client_state, "CONNECTOR_BC_CLIENT_STATE"),
-                        (jira.client_secret, "CONNECTOR_JIRA_CLIENT_SECRET")):
+                        (jira.client_secret, "CONNECTOR_JIRA_CLIENT_SECRET"),
+                        (store.database_url, "CONNECTOR_DATABASE_URL")):
         assert isinstance(value, dg.EnvVar) and value.env_var_name == name
 
 
 def test_reprs_of_vault_credentials_and_bound_resources_hide_secrets(executed):
-    defs, seen, _, _ = executed
+    defs, seen = executed[0], executed[1]
     reprs = {k: seen[k] for k in ("vault", "locked_credential", "token_provider", "store")}
     reprs.update({f"bound_{k}": repr(v) for k, v in defs.resources.items()})
     assert set(seen) >= {"vault", "locked_credential", "token_provider"}
@@ -198,7 +250,6 @@ def test_reprs_of_vault_credentials_and_bound_resources_hide_secrets(executed):
 
 
 def test_reprs_of_resolved_resources_hide_secrets(executed):
-    _, seen, _, _ = executed
-    reprs = {k: seen[k] for k in ("resolved_business_central", "resolved_jira")}
+    seen = executed[1]
+    reprs = {k: seen[k] for k in ("resolved_business_central", "resolved_jira", "store")}
     assert [(k, s) for k, text in reprs.items() for s in SECRETS if s in text] == []
-

@@ -217,3 +217,26 @@ def test_run_and_asset_metadata_show_counts_and_links(world):
     assert md["created"].value == 1 and md["failed"].value == 0
     assert "/browse/FIN-" in md["first_issue"].value
     assert md["api_calls_jira"].value >= 1
+
+
+def test_an_invoice_someone_already_posted_is_not_posted_again_and_the_outcome_says_already(world):
+    """The status re-check before a non-idempotent action: someone posted the draft invoice in BC while its
+    issue was open; Done must read the status and not send the post at all (the sandbox would refuse a
+    second post, so only the number of post *requests* shows whether the status was read first)."""
+    seeded = run_flow(world)
+    cid = world.stack.company_id
+    invoice_issue = assert_one_issue_each(world, seeded)[f"bc:purchaseInvoices:{seeded['invoice']['id']}"]
+    world.bc.update_record(cid, "purchaseInvoices", seeded["invoice"]["id"], status="Open")  # posted by a person
+    post_path = ("POST", "/api/v2.0/companies({id})/purchaseInvoices({id})/Microsoft.NAV.post")
+    before = world.bc.calls[post_path]
+
+    transition_done(world.stack, invoice_issue["key"])
+    [run] = world.driver.tick(JIRA_SENSOR).runs
+
+    assert run.success
+    assert world.bc.calls[post_path] == before == 0       # no post request at all
+    assert world.bc.action_calls("post") == 0
+    outcome = Ledger(get_engine(world.database_url)).get(
+        "bc_jira", f"bc:purchaseInvoices:{seeded['invoice']['id']}#resolve")
+    assert outcome.state == "done" and outcome.context["outcome"] == "already"
+    assert any("already posted" in c for c in comments(world.stack, invoice_issue["key"]))

@@ -47,3 +47,24 @@ def test_vault_cli_put_and_rotate_to_a_new_key(world, capsys, monkeypatch):
     vault = Vault(get_engine(world.database_url), [new_key])
     assert vault.get("demo:secret") == {"token": "abc-123"}
     assert "abc-123" not in capsys.readouterr().out
+
+
+def test_inbox_cli_lists_dead_letters_with_their_error_and_replays_them(world, capsys):
+    from connector_pipelines.core.db import get_engine
+    from connector_pipelines.core.inbox import Inbox
+
+    inbox = Inbox(get_engine(world.database_url))
+    inbox.put("business_central", "k-1", {"resource": "x"})
+    [row] = inbox.read_after("business_central", 0, 10)
+    dispatch = inbox.dispatch("bc_jira:business_central")
+    dispatch.failed([row.id], "run-1", "business_central 403: Forbidden (the app lost its permission)", None)
+
+    assert cli.main(["inbox", "list", "bc_jira"]) == 1          # dead letters: a non-zero exit for scripts
+    out = capsys.readouterr().out
+    assert f"dead  inbox row {row.id}" in out and "403: Forbidden" in out
+    assert '"dead": 1' in out and "bc_jira:jira" in out
+
+    assert cli.main(["inbox", "replay", "bc_jira", "--source", "business_central"]) == 0
+    assert "1 dead letter(s) due again now" in capsys.readouterr().out
+    assert dispatch.counts()["retry"] == 1 and dispatch.dead_letters() == []
+    assert cli.main(["inbox", "list", "bc_jira"]) == 0

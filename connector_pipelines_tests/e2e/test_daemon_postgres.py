@@ -58,7 +58,7 @@ def production(tmp_path, monkeypatch, pg_database):
     shutil.copy(REPO / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
     pg_env = {"CONNECTOR_PG_HOST": "127.0.0.1", "CONNECTOR_PG_PORT": "5432", "CONNECTOR_PG_DB": pg_database,
               "CONNECTOR_PG_USER": "postgres", "CONNECTOR_PG_PASSWORD": "",
-              "CONNECTOR_INBOX_SETTLE_S": "0.3", "DAGSTER_HOME": str(home)}
+              "DAGSTER_HOME": str(home)}
     stack = start_stack(tmp_path / "stack",
                         database_url=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_database}")
     try:

@@ -218,7 +218,12 @@ def test_events_of_a_legal_entity_the_integration_does_not_watch_open_nothing(wo
     assert not [k for k in issues_by_external_id(world.stack) if k and k.startswith("fo:")]
 
 
-def test_reconciliation_finds_a_rejected_order_whose_event_was_lost_and_a_window_replay_heals_it(world):
+def test_lost_events_fail_reconciliation_and_the_repair_opens_the_missing_issues(world):
+    """The F&O endpoint was down: every event of the hour is lost (kept in F&O's Errors tab). The state
+    entity (rejected PO) and the event-only entity (confirmed PO, found by its catch-up read: confirmed,
+    accounting date in the last 14 days) both fail the check; posted invoices cannot be verified (no
+    catch-up read exists) and say so as a warning. The repair job opens the missing issues; F&O's later
+    Resend opens nothing twice."""
     from connector_pipelines.sandbox.dagster_driver import check_evaluations
 
     seeded = seed_fo_documents(world.stack)
@@ -230,18 +235,38 @@ def test_reconciliation_finds_a_rejected_order_whose_event_was_lost_and_a_window
 
     checks = {str(c.asset_key.path[-1]): c for c in
               check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
-    rejected = checks["purchase_orders_rejected_in_workflow"]
-    assert not rejected.passed and rejected.metadata["missing"].value == 1
-    assert checks["purchase_orders_confirmed"].passed   # event-only: no state defines its exceptions
+    for entity in ("purchase_orders_rejected_in_workflow", "purchase_orders_confirmed"):
+        assert not checks[entity].passed and checks[entity].metadata["missing"].value == 1, entity
+        assert checks[entity].severity == dg.AssetCheckSeverity.ERROR
+    invoices = checks["vendor_invoices_posted"]
+    assert not invoices.passed and invoices.severity == dg.AssetCheckSeverity.WARN
+    assert "cannot be verified" in invoices.metadata["cannot_verify"].value
 
-    # the endpoint is back; an administrator presses Resend; the hour's partition replays what arrived
+    repaired = world.driver.run_job(f"{PAIR}__repair_job")
+    assert repaired.success
+    found = issues_by_external_id(world.stack)
+    ids = fo_external_ids(seeded)
+    for what in ("purchase order confirmed", "purchase order rejected in workflow"):
+        assert len(found[ids[what]]) == 1, what
+    checks = {str(c.asset_key.path[-1]): c for c in
+              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
+    assert checks["purchase_orders_confirmed"].passed and checks["purchase_orders_rejected_in_workflow"].passed
+
+    # the endpoint is back; an administrator presses Resend: the invoice's issue opens, nothing twice
     fo.endpoints["connector-pipelines"].url = world.stack.servers["receiver_tls"].base_url + \
         "/webhooks/d365-business-events"
     for _, envelope in list(fo.errors):
         assert fo.resend(envelope["ControlNumber"])
+    process_events(world)
+    one_issue_each(world, seeded)
+
+
+def test_a_window_replay_heals_what_a_lost_batch_missed(world):
+    """The hour's partition replays the events the inbox received in it (here: the batch never ran)."""
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+    world.stack.fo.deliver_events()
     key = world.driver.current_partition(["finance_operations", "purchase_orders_rejected_in_workflow"])
     result = world.driver.run_job(f"{PAIR}__poll_job", partition_key=key)
     assert result.success
     one_issue_each(world, seeded)
-    checks = check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))
-    assert all(c.passed for c in checks)

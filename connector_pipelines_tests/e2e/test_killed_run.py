@@ -1,12 +1,17 @@
 """A run *killed* (os._exit, no cleanup, like kill -9) between Jira's create answer and the ledger
-commit, then re-executed, leaves exactly one issue per exception."""
+commit: the watchdog marks the dead run failed as soon as its lease lapses (not after max_runtime), and
+the re-execution — waiting out the dead worker's record claims, then finding its issue by search — leaves
+exactly one issue per exception."""
 
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+
+import dagster as dg
 
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.inbox import Inbox
@@ -32,7 +37,8 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_killed_worker_then_reexecution_gives_exactly_one_issue(world):
+def test_killed_worker_then_reexecution_gives_exactly_one_issue(world, monkeypatch):
+    monkeypatch.setenv("CONNECTOR_LEASE_TTL_S", "2")     # the dead worker's claims lapse in 2 s (default 60)
     register_webhooks(world.driver)
     seeded = seed_exceptions(world.stack)
     world.stack.deliver_all()
@@ -47,7 +53,13 @@ def test_killed_worker_then_reexecution_gives_exactly_one_issue(world):
     ledger = Ledger(get_engine(world.database_url))
     assert ledger.counts("bc_jira")["intent"] >= 1 and ledger.counts("bc_jira")["done"] == 0
     zombie = [r for r in world.instance.get_runs() if r.job_name == "bc_jira__notification_job"]
-    assert zombie and not zombie[0].is_finished         # run monitoring (max_runtime) marks these in production
+    assert zombie and not zombie[0].is_finished         # Dagster alone would wait for max_runtime (an hour)
+    world.driver.tick("connector__run_watchdog")        # the lease has not lapsed yet: alive as far as we know
+    assert not world.instance.get_run_by_id(zombie[0].run_id).is_finished
+    time.sleep(2.5)
+    world.driver.tick("connector__run_watchdog")
+    dead = world.instance.get_run_by_id(zombie[0].run_id)
+    assert dead.status == dg.DagsterRunStatus.FAILURE
 
     again = world.defs.resolve_job_def("bc_jira__notification_job").execute_in_process(
         run_config=run_config, instance=world.instance)
