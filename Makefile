@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test smoke sandbox bench lint clean postgres-up
+.PHONY: install demo test smoke sandbox bench chaos lint clean postgres-up
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ sandbox: install
 bench: install
 	$(BIN)/python -m benchmarks.bc_jira
 	$(BIN)/python -m benchmarks.fo_jira
+
+## Overlapping writers, kill -9 under search lag, forgeries and replays, the receiver killed under load
+## (SQLite and PostgreSQL); one JSON line of counters that must all be 0 (~10 min; the suite runs it small).
+chaos: install postgres-up
+	$(BIN)/python -m benchmarks.chaos
 
 lint: install
 	$(BIN)/ruff check connector_pipelines connector_pipelines_tests benchmarks

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         from connector_pipelines.core import adf
 
         defn = definition("bc_jira")
-        bc_client, jira_client, ext_field = naive_clients(driver, "business_central")
+        bc_client, jira_client, ext_field = naive_clients(driver, "business_central", world.closer)
         ledger = Ledger(get_engine(db_url))
         naive_ids = [stack.bc.add_purchase_invoice(cid, number=f"PI-N{i:05d}", status="Draft",
                                                    vendorName="Naive Vendor",

@@ -9,7 +9,7 @@ import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bind(resource_def):
-    """A resource with its EnvVars resolved from the environment (as a run would see it)."""
-    return resource_def.process_config_and_initialize()
+def bind(resource_def, stack):
+    """A resource with its EnvVars resolved from the environment (as a run would see it), closed when
+    ``stack`` (a contextlib.ExitStack) closes, as a run's teardown closes it."""
+    return stack.enter_context(resource_def.process_config_and_initialize_cm())
 
 
 def definition(pair: str):
@@ -38,6 +39,7 @@ class BenchWorld:
     stack: Any
     driver: Any
     db_url: str
+    closer: Any = None   # an ExitStack: resources bound for the naive loop close with the world
 
     def set_latency(self, latency_ms: float) -> None:
         for s in (self.stack.entra, self.stack.bc, self.stack.fo, self.stack.atlassian, self.stack.jira):
@@ -65,19 +67,19 @@ def bench_world(prefix: str) -> Iterator[BenchWorld]:
         clear_client_cache()
         from connector_pipelines.definitions import defs as load_defs
 
-        with dg.instance_for_test(temp_dir=str(home)) as instance:
-            yield BenchWorld(stack, DagsterDriver(load_defs(), instance), db_url)
+        with dg.instance_for_test(temp_dir=str(home)) as instance, ExitStack() as closer:
+            yield BenchWorld(stack, DagsterDriver(load_defs(), instance), db_url, closer)
     finally:
         clear_client_cache()
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def naive_clients(driver, source_resource: str):
+def naive_clients(driver, source_resource: str, stack):
     """What the naive loop calls with: the product's own source and Jira clients and the external-id field."""
     resources = driver.defs.resources
-    source_client = bind(resources[source_resource]).client()
-    jira_client = bind(resources["jira"]).client(resources["connector_store"].vault())
+    source_client = bind(resources[source_resource], stack).client()
+    jira_client = bind(resources["jira"], stack).client(bind(resources["connector_store"], stack).vault())
     return source_client, jira_client, jira_client.resolve_fields(["ERP External ID"])["ERP External ID"]
 
 

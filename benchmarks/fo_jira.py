@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         # -- naive: one event at a time with the same clients --------------------------------------------
         defn = definition("d365_jira")
-        fo_client, jira_client, ext_field = naive_clients(driver, "finance_operations")
+        fo_client, jira_client, ext_field = naive_clients(driver, "finance_operations", world.closer)
         entity = defn.entity("purchase_orders_confirmed")
         naive_docs = seed(fo, args.naive_records * 3, "N")
         naive = [number for kind, number in naive_docs if kind == "confirmed"][: args.naive_records]
