@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
-
-PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 # Never let a developer's CONNECTOR_* settings leak into a test.
 for _var in list(os.environ):
@@ -23,26 +19,18 @@ for _var in list(os.environ):
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A throwaway PostgreSQL database on the machine's server (a down server fails the test, never skips)."""
-    name = f"cp_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        from connector_pipelines.core import db
+    from connector_pipelines.sandbox.postgres import throwaway_databases
 
-        for url in [u for u in db._engines if name in u]:
-            db._engines.pop(url).dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with throwaway_databases("cp_test") as [name]:
+        yield name
 
 
 @pytest.fixture
 def pg_url(pg_database) -> str:
     """The SQLAlchemy URL of a throwaway PostgreSQL database."""
-    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_database}"
+    from connector_pipelines.sandbox.postgres import url_of
+
+    return url_of(pg_database)
 
 
 @pytest.fixture(scope="module")

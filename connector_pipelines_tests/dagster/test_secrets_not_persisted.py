@@ -12,7 +12,6 @@ and every file under its home: the values must be absent, while the variable *na
 
 import socket
 import sqlite3
-import uuid
 import zlib
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 
 from connector_pipelines.components.resources import clear_client_cache
-from connector_pipelines.core import db
 from connector_pipelines.core.vault import Vault
 from connector_pipelines.definitions import defs as load_defs
 
@@ -32,7 +30,6 @@ REFRESH_TOKEN = "SECRET-refresh-000"
 DB_PASSWORD = "SECRET-dbpass-555"
 VAULT_KEY = Vault.generate_key()
 SECRETS = (BC_SECRET, JIRA_SECRET, STATE_SECRET, REFRESH_TOKEN, VAULT_KEY, DB_PASSWORD)
-PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 CANARY = "CANARY-metadata-visible"  # a non-secret the op writes to the event log: the scan must find it
 SETTINGS = {
     "CONNECTOR_BC_TENANT_ID": "tenant-1",
@@ -55,20 +52,10 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def databases():
     """Two throwaway PostgreSQL databases: the project's tables, and Dagster's own storage."""
-    names = {k: f"cp_secrets_{k}_{uuid.uuid4().hex[:8]}" for k in ("connector", "dagster")}
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in names.values():
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield names
-    finally:
-        for url in [u for u in db._engines if any(n in u for n in names.values())]:
-            db._engines.pop(url).dispose()
-        with admin.connect() as conn:
-            for name in names.values():
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    from connector_pipelines.sandbox.postgres import throwaway_databases
+
+    with throwaway_databases("cp_secrets", 2) as [connector, dagster_db]:
+        yield {"connector": connector, "dagster": dagster_db}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -119,33 +106,28 @@ def scan_sqlite(path: Path) -> dict[str, str]:
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
-            chunks = []
-            for row in conn.execute(f'SELECT * FROM "{table}"'):
-                for value in row:
-                    chunks.extend(texts_of_value(value))
-            out[f"{path.name}:{table}"] = "\n".join(chunks)
+            out[f"{path.name}:{table}"] = texts_of_rows(conn.execute(f'SELECT * FROM "{table}"'))
     finally:
         conn.close()
     return out
 
 
+def texts_of_rows(rows) -> str:
+    return "\n".join(text for row in rows for value in row for text in texts_of_value(value))
+
+
 def scan_postgres(database: str) -> dict[str, str]:
     """table -> all its text, for every table of a PostgreSQL database (bytea also zlib-decompressed)."""
-    engine = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}")
-    out: dict[str, str] = {}
+    from connector_pipelines.sandbox.postgres import url_of
+
+    engine = sa.create_engine(url_of(database))
     try:
         with engine.connect() as conn:
             tables = [r[0] for r in conn.exec_driver_sql(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-            for table in tables:
-                chunks = []
-                for row in conn.exec_driver_sql(f'SELECT * FROM "{table}"'):
-                    for value in row:
-                        chunks.extend(texts_of_value(value))
-                out[f"pg:{table}"] = "\n".join(chunks)
+            return {f"pg:{t}": texts_of_rows(conn.exec_driver_sql(f'SELECT * FROM "{t}"')) for t in tables}
     finally:
         engine.dispose()
-    return out
 
 
 def scan_tree(root: Path) -> dict[str, str]:

@@ -497,21 +497,28 @@ def _marks(node: Any) -> list[dict[str, Any]]:
     return out
 
 
+def refuse_first_bulk_create(writer: JiraIssueWriter, monkeypatch, status: int, message: str) -> list[int]:
+    """The first bulk create call fails with ``status`` (after the HTTP client's own retries); returns the
+    sizes of every bulk create call."""
+    real_bulk = writer.jira.bulk_create
+    calls: list[int] = []
+
+    def refuse_once(issues):
+        calls.append(len(issues))
+        if len(calls) == 1:
+            raise ApiError("jira", "POST", "/rest/api/3/issue/bulk", status, {"errorMessages": [message]})
+        return real_bulk(issues)
+
+    monkeypatch.setattr(writer.jira, "bulk_create", refuse_once)
+    return calls
+
+
 def test_a_failed_bulk_call_keeps_uncertain_intents_due_for_a_verified_retry(h: Harness, monkeypatch):
     entity = h.entity()
     for n in range(3):
         h.vendor(str(n))
     writer = h.writer(search_lag_bound_s=0.5)
-    real_bulk = writer.jira.bulk_create
-    calls = []
-
-    def refuse_once(issues):
-        calls.append(len(issues))
-        if len(calls) == 1:
-            raise ApiError("jira", "POST", "/rest/api/3/issue/bulk", 503, {"errorMessages": ["down"]})
-        return real_bulk(issues)
-
-    monkeypatch.setattr(writer.jira, "bulk_create", refuse_once)
+    calls = refuse_first_bulk_create(writer, monkeypatch, 503, "down")
     report = writer.upsert(entity, h.source.all(entity))
     assert report.failed == 3 and report.created == 0 and set(report.retry_at) == set(report.failures)
     # A 503 may come after Jira created the issues: the rows stay intent (uncertain), with the error and
@@ -534,16 +541,7 @@ def test_a_refused_bulk_call_is_definite_and_a_permanent_failure(h: Harness, mon
     entity = h.entity()
     h.vendor("1")
     writer = h.writer(search_lag_bound_s=60)
-    real_bulk = writer.jira.bulk_create
-    calls = []
-
-    def refuse_once(issues):
-        calls.append(len(issues))
-        if len(calls) == 1:
-            raise ApiError("jira", "POST", "/rest/api/3/issue/bulk", 400, {"errorMessages": ["bad request"]})
-        return real_bulk(issues)
-
-    monkeypatch.setattr(writer.jira, "bulk_create", refuse_once)
+    calls = refuse_first_bulk_create(writer, monkeypatch, 400, "bad request")
     report = writer.upsert(entity, h.source.all(entity))
     assert report.failed == 1 and report.needs_a_person and not report.retry_at
     row = h.ledger.get("bc_jira", "fake:vendors:1")
