@@ -109,7 +109,7 @@ def build_inbox_sensor(name: str, pair: str, source: str, job: dg.JobDefinition,
             elif all(r.is_finished for r in runs):
                 last = runs[0]
                 dispatch.orphaned(ids, f"run {last.run_id} ended {last.status.value} without recording these rows "
-                                       "(its worker died?)", lambda n: budget.next_at(n, utcnow()))
+                                       "(its worker died?)", budget.next_from_now)
                 notes.append(f"{len(ids)} row(s) of run {last.run_id[:8]} are due again")
 
         # 3. retries that are due (orphans of step 2 included)

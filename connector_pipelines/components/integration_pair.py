@@ -33,8 +33,7 @@ from connector_pipelines.components.inbox_sensor import (
     inbox_backlog_spec,
     reader_name,
 )
-from connector_pipelines.core.db import utcnow
-from connector_pipelines.core.failures import describe, is_transient
+from connector_pipelines.core.failures import RetryBudget, describe, is_transient
 from connector_pipelines.core.inbox import InboxRow
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
@@ -136,12 +135,10 @@ def _fail_if_a_person_is_needed(what: str, needs: dict[str, str], md: dict[str, 
 
 def _batch_failed(dispatch, rows: list[InboxRow], run_id: str, exc: BaseException, what: str) -> None:
     """A batch that could not complete: its rows are due again (transient) or dead letters (permanent)."""
-    from connector_pipelines.core.failures import RetryBudget
-
     budget = RetryBudget.from_env()
     transient = is_transient(exc)
     due = dispatch.failed([r.id for r in rows], run_id, f"{what}: {describe(exc)}",
-                          (lambda n: budget.next_at(n, utcnow())) if transient else None)
+                          budget.next_from_now if transient else None)
     when = sorted(t for t in due.values() if t)
     retry = f"retried after {when[0].isoformat()}Z" if when else "parked as dead letter(s) for a person"
     raise dg.Failure(description=f"{what} failed ({'transient' if transient else 'permanent'}): {describe(exc)}; "
@@ -350,8 +347,6 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
 
 
 def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
-    from connector_pipelines.core.failures import RetryBudget
-
     name = integration.name
     reader = reader_name(name, JIRA_SOURCE)
 
@@ -389,7 +384,7 @@ def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> 
         if retry:
             budget = RetryBudget.from_env()
             dispatch.failed(retry, context.run_id, "; ".join(sorted(set(report.retry.values())))[:2000],
-                            lambda n: budget.next_at(n, utcnow()))
+                            budget.next_from_now)
         dispatch.processed([r.id for i, r in enumerate(rows) if i not in report.retry], context.run_id)
         if report.needs_a_person:
             raise dg.Failure(description=f"{len(report.needs_a_person)} resolution(s) failed permanently; the issues "
@@ -408,8 +403,6 @@ class LedgerRetryConfig(dg.Config):
 
 
 def _retry_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
-    from connector_pipelines.core.failures import RetryBudget
-
     name = integration.name
 
     @dg.op(name=f"{name}__retry_records", required_resource_keys=resource_keys, pool="jira_site",
@@ -429,7 +422,7 @@ def _retry_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.Jo
             # Nothing was written: each row's next attempt moves on by the budget (or it is given up).
             budget = RetryBudget.from_env()
             ledger.postpone(name, entries, f"retry: {describe(exc)}", context.run_id,
-                            (lambda n: budget.next_at(n, utcnow())) if is_transient(exc) else None)
+                            budget.next_from_now if is_transient(exc) else None)
             raise dg.Failure(description=f"retry of {len(entries)} record(s) failed: {describe(exc)}",
                              allow_retries=False) from exc
         total = SyncReport()

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from connector_pipelines.core.db import transient_db_error
+from connector_pipelines.core.db import transient_db_error, utcnow
 from connector_pipelines.core.http import ApiError
 
 TRANSIENT_STATUS = frozenset({408, 409, 423, 429})
@@ -69,6 +69,10 @@ class RetryBudget:
             return None
         delay = min(self.cap_s, self.base_s * self.factor ** max(0, failed_attempts - 1))
         return now + timedelta(seconds=delay)
+
+    def next_from_now(self, failed_attempts: int) -> datetime | None:
+        """``next_at`` counted from this moment (what the inbox and ledger store as the next attempt)."""
+        return self.next_at(failed_attempts, utcnow())
 
 
 @dataclass(frozen=True)

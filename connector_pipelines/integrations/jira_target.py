@@ -166,7 +166,7 @@ class JiraIssueWriter:
         report = WriteReport()
         unique = {r.external_id: r for r in records}  # the same record twice in a batch is one record
         planned = {k: self._plan(entity, r) for k, r in unique.items()}
-        self._claimed(list(planned), report, lambda keys, taken: self._upsert_claimed(
+        self._claimed(list(planned), report, lambda keys: self._upsert_claimed(
             entity, {k: planned[k] for k in keys}, report))
         return report
 
@@ -177,9 +177,13 @@ class JiraIssueWriter:
         deadline = time.monotonic() + self.settings.claim_wait_s
         while remaining:
             got = self.leases.acquire(self.claim_scope, remaining)
+            taken = {t.previous_owner for t in got.values() if t is not None}
+            if taken:
+                log.warning("%s: took over records from writer(s) whose lease expired (died?): %s",
+                            self.integration.name, ", ".join(sorted(taken)))
             if got:
                 try:
-                    work(sorted(got), got)
+                    work(sorted(got))
                 finally:
                     self.leases.release(self.claim_scope, got)
                 remaining -= set(got)
@@ -223,8 +227,9 @@ class JiraIssueWriter:
             else:
                 to_create[key] = p
 
-        self._update(entity, updates, report)
-        self._create(entity, to_create, report)
+        attempts = {k: e.attempts for k, e in known.items()}
+        self._update(entity, updates, report, attempts)
+        self._create(entity, to_create, report, attempts)
         self._defer(entity, {k: (to_lookup[k], t) for k, t in deferred.items()}, report)
 
     def _verify_after(self, entry: LedgerEntry | None, now: datetime) -> datetime | None:
@@ -268,10 +273,11 @@ class JiraIssueWriter:
             row["verify_after"] = verify_after
         return row
 
-    def _update(self, entity: EntitySync, updates: dict[str, tuple[str, _Planned]], report: WriteReport) -> None:
+    def _update(self, entity: EntitySync, updates: dict[str, tuple[str, _Planned]], report: WriteReport,
+                attempts: dict[str, int]) -> None:
+        """``attempts``: the ledger's attempt count per key before this write."""
         if not updates:
             return
-        attempts = {k: e.attempts for k, e in self.ledger.get_many(self.integration.name, updates).items()}
         done, failed = [], []
         for key, (issue_key, p) in updates.items():
             fields = {k: v for k, v in p.fields.items() if k not in ("project", "issuetype")}
@@ -287,17 +293,19 @@ class JiraIssueWriter:
         self.ledger.mark_done(self.integration.name, done, self.run_id)
         self.ledger.mark_failed(self.integration.name, failed, self.run_id, count_attempt=True)
 
-    def _create(self, entity: EntitySync, to_create: dict[str, _Planned], report: WriteReport) -> None:
+    def _create(self, entity: EntitySync, to_create: dict[str, _Planned], report: WriteReport,
+                attempts: dict[str, int]) -> None:
         keys = list(to_create)
         for start in range(0, len(keys), BULK_LIMIT):
-            self._create_chunk(entity, {k: to_create[k] for k in keys[start:start + BULK_LIMIT]}, report)
+            self._create_chunk(entity, {k: to_create[k] for k in keys[start:start + BULK_LIMIT]}, report, attempts)
 
-    def _create_chunk(self, entity: EntitySync, chunk: dict[str, _Planned], report: WriteReport) -> None:
+    def _create_chunk(self, entity: EntitySync, chunk: dict[str, _Planned], report: WriteReport,
+                      attempts: dict[str, int]) -> None:
         """Intent rows, one bulk create of ≤ 50, then done/failed rows: the window in which a crash leaves
         an uncertain intent is one call long."""
         keys = list(chunk)
         self.ledger.record_intents(self.integration.name, [self._row(entity, k, chunk[k]) for k in keys], self.run_id)
-        attempts = {k: e.attempts for k, e in self.ledger.get_many(self.integration.name, keys).items()}
+        attempts = {k: attempts.get(k, 0) + 1 for k in keys}   # the intent counted this attempt
         try:
             result = self.jira.bulk_create([chunk[k].fields for k in keys])
         except (ApiError, httpx.TransportError) as exc:
@@ -345,7 +353,7 @@ class JiraIssueWriter:
         rest are closed as done without an issue. Deferred again while the search lag bound runs."""
         report = WriteReport()
 
-        def work(claimed: list[str], _taken) -> None:
+        def work(claimed: list[str]) -> None:
             known = self.ledger.get_many(self.integration.name, claimed)
             now = utcnow()
             found = self._find_existing(self.integration.project_for(entity),

@@ -384,14 +384,14 @@ def test_a_failed_batch_is_retried_with_backoff_then_parked_as_a_dead_letter_tha
     result = tick(sensor, instance, store)
     keys = [result.run_requests[0].run_key]
     for attempt in (1, 2):
-        due = dispatch.failed(ids, f"run-{attempt}", "business_central 503: down", lambda n: budget.next_at(n, db.utcnow()))
+        due = dispatch.failed(ids, f"run-{attempt}", "business_central 503: down", budget.next_from_now)
         assert all(due.values())
         result = tick(sensor, instance, store, cursor=result.cursor)
         [request] = result.run_requests
         assert inbox_ids(request) == ids and request.tags["connector/dispatch"] == "retry"
         keys.append(request.run_key)
     assert len(set(keys)) == 3                          # each attempt is its own run
-    dispatch.failed(ids, "run-3", "business_central 503: down", lambda n: budget.next_at(n, db.utcnow()))
+    dispatch.failed(ids, "run-3", "business_central 503: down", budget.next_from_now)
     result = tick(sensor, instance, store, cursor=result.cursor)
     assert result.run_requests == []                    # the budget is spent: parked, not retried
     assert observation(result)["dead_letters"] == 2
