@@ -36,7 +36,7 @@ bench: install
 	$(BIN)/python -m benchmarks.fo_jira
 
 ## Overlapping writers, kill -9 under search lag, forgeries and replays, the receiver killed under load
-## (SQLite and PostgreSQL); one JSON line of counters that must all be 0 (~10 min; the suite runs it small).
+## (SQLite and PostgreSQL); one JSON line of counters that must all be 0 (~12 min; the suite runs it small).
 chaos: install postgres-up
 	$(BIN)/python -m benchmarks.chaos
 

@@ -47,7 +47,6 @@ from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 COUNTERS = ("duplicates", "lost", "acked_not_stored", "forged_accepted", "erp_actions_without_done", "http_5xx")
 INVOICES = "purchase_invoices_awaiting_review"
 
@@ -80,22 +79,10 @@ class Outcome:
 # -- worlds ----------------------------------------------------------------------------------------------
 @contextmanager
 def pg_database() -> Iterator[str]:
-    import sqlalchemy as sa
+    from connector_pipelines.sandbox.postgres import throwaway_databases, url_of
 
-    name = f"cp_chaos_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        from connector_pipelines.core import db
-
-        for url in [u for u in db._engines if name in u]:
-            db._engines.pop(url).dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with throwaway_databases("cp_chaos") as [name]:
+        yield url_of(name)
 
 
 @contextmanager
@@ -244,39 +231,44 @@ def kill(sizes: Sizes, rng: random.Random) -> Outcome:
             inbox, ledger = Inbox(get_engine(world.db_url)), Ledger(get_engine(world.db_url))
             job = world.defs.resolve_job_def("bc_jira__notification_job")
             started = time.perf_counter()
-            duration = None
-            points: list[dict[str, int]] = []   # what each kill left behind: issues made, intents open, done rows
-            for trial in range(sizes.kill_trials + 1):          # trial 0 measures an undisturbed worker
+            writes = (("POST", "/ex/jira/{cloudId}/rest/api/3/search/jql"),
+                      ("POST", "/ex/jira/{cloudId}/rest/api/3/issue/bulk"))
+            points: list[dict[str, Any]] = []   # where each kill landed, and what it left behind
+            for trial in range(sizes.kill_trials):
                 seen = {r.id for r in inbox.read_after("business_central", 0, 1_000_000)}
                 ids = seed_invoices(world.stack, sizes.kill_records, f"K{int(lag)}-{trial}")
                 world.stack.bc.deliver_notifications()
                 rows = [r.id for r in inbox.read_after("business_central", 0, 1_000_000) if r.id not in seen]
                 config = {"ops": {NOTIFY_OP: {"config": {"inbox_ids": rows}}}}
-                t0 = time.perf_counter()
+                # A random point of the write phase: after the n-th Jira search or bulk-create answer (one of
+                # each per 50 records) plus a random delay — in a later call, or between Jira's answer and
+                # the ledger commit.
+                n, jitter = rng.randint(1, 2 * -(-sizes.kill_records // 50)), rng.uniform(0.0, 0.4)
+                before = sum(world.stack.jira.calls[w] for w in writes)
                 proc = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(config)], cwd=REPO,
                                         env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                if duration is None:
-                    proc.wait(timeout=300)
-                    duration = time.perf_counter() - t0
-                else:
-                    time.sleep(rng.uniform(0.4 * duration, 1.05 * duration))
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait(timeout=30)
-                    keys = [f"bc:purchaseInvoices:{i}" for i in ids]
-                    left = ledger.get_many("bc_jira", keys)
-                    points.append({"issues": sum(issues_of(world.stack, keys).values()),
-                                   "intents": sum(1 for e in left.values() if e.state == "intent"),
-                                   "done": sum(1 for e in left.values() if e.state == "done")})
-                    # re-executed at once (what a person or the inbox sensor does), then the ledger retry
-                    # sensor finishes what had to wait for the search lag bound
-                    job.execute_in_process(run_config=config, instance=world.instance, raise_on_error=False)
+                deadline = time.monotonic() + 120
+                while (sum(world.stack.jira.calls[w] for w in writes) - before < n and proc.poll() is None
+                       and time.monotonic() < deadline):
+                    time.sleep(0.01)
+                time.sleep(jitter)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
                 keys = [f"bc:purchaseInvoices:{i}" for i in ids]
+                left = ledger.get_many("bc_jira", keys)
+                issues = sum(issues_of(world.stack, keys).values())
+                done = sum(1 for e in left.values() if e.state == "done")
+                points.append({"after_jira_answers": n, "plus_s": round(jitter, 2), "issues": issues,
+                               "intents": sum(1 for e in left.values() if e.state == "intent"), "done": done,
+                               "answer_lost": issues - done})
+                # re-executed at once (what a person or the inbox sensor does), then the ledger retry
+                # sensor finishes what had to wait for the search lag bound
+                job.execute_in_process(run_config=config, instance=world.instance, raise_on_error=False)
                 _finish_retries(world, ledger, keys, deadline_s=lag + 60)
                 counts = issues_of(world.stack, keys)
                 out.counters["duplicates"] += sum(max(0, c - 1) for c in counts.values())
                 out.counters["lost"] += sum(1 for c in counts.values() if c == 0)
-            out.figures[f"kill_lag_{int(lag)}s"] = {"trials": sizes.kill_trials, "worker_s": round(duration or 0, 1),
-                                                    "killed_at": points,
+            out.figures[f"kill_lag_{int(lag)}s"] = {"trials": sizes.kill_trials, "killed_at": points,
                                                     "took_s": round(time.perf_counter() - started, 1)}
     return out
 
