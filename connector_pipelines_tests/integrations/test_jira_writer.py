@@ -563,3 +563,38 @@ def test_a_transient_element_failure_is_retried_automatically_with_backoff(h: Ha
     assert report.failed == 1 and not report.needs_a_person
     assert row.state == FAILED and row.retry_after is not None and row.attempts == 1
     assert h.ledger.due_for_retry("bc_jira", now=row.retry_after) == [row]
+
+
+def test_a_retry_of_records_no_longer_exceptions_verifies_uncertain_creates_then_settles_them(h: Harness):
+    """The ledger retry for records whose exception ended meanwhile: an uncertain create is first looked for
+    in Jira (after the lag bound), adopted when found, closed as done without an issue when not."""
+    from connector_pipelines.integrations.sync import retry_records
+
+    entity = h.entity()
+    h.vendor("made")         # its create reached Jira, the answer was lost
+    h.vendor("never")        # its create never reached Jira
+    made = h.writer().upsert(entity, [h.source.record(entity, "made")])
+    issue_key = h.ledger.get("bc_jira", "fake:vendors:made").target_key
+    rows = [{"source_key": f"fake:vendors:{rid}", "entity": entity.name, "action": "issue", "context": {}}
+            for rid in ("made", "never")]
+    h.ledger.record_intents("bc_jira", rows, "run-dead")              # as a killed writer leaves them
+    for rid in ("made", "never"):
+        h.vendor(rid, blocked=" ")                                    # unblocked in the ERP since
+    writer = h.writer(search_lag_bound_s=0.5)
+    h.sandbox.search_lag_s = 10                                       # search cannot see "made" yet
+
+    first = retry_records(h.integration, h.source, writer, h.ledger.by_ids(
+        e.id for e in h.ledger.get_many("bc_jira", [r["source_key"] for r in rows]).values()))
+    assert len(first[entity.name].write.deferred) == 2 and made.created == 1
+    assert {e.state for e in h.ledger.get_many("bc_jira", [r["source_key"] for r in rows]).values()} == {INTENT}
+
+    time.sleep(0.6)
+    h.sandbox.search_lag_s = 0                                        # the index caught up
+    due = h.ledger.due_for_retry("bc_jira")
+    assert {e.source_key for e in due} == {"fake:vendors:made", "fake:vendors:never"}
+    retry_records(h.integration, h.source, writer, due)
+    settled = h.ledger.get_many("bc_jira", [r["source_key"] for r in rows])
+    assert settled["fake:vendors:made"].state == DONE and settled["fake:vendors:made"].target_key == issue_key
+    assert settled["fake:vendors:never"].state == DONE and settled["fake:vendors:never"].target_key is None
+    assert settled["fake:vendors:never"].context["settled"] == "no longer an exception"
+    assert len(h.issues()) == 1 and h.ledger.due_for_retry("bc_jira") == []
