@@ -51,7 +51,6 @@ def bench_world(prefix: str) -> Iterator[BenchWorld]:
     """Sandboxes + receiver on loopback, consent done, the product's definitions on a fresh instance."""
     import dagster as dg
 
-    from connector_pipelines.components.resources import clear_client_cache
     from connector_pipelines.sandbox.dagster_driver import DagsterDriver
     from connector_pipelines.sandbox.stack import consent, start_stack
 
@@ -64,13 +63,11 @@ def bench_world(prefix: str) -> Iterator[BenchWorld]:
     try:
         stack.apply_env()
         consent(stack)
-        clear_client_cache()
         from connector_pipelines.definitions import defs as load_defs
 
         with dg.instance_for_test(temp_dir=str(home)) as instance, ExitStack() as closer:
             yield BenchWorld(stack, DagsterDriver(load_defs(), instance), db_url, closer)
     finally:
-        clear_client_cache()
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -67,7 +67,6 @@ class World:
 
 
 def _world(tmp_path: Path, monkeypatch, storage: str, pg_name: str | None) -> Iterator[World]:
-    from connector_pipelines.components.resources import clear_client_cache
     from connector_pipelines.definitions import defs as load_defs
     from connector_pipelines.sandbox.dagster_driver import DagsterDriver
     from connector_pipelines.sandbox.stack import consent, start_stack
@@ -88,12 +87,10 @@ def _world(tmp_path: Path, monkeypatch, storage: str, pg_name: str | None) -> It
         for k, v in stack.env.items():
             monkeypatch.setenv(k, v)
         consent(stack)
-        clear_client_cache()
         with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as instance:
             defs = load_defs()
             yield World(stack, DagsterDriver(defs, instance), defs, instance, database_url)
     finally:
-        clear_client_cache()
         stack.stop()
 
 

@@ -20,16 +20,9 @@ from pydantic import Field, PrivateAttr
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.failures import WriteSettings
 from connector_pipelines.core.inbox import Inbox
-from connector_pipelines.core.leases import Leases, new_owner
+from connector_pipelines.core.leases import RUN_SCOPE, Leases, new_owner
 from connector_pipelines.core.ledger import Ledger
 from connector_pipelines.core.vault import Vault
-
-RUN_LEASE_SCOPE = "run"
-
-
-def clear_client_cache() -> None:
-    """Kept for callers that restart sandboxes on new ports: clients are per resource instance now, so
-    there is no process-wide cache left to clear."""
 
 
 def _close(client: Any) -> None:
@@ -75,7 +68,7 @@ class ConnectorStore(dg.ConfigurableResource):
         if not run_id:
             return   # a sensor tick or a schedule: nothing to keep alive
         leases = Leases(self.engine(), new_owner(f"run:{run_id}"), ttl_s=self.write_settings().lease_ttl_s)
-        leases.acquire(RUN_LEASE_SCOPE, [run_id])   # the run's own lease: the watchdog's sign of life
+        leases.acquire(RUN_SCOPE, [run_id])   # the run's own lease: the watchdog's sign of life
         leases.start_heartbeat()
         self._leases = leases
 

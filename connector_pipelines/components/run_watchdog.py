@@ -16,7 +16,6 @@ from connector_pipelines.core import leases as lease_store
 from connector_pipelines.core.db import utcnow
 
 WATCHDOG_NAME = "connector__run_watchdog"
-RUN_LEASE_SCOPE = "run"
 
 
 def build_run_watchdog(interval_s: int = 30) -> dg.SensorDefinition:
@@ -27,7 +26,7 @@ def build_run_watchdog(interval_s: int = 30) -> dg.SensorDefinition:
         engine = context.resources.connector_store.engine()
         now = utcnow()
         failed = []
-        for run_id, owner, expired_at in lease_store.expired(engine, RUN_LEASE_SCOPE, now):
+        for run_id, owner, expired_at in lease_store.expired(engine, lease_store.RUN_SCOPE, now):
             run = context.instance.get_run_by_id(run_id)
             if run is not None and not run.is_finished:
                 silent = (now - expired_at).total_seconds()
@@ -35,7 +34,7 @@ def build_run_watchdog(interval_s: int = 30) -> dg.SensorDefinition:
                     f"connector_pipelines watchdog: the run worker ({owner}) stopped renewing its lease "
                     f"{silent:.0f} s ago (killed or hung); marking the run failed so it can be recovered."))
                 failed.append(run_id)
-            lease_store.drop(engine, RUN_LEASE_SCOPE, run_id, owner)
+            lease_store.drop(engine, lease_store.RUN_SCOPE, run_id, owner)
         if failed:
             context.log.warning(f"marked {len(failed)} dead run(s) failed: {', '.join(failed)}")
             return dg.SkipReason(f"Marked {len(failed)} run(s) whose worker died as failed.")

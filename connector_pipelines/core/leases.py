@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +43,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 60.0
 CHUNK = 400
+RUN_SCOPE = "run"   # one lease per live Dagster run, keyed by run id (the watchdog's sign of life)
+
+
+def ledger_scope(integration: str) -> str:
+    """The scope of an integration's record claims (its ledger's keys)."""
+    return f"ledger:{integration}"
 
 
 def new_owner(label: str | None = None) -> str:
@@ -109,6 +117,15 @@ class Leases:
                     if taken:
                         got[key] = TakenOver(owner, expires_at)
         return got
+
+    def wait_for(self, scope: str, key: str, timeout_s: float) -> bool:
+        """Acquire one key, waiting (polling with jitter, no lock held) up to ``timeout_s`` for its holder."""
+        deadline = time.monotonic() + timeout_s
+        while not self.acquire(scope, [key]):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(random.uniform(0.05, 0.3))
+        return True
 
     def held_by_others(self, scope: str, keys: Iterable[str]) -> dict[str, tuple[str, datetime]]:
         """Live leases of other owners on these keys: key -> (owner, expires_at)."""

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -194,11 +192,8 @@ class Vault:
         Waits up to ``timeout_s`` for another holder; the lease is renewed while held and released on exit.
         """
         leases = Leases(self.engine, new_owner(f"vault:{name}"), ttl_s=LOCK_LEASE_S)
-        deadline = time.monotonic() + timeout_s
-        while not leases.acquire(LOCK_SCOPE, [name]):
-            if time.monotonic() >= deadline:
-                raise VaultError(f"credential {name!r} stayed locked by another process for {timeout_s:.0f} s")
-            time.sleep(random.uniform(0.05, 0.2))
+        if not leases.wait_for(LOCK_SCOPE, name, timeout_s):
+            raise VaultError(f"credential {name!r} stayed locked by another process for {timeout_s:.0f} s")
         leases.start_heartbeat()
         try:
             yield LockedCredential(self, name, self.get(name))

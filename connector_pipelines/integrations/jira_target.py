@@ -35,7 +35,7 @@ from connector_pipelines.core import adf
 from connector_pipelines.core.db import utcnow
 from connector_pipelines.core.failures import WriteSettings, describe, is_transient
 from connector_pipelines.core.http import ApiError
-from connector_pipelines.core.leases import Leases
+from connector_pipelines.core.leases import Leases, ledger_scope
 from connector_pipelines.core.ledger import DONE, FAILED, INTENT, Ledger, LedgerEntry
 from connector_pipelines.integrations.definition import (
     EntitySync,
@@ -120,7 +120,7 @@ class JiraIssueWriter:
 
     @property
     def claim_scope(self) -> str:
-        return f"ledger:{self.integration.name}"
+        return ledger_scope(self.integration.name)
 
     # -- planning ---------------------------------------------------------------------------------
     def desired_fields(self, entity: EntitySync, record: SourceRecord) -> dict[str, Any]:

@@ -21,8 +21,6 @@ A Jira webhook is a signal, never the truth. For each Jira event (from the webho
 from __future__ import annotations
 
 import logging
-import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +29,7 @@ import httpx
 from connector_pipelines.core import adf
 from connector_pipelines.core.failures import WriteSettings, describe, is_transient
 from connector_pipelines.core.http import ApiError
-from connector_pipelines.core.leases import Leases
+from connector_pipelines.core.leases import Leases, ledger_scope
 from connector_pipelines.core.ledger import DONE, Ledger
 from connector_pipelines.integrations.definition import IntegrationDefinition
 from connector_pipelines.integrations.sources.base import SourceAdapter
@@ -149,13 +147,11 @@ class ResolutionProcessor:
     def _resolve_one(self, issue_key: str, source_key: str, entity_name: str, event: dict[str, Any],
                      report: ResolutionReport) -> str:
         key = resolve_key(source_key)
-        scope = f"ledger:{self.integration.name}"
-        deadline = time.monotonic() + self.settings.claim_wait_s
-        while not self.leases.acquire(scope, [key]):
-            if time.monotonic() >= deadline:   # another run holds it (or died holding it): try again later
-                report.failures[issue_key] = "another run is resolving this issue; tried again later"
-                return "retry"
-            time.sleep(random.uniform(0.15, 0.4))
+        scope = ledger_scope(self.integration.name)
+        if not self.leases.wait_for(scope, key, self.settings.claim_wait_s):
+            # another run holds it (or died holding it, until its lease lapses): try again later
+            report.failures[issue_key] = "another run is resolving this issue; tried again later"
+            return "retry"
         try:
             return self._resolve_claimed(issue_key, source_key, entity_name, event, report)
         finally:

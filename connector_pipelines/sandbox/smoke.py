@@ -20,7 +20,6 @@ def run(workdir: Path) -> list[str]:
     """Run the scenario; returns the list of problems (empty = success)."""
     import dagster as dg
 
-    from connector_pipelines.components.resources import clear_client_cache
     from connector_pipelines.sandbox import scenario as sc
     from connector_pipelines.sandbox.dagster_driver import DagsterDriver, check_evaluations
     from connector_pipelines.sandbox.stack import consent, start_stack
@@ -34,7 +33,6 @@ def run(workdir: Path) -> list[str]:
     try:
         stack.apply_env()
         consent(stack)
-        clear_client_cache()
         from connector_pipelines.definitions import defs as load_defs
 
         with dg.DagsterInstance.get() as instance:
@@ -98,7 +96,6 @@ def run(workdir: Path) -> list[str]:
             step(f"{len(runs)} runs in the instance at {home}; issues: "
                  + ", ".join(f"{i['key']}" for i in sc.issues(stack)))
     finally:
-        clear_client_cache()
         stack.stop()
     return problems
 

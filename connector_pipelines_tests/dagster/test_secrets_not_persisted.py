@@ -19,7 +19,6 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from connector_pipelines.components.resources import clear_client_cache
 from connector_pipelines.core.vault import Vault
 from connector_pipelines.definitions import defs as load_defs
 
@@ -77,14 +76,10 @@ def env(request, tmp_path_factory, databases):
         # Python sockets only: PostgreSQL is reached through libpq, vendors through httpx.
         monkeypatch.setattr(socket.socket, "connect", no_network)
         monkeypatch.setattr(socket, "create_connection", no_network)
-        clear_client_cache()
         overrides = {} if request.param == "sqlite" else {"storage": {"postgres": {"postgres_db": {
             "scheme": "postgresql+psycopg2", "hostname": "127.0.0.1", "port": 5432,
             "db_name": databases["dagster"], "username": "postgres", "password": ""}}}}
-        try:
-            yield home, url, overrides, request.param, databases["dagster"]
-        finally:
-            clear_client_cache()
+        yield home, url, overrides, request.param, databases["dagster"]
 
 
 def texts_of_value(value) -> list[str]:

@@ -1,7 +1,6 @@
 """`connector-pipelines ping` against the sandboxes: what works is said, what does not is named."""
 
 from connector_pipelines import cli
-from connector_pipelines.components.resources import clear_client_cache
 
 
 def test_ping_reports_every_connection_ok(world, capsys):
@@ -18,7 +17,6 @@ def test_ping_reports_every_connection_ok(world, capsys):
 
 def test_ping_names_what_fails_without_leaking_the_secret(world, capsys, monkeypatch):
     monkeypatch.setenv("CONNECTOR_BC_CLIENT_SECRET", "wrong-secret-value")
-    clear_client_cache()
     assert cli.main(["ping"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  entra id (business central)" in out and "AADSTS7000215" in out

@@ -51,7 +51,6 @@ def wait_for(what: str, check: Callable[[], object], daemon: subprocess.Popen, l
 @pytest.fixture
 def production(tmp_path, monkeypatch, pg_database):
     """Sandboxes + receiver on loopback, a DAGSTER_HOME with the production dagster.yaml on a fresh database."""
-    from connector_pipelines.components.resources import clear_client_cache
 
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -65,10 +64,8 @@ def production(tmp_path, monkeypatch, pg_database):
         for k, v in {**stack.env, **pg_env}.items():
             monkeypatch.setenv(k, v)
         consent(stack)
-        clear_client_cache()
         yield stack, home
     finally:
-        clear_client_cache()
         stack.stop()
 
 
