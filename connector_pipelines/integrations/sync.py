@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from connector_pipelines.core import adf
+from connector_pipelines.core.http import ApiError
 from connector_pipelines.core.ledger import LedgerEntry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
@@ -204,14 +205,13 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, jira: J
     # Event-driven without a state rule (e.g. "vendor invoice posted"): no current state defines the
     # exceptions, so an open issue is never orphaned by the source's state.
     orphaned = {} if entity.event_only else {k: v[0]["key"] for k, v in open_by_key.items() if k not in current}
-    return Reconciliation(len(current), sum(len(v) for v in open_by_key.values()), missing, duplicates, stale, orphaned, unverifiable, current)
+    open_issues = sum(len(v) for v in open_by_key.values())
+    return Reconciliation(len(current), open_issues, missing, duplicates, stale, orphaned, unverifiable, current)
 
 
 def _read_lagging(jira: JiraClient, ledger, integration: IntegrationDefinition, external_id_field,
                   current: dict[str, SourceRecord], found: dict[str, list[dict]]) -> None:
     """Keys the search did not show but the ledger has an issue for: GET the issue (not the lagging index)."""
-    from connector_pipelines.core.http import ApiError
-
     unseen = [k for k in current if not found.get(k)]
     for key, entry in ledger.get_many(integration.name, unseen).items():
         if not entry.target_key:
@@ -243,8 +243,6 @@ def repair(integration: IntegrationDefinition, source: SourceAdapter, writer: Ji
     path, so the ledger claim and the target search apply), and close each newer duplicate: the ledger
     is pointed at the oldest issue first, then the newer one is linked to it as a duplicate, commented
     and moved to done (its Done webhook then finds no ledger row and acts on nothing)."""
-    from connector_pipelines.core.http import ApiError
-
     report = RepairReport()
     if rec.missing:
         ids = [rec.records[k].record_id for k in rec.missing if k in rec.records]

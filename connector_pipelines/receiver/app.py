@@ -10,10 +10,11 @@ Answers (DESIGN.md §3, ANCHORS.md §3.5):
 
 One delivery is one ``Inbox.put_many`` call: all its entries are stored in one transaction, or none.
 Strings a database cannot hold (NUL, lone surrogates) in an authenticated body are stored escaped, not
-refused. A signed Jira delivery (the JWT with its body, or the HMAC-signed body) is accepted for one delivery
-identifier only: presented again with another identifier it is a replay (401); a forged body under a
-captured token gets in only as a signal, which the resolution run checks against Jira's API. Every database call runs in a worker
-thread, so a slow database never stalls the event loop (``/healthz`` and refusals still answer).
+refused. A signed Jira delivery (the JWT with its body, or the HMAC-signed body) is accepted for one
+delivery identifier only: presented again with another identifier it is a replay (401); a forged body
+under a captured token gets in only as a signal, which the resolution run checks against Jira's API.
+Every database call runs in a worker thread, so a slow database never stalls the event loop
+(``/healthz`` and refusals still answer).
 
 Adding a source (Monday, Acumatica next; F&O business events are one already) = one ``Source``: a ``verify(request,
 raw_body) -> Verified | Rejection`` and a ``dedupe_keys(verified) -> [(key, payload)]``, appended to
