@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 from connector_pipelines.components.resources import MissingSetting, resources_from_env
+from connector_pipelines.systems.atlassian.oauth import DEFAULT_CONSENT_PORT
 
 
 def _line(ok: bool, what: str, detail: str) -> bool:
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     j = sub.add_parser("jira", help="Jira Cloud")
     js = j.add_subparsers(dest="jira_cmd", required=True)
     c = js.add_parser("consent", help="run the OAuth 2.0 (3LO) consent flow and store the tokens in the vault")
-    c.add_argument("--port", type=int, default=8765)
+    c.add_argument("--port", type=int, default=DEFAULT_CONSENT_PORT,
+                   help="local callback port; the app's callback URL is http://localhost:<port>/callback")
     c.add_argument("--no-browser", action="store_true")
     c.add_argument("--scopes", default=JIRA_SCOPES)
     c.set_defaults(fn=cmd_jira_consent)

@@ -1,5 +1,7 @@
 """`make sandbox`: every sandbox (and the receiver) on loopback; prints a JSON map of base URLs and
-credentials, then serves until Ctrl-C. The credentials are the sandbox's own throwaway values."""
+credentials, then the same environment as `export` lines to paste into a shell (after which
+`connector-pipelines jira consent` and `connector-pipelines ping` work against the sandboxes), then
+serves until Ctrl-C. The credentials are the sandbox's own throwaway values."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import signal
 import threading
 from pathlib import Path
 
-from connector_pipelines.sandbox.stack import start_stack
+from connector_pipelines.sandbox.stack import export_lines, start_stack
+from connector_pipelines.systems.atlassian.oauth import DEFAULT_CONSENT_PORT
 
 
 def main() -> None:
@@ -18,17 +21,24 @@ def main() -> None:
     parser.add_argument("--workdir", default=".demo/sandbox")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every sandbox call")
     parser.add_argument("--no-receiver", action="store_true")
+    parser.add_argument("--consent-port", type=int, default=DEFAULT_CONSENT_PORT,
+                        help="the port `connector-pipelines jira consent --port` will listen on")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     database_url = os.environ.get("CONNECTOR_DATABASE_URL") or f"sqlite:///{workdir / 'connector_pipelines.sqlite'}"
     stack = start_stack(workdir, receiver=not args.no_receiver, latency_s=args.latency_ms / 1000,
-                        database_url=database_url)
+                        database_url=database_url, consent_port=args.consent_port)
     stack.bc.start_auto_delivery(2.0)
     stack.jira.start_auto_delivery(1.0)
     if stack.fo is not None:
         stack.fo.start_auto_delivery(1.0)
     print(json.dumps(stack.describe(), indent=2), flush=True)
+    port = "" if args.consent_port == DEFAULT_CONSENT_PORT else f" --port {args.consent_port}"
+    print("\n# Point the product at the sandboxes (paste into your shell), then run:\n"
+          f"#   .venv/bin/connector-pipelines jira consent{port}   (open the printed URL; the sandbox consents)\n"
+          "#   .venv/bin/connector-pipelines ping\n" + "\n".join(export_lines(stack.env)), flush=True)
+    print("# end of environment", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

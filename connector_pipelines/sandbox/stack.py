@@ -23,6 +23,7 @@ from connector_pipelines.sandbox.entra import EntraSandbox
 from connector_pipelines.sandbox.finance_operations import FinanceOperationsSandbox
 from connector_pipelines.sandbox.jira import JiraSandbox
 from connector_pipelines.sandbox.tls import make_tls
+from connector_pipelines.systems.atlassian.oauth import DEFAULT_CONSENT_PORT
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 BC_ENVIRONMENT = "production"
@@ -107,8 +108,12 @@ class Stack:
 
 
 def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | None = None,
-                latency_s: float = 0.0, receiver_port: int = 0, ports: dict[str, int] | None = None) -> Stack:
-    """Start every sandbox (and the receiver) and compute the product's CONNECTOR_* environment."""
+                latency_s: float = 0.0, receiver_port: int = 0, ports: dict[str, int] | None = None,
+                consent_port: int = DEFAULT_CONSENT_PORT) -> Stack:
+    """Start every sandbox (and the receiver) and compute the product's CONNECTOR_* environment.
+
+    The Atlassian OAuth app is registered with the callback `connector-pipelines jira consent --port
+    <consent_port>` listens on, so a person can run the consent flow against the sandbox."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = ports or {}
     tls = make_tls(workdir / "tls")
@@ -128,6 +133,7 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         fo.add_legal_entity(area)
     fo.deploy_workflow_resubmit("SubmitToWorkflow")   # the customer's extension (docs/finance_operations.md)
     atlassian = AtlassianAuthSandbox()
+    atlassian.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"], [consent_redirect(consent_port)])
     jira = JiraSandbox(token_validator=atlassian.validate_access_token)
     jira.add_site(CLOUD_ID, "acme-finance", SITE_URL)
     jira.add_project(CLOUD_ID, PROJECT, "Finance Operations")
@@ -222,7 +228,7 @@ def consent(stack: Stack) -> None:
     from connector_pipelines.systems.atlassian.oauth import run_consent_flow
 
     port = free_port()
-    redirect = f"http://localhost:{port}/callback"
+    redirect = consent_redirect(port)
     stack.atlassian.register_app(JIRA_CLIENT_ID, stack.secrets["jira_client_secret"], [redirect])
     vault = Vault(get_engine(stack.env.get("CONNECTOR_DATABASE_URL")), stack.env["CONNECTOR_VAULT_KEYS"])
 
@@ -237,6 +243,18 @@ def consent(stack: Stack) -> None:
                      scopes=["read:jira-work", "write:jira-work", "read:jira-user", "manage:jira-webhook",
                              "offline_access"],
                      port=port, open_browser=False, timeout_s=30, redirect_uri=redirect, notify=person)
+
+
+def consent_redirect(port: int) -> str:
+    """The callback URL of the product's consent flow on ``port`` (its default redirect_uri)."""
+    return f"http://localhost:{port}/callback"
+
+
+def export_lines(env: dict[str, str]) -> list[str]:
+    """``export NAME='value'`` lines a shell can source to point the product at the sandboxes."""
+    import shlex
+
+    return [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
 
 
 def _fernet_key() -> str:

@@ -1,28 +1,41 @@
-"""`make sandbox` prints a JSON map of every sandbox's base URL and credentials, and they answer."""
+"""`make sandbox` prints a JSON map of every sandbox's base URL and credentials, and they answer; a newcomer
+who pastes the printed `export` lines can run the consent flow and `ping` against it, as the README says."""
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 
+from connector_pipelines.sandbox.common import free_port
+
 REPO = Path(__file__).resolve().parents[2]
+CLI = Path(sys.executable).with_name("connector-pipelines")
 
 
-def test_sandbox_command_prints_a_working_json_map(tmp_path):
+def read_until(stream, end: str) -> list[str]:
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.startswith(end):
+            return lines
+    raise AssertionError(f"the output ended before {end!r}: {''.join(lines)[-2000:]}")
+
+
+def test_sandbox_prints_a_working_map_and_a_shell_environment_for_consent_and_ping(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOR_", "DAGSTER_HOME"))}
-    proc = subprocess.Popen([sys.executable, "-m", "connector_pipelines.sandbox", "--workdir", str(tmp_path)],
+    consent_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "connector_pipelines.sandbox", "--workdir", str(tmp_path),
+                             "--consent-port", str(consent_port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("}"):
-                break
-        world = json.loads("".join(lines))
+        world = json.loads("".join(read_until(proc.stdout, "}")))
         assert set(world) >= {"entra_id", "business_central", "atlassian_auth", "jira", "receiver", "env"}
         assert world["entra_id"]["authority_host"].startswith("https://")
         assert httpx.get(f"{world['receiver']['url']}/healthz").json()["status"] == "ok"
@@ -31,6 +44,40 @@ def test_sandbox_command_prints_a_working_json_map(tmp_path):
         bc = httpx.get(f"{world['business_central']['api_url']}/v2.0/{world['business_central']['tenant_id']}/"
                        f"{world['business_central']['environment']}/api/v2.0/companies")
         assert bc.status_code == 401   # it wants an Entra token, like the real API
+
+        # the export lines, as a shell would source them
+        printed = read_until(proc.stdout, "# end of environment")
+        exports = [line for line in printed if line.startswith("export ")]
+        shell_env = dict(env)
+        for line in exports:
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            shell_env[name] = shlex.split(value)[0] if value else ""
+        assert {k: shell_env[k] for k in world["env"]} == world["env"]
+        assert f"jira consent --port {consent_port}" in "".join(printed)
+
+        # connector-pipelines jira consent: the person opens the printed URL; the sandbox consents
+        consent = subprocess.Popen([str(CLI), "jira", "consent", "--no-browser", "--port", str(consent_port)],
+                                   cwd=tmp_path, env=shell_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        said: list[str] = []
+
+        def browser() -> None:
+            for line in consent.stdout:
+                said.append(line)
+                match = re.search(r"https?://\S+/authorize\?\S+", line)
+                if match:
+                    httpx.get(match.group(0), follow_redirects=True, timeout=10)
+
+        reader = threading.Thread(target=browser, daemon=True)
+        reader.start()
+        assert consent.wait(timeout=60) == 0, "".join(said)
+        reader.join(timeout=10)
+        assert any("consent stored for https://acme-finance.atlassian.net" in line for line in said), "".join(said)
+
+        ping = subprocess.run([str(CLI), "ping"], check=False, cwd=tmp_path, env=shell_env, capture_output=True,
+                              text=True, timeout=120)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert "8 ok, 0 failed" in ping.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)

@@ -43,6 +43,7 @@ DEFAULT_AUTH_BASE = "https://auth.atlassian.com"
 DEFAULT_API_BASE = "https://api.atlassian.com"
 AUDIENCE = "api.atlassian.com"
 CONSENT_HINT = "run `connector-pipelines jira consent` again"
+DEFAULT_CONSENT_PORT = 8765   # the consent flow's local callback: http://localhost:8765/callback
 
 
 class AtlassianAuthError(Exception):
@@ -375,7 +376,7 @@ class _CallbackServer(ThreadingHTTPServer):
 
 def run_consent_flow(vault: Vault, credential_name: str, client_id: str, client_secret: str, *,
                      auth_base: str = DEFAULT_AUTH_BASE, api_base: str = DEFAULT_API_BASE,
-                     site_url: str | None, scopes: list[str], port: int = 8765, open_browser: bool = True,
+                     site_url: str | None, scopes: list[str], port: int = DEFAULT_CONSENT_PORT, open_browser: bool = True,
                      transport: httpx.BaseTransport | None = None, timeout_s: float = 300,
                      redirect_uri: str | None = None,
                      notify: Callable[[str], None] | None = None) -> Site:
