@@ -16,7 +16,7 @@ install: $(BIN)/python
 
 ## Everything needed, then sandboxes + receiver + `dagster dev` on SQLite with demo data.
 demo: install
-	$(BIN)/python -m connector_pipelines.sandbox.demo
+	$(BIN)/python -m sandboxes.harness.demo
 
 ## Lint, then the whole suite (unit, sandbox, Dagster, end-to-end on SQLite and PostgreSQL, smoke).
 test: install postgres-up
@@ -25,11 +25,11 @@ test: install postgres-up
 
 ## The BC ⇄ Jira and F&O ⇄ Jira flows once, through a real Dagster instance on SQLite; non-zero exit if anything is missing.
 smoke: install
-	$(BIN)/python -m connector_pipelines.sandbox.smoke
+	$(BIN)/python -m sandboxes.harness.smoke
 
 ## All sandboxes on loopback; prints a JSON map of base URLs and credentials; Ctrl-C stops.
 sandbox: install
-	$(BIN)/python -m connector_pipelines.sandbox
+	$(BIN)/python -m sandboxes.harness
 
 ## Every benchmark runs, even after one misses its target; the exit status says whether any did.
 bench: install

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from connector_pipelines.core.db import get_engine
     from connector_pipelines.core.ledger import Ledger
-    from connector_pipelines.sandbox import scenario as sc
+    from sandboxes.harness import scenario as sc
 
     with bench_world("connector-bench-bc-") as world:
         stack, driver, db_url = world.stack, world.driver, world.db_url

@@ -79,7 +79,7 @@ class Outcome:
 # -- worlds ----------------------------------------------------------------------------------------------
 @contextmanager
 def pg_database() -> Iterator[str]:
-    from connector_pipelines.sandbox.postgres import throwaway_databases, url_of
+    from sandboxes.harness.postgres import throwaway_databases, url_of
 
     with throwaway_databases("cp_chaos") as [name]:
         yield url_of(name)
@@ -91,8 +91,8 @@ def chaos_world(storage: str, env: dict[str, str] | None = None) -> Iterator[Sim
     the project's tables on SQLite or on a throwaway PostgreSQL database."""
     import dagster as dg
 
-    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
-    from connector_pipelines.sandbox.stack import consent, start_stack
+    from sandboxes.harness.dagster_driver import DagsterDriver
+    from sandboxes.harness.stack import consent, start_stack
 
     saved = dict(os.environ)
     workdir = Path(tempfile.mkdtemp(prefix=f"connector-chaos-{storage}-"))
@@ -133,7 +133,7 @@ def bound_resources(defs) -> Iterator[SimpleNamespace]:
 
 
 def issues_of(stack, keys: list[str]) -> dict[str, int]:
-    from connector_pipelines.sandbox.scenario import issues_by_external_id
+    from sandboxes.harness.scenario import issues_by_external_id
 
     found = issues_by_external_id(stack)
     return {k: len(found.get(k, [])) for k in keys}
@@ -218,7 +218,7 @@ def kill(sizes: Sizes, rng: random.Random) -> Outcome:
     from connector_pipelines.core.db import get_engine
     from connector_pipelines.core.inbox import Inbox
     from connector_pipelines.core.ledger import Ledger
-    from connector_pipelines.sandbox.scenario import register_webhooks
+    from sandboxes.harness.scenario import register_webhooks
 
     out = Outcome()
     for lag in sizes.kill_lags:
@@ -295,8 +295,8 @@ def forgery(sizes: Sizes, rng: random.Random) -> Outcome:
 
     from connector_pipelines.core.db import get_engine
     from connector_pipelines.core.inbox import Inbox
-    from connector_pipelines.sandbox import scenario as sc
-    from connector_pipelines.sandbox.stack import CLOUD_ID, FO_SECRET_HEADER, JIRA_CLIENT_ID
+    from sandboxes.harness import scenario as sc
+    from sandboxes.harness.stack import CLOUD_ID, FO_SECRET_HEADER, JIRA_CLIENT_ID
 
     out = Outcome()
     with chaos_world("sqlite") as world:
@@ -422,7 +422,7 @@ def make_deliveries(n: int, secrets: dict[str, str], rng: random.Random) -> list
     import jwt
 
     from connector_pipelines.receiver.app import bounded_key
-    from connector_pipelines.sandbox.stack import FO_SECRET_HEADER, JIRA_CLIENT_ID
+    from sandboxes.harness.stack import FO_SECRET_HEADER, JIRA_CLIENT_ID
 
     out = []
     for i in range(n):
@@ -500,8 +500,8 @@ def receiver(sizes: Sizes, rng: random.Random) -> Outcome:
 
     from connector_pipelines.core.db import get_engine
     from connector_pipelines.core.inbox import Inbox
-    from connector_pipelines.sandbox.common import free_port
-    from connector_pipelines.sandbox.stack import FO_SECRET_HEADER
+    from sandboxes.common import free_port
+    from sandboxes.harness.stack import FO_SECRET_HEADER
 
     out = Outcome()
     for storage, count in (("sqlite", 1), ("postgres", 2)):

@@ -51,8 +51,8 @@ def bench_world(prefix: str) -> Iterator[BenchWorld]:
     """Sandboxes + receiver on loopback, consent done, the product's definitions on a fresh instance."""
     import dagster as dg
 
-    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
-    from connector_pipelines.sandbox.stack import consent, start_stack
+    from sandboxes.harness.dagster_driver import DagsterDriver
+    from sandboxes.harness.stack import consent, start_stack
 
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     home = workdir / "dagster_home"
@@ -104,7 +104,7 @@ def figures(args: argparse.Namespace, *, stack, pipeline_s: float, runs: int, cr
             jira_calls: int, odata_calls: int, naive_records: int, naive_s: float, naive_jira_calls: int,
             naive_odata_calls: int) -> dict:
     """The figures both benchmarks report (pipeline beside the naive loop), duplicates counted in Jira."""
-    from connector_pipelines.sandbox.scenario import issues_by_external_id
+    from sandboxes.harness.scenario import issues_by_external_id
 
     duplicates = sum(len(v) - 1 for v in issues_by_external_id(stack).values() if len(v) > 1)
     return {

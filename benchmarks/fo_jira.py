@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from connector_pipelines.core import adf
     from connector_pipelines.integrations.sources.finance_operations import FinanceOperationsSource
-    from connector_pipelines.sandbox import scenario as sc
+    from sandboxes.harness import scenario as sc
 
     with bench_world("connector-bench-fo-") as world:
         stack, driver = world.stack, world.driver

@@ -19,7 +19,7 @@ for _var in list(os.environ):
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A throwaway PostgreSQL database on the machine's server (a down server fails the test, never skips)."""
-    from connector_pipelines.sandbox.postgres import throwaway_databases
+    from sandboxes.harness.postgres import throwaway_databases
 
     with throwaway_databases("cp_test") as [name]:
         yield name
@@ -28,7 +28,7 @@ def pg_database() -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_database) -> str:
     """The SQLAlchemy URL of a throwaway PostgreSQL database."""
-    from connector_pipelines.sandbox.postgres import url_of
+    from sandboxes.harness.postgres import url_of
 
     return url_of(pg_database)
 
@@ -39,9 +39,9 @@ def entra_over_tls(tmp_path_factory):
 
     Yields (entra, server, tls); each test module registers the apps it needs on ``entra``.
     """
-    from connector_pipelines.sandbox.common import SandboxServer
-    from connector_pipelines.sandbox.entra import EntraSandbox
-    from connector_pipelines.sandbox.tls import make_tls
+    from sandboxes.common import SandboxServer
+    from sandboxes.entra import EntraSandbox
+    from sandboxes.tls import make_tls
 
     tls = make_tls(tmp_path_factory.mktemp("tls"))
     entra = EntraSandbox()
@@ -68,8 +68,8 @@ class World:
 
 def _world(tmp_path: Path, monkeypatch, storage: str, pg_name: str | None) -> Iterator[World]:
     from connector_pipelines.definitions import defs as load_defs
-    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
-    from connector_pipelines.sandbox.stack import consent, start_stack
+    from sandboxes.harness.dagster_driver import DagsterDriver
+    from sandboxes.harness.stack import consent, start_stack
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -3,7 +3,9 @@
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "connector_pipelines"
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "connector_pipelines"
+SANDBOXES = REPO / "sandboxes"
 
 
 def imports_of(path: Path) -> set[str]:
@@ -18,16 +20,21 @@ def imports_of(path: Path) -> set[str]:
 
 
 def product_files():
-    for path in PKG.rglob("*.py"):
-        if "sandbox" in path.relative_to(PKG).parts:
-            continue
-        yield path
+    yield from PKG.rglob("*.py")
 
 
 def test_product_code_never_imports_the_sandboxes():
     offenders = [str(p.relative_to(PKG)) for p in product_files()
-                 if any(n.startswith("connector_pipelines.sandbox") for n in imports_of(p))]
+                 if any(n.startswith("sandboxes") for n in imports_of(p))]
     assert offenders == []
+
+
+def test_emulators_never_import_the_product():
+    """The emulators stand for the vendors: they know the specs, never our code (the harness may)."""
+    emulators = [p for p in SANDBOXES.rglob("*.py") if "harness" not in p.relative_to(SANDBOXES).parts]
+    offenders = [f"{p.relative_to(SANDBOXES)} imports {n}" for p in emulators for n in imports_of(p)
+                 if n.split(".")[0] == "connector_pipelines"]
+    assert len(emulators) > 5 and offenders == []
 
 
 def test_systems_know_nothing_of_dagster_or_other_layers():

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 
 from connector_pipelines.core import adf
-from connector_pipelines.sandbox.specs import load_json_spec
+from sandboxes.specs import load_json_spec
 
 
 @pytest.fixture(scope="module")

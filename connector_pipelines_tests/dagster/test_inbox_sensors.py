@@ -409,7 +409,7 @@ def test_a_failed_batch_is_retried_with_backoff_then_parked_as_a_dead_letter_tha
 
 def run_dead_letter_check(instance, store):
     from connector_pipelines.components.inbox_sensor import dead_letter_check, inbox_backlog_spec
-    from connector_pipelines.sandbox.dagster_driver import check_evaluations
+    from sandboxes.harness.dagster_driver import check_evaluations
 
     key = dg.AssetKey([PAIR, "inbox", BC])
     job = dg.define_asset_job("dead_letters", selection=dg.AssetSelection.checks_for_assets(key))

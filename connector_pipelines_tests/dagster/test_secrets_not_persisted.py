@@ -51,7 +51,7 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def databases():
     """Two throwaway PostgreSQL databases: the project's tables, and Dagster's own storage."""
-    from connector_pipelines.sandbox.postgres import throwaway_databases
+    from sandboxes.harness.postgres import throwaway_databases
 
     with throwaway_databases("cp_secrets", 2) as [connector, dagster_db]:
         yield {"connector": connector, "dagster": dagster_db}
@@ -113,7 +113,7 @@ def texts_of_rows(rows) -> str:
 
 def scan_postgres(database: str) -> dict[str, str]:
     """table -> all its text, for every table of a PostgreSQL database (bytea also zlib-decompressed)."""
-    from connector_pipelines.sandbox.postgres import url_of
+    from sandboxes.harness.postgres import url_of
 
     engine = sa.create_engine(url_of(database))
     try:

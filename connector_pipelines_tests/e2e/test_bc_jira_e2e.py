@@ -16,8 +16,8 @@ import pytest
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.inbox import Inbox
 from connector_pipelines.core.ledger import Ledger
-from connector_pipelines.sandbox.dagster_driver import check_evaluations
-from connector_pipelines.sandbox.scenario import (
+from sandboxes.harness.dagster_driver import check_evaluations
+from sandboxes.harness.scenario import (
     BC_SENSOR,
     JIRA_SENSOR,
     comments,
@@ -29,7 +29,7 @@ from connector_pipelines.sandbox.scenario import (
     seed_exceptions,
     transition_done,
 )
-from connector_pipelines.sandbox.stack import CLOUD_ID
+from sandboxes.harness.stack import CLOUD_ID
 
 
 def seed(world):

@@ -22,7 +22,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from connector_pipelines.sandbox.scenario import (
+from sandboxes.harness.scenario import (
     FO_JIRA_SENSOR,
     FO_SENSOR,
     comments,
@@ -31,7 +31,7 @@ from connector_pipelines.sandbox.scenario import (
     issues_by_external_id,
     seed_fo_documents,
 )
-from connector_pipelines.sandbox.stack import CLOUD_ID, LEGAL_ENTITY, consent, start_stack
+from sandboxes.harness.stack import CLOUD_ID, LEGAL_ENTITY, consent, start_stack
 
 REPO = Path(__file__).resolve().parents[2]
 PAIR = "d365_jira"
@@ -72,7 +72,7 @@ def production(tmp_path, monkeypatch, pg_database):
 def test_daemon_on_postgres_turns_business_events_into_issues_and_done_into_one_resubmission(production, tmp_path):
     stack, home = production
     from connector_pipelines.definitions import defs as load_defs
-    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
+    from sandboxes.harness.dagster_driver import DagsterDriver
 
     with dg.DagsterInstance.get() as instance:
         # the production dagster.yaml in this DAGSTER_HOME, which the daemon reads too

@@ -16,8 +16,8 @@ import jwt
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.inbox import Inbox
 from connector_pipelines.core.ledger import DONE, Ledger
-from connector_pipelines.sandbox.dagster_driver import check_evaluations
-from connector_pipelines.sandbox.scenario import (
+from sandboxes.harness.dagster_driver import check_evaluations
+from sandboxes.harness.scenario import (
     BC_SENSOR,
     JIRA_SENSOR,
     comments,
@@ -27,7 +27,7 @@ from connector_pipelines.sandbox.scenario import (
     register_webhooks,
     seed_exceptions,
 )
-from connector_pipelines.sandbox.stack import CLOUD_ID, JIRA_CLIENT_ID
+from sandboxes.harness.stack import CLOUD_ID, JIRA_CLIENT_ID
 
 RETRY_SENSOR = "bc_jira__ledger_retry_sensor"
 

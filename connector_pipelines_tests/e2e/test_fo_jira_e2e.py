@@ -17,7 +17,7 @@ import pytest
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.inbox import Inbox
 from connector_pipelines.core.ledger import DONE, QUARANTINED, Ledger
-from connector_pipelines.sandbox.scenario import (
+from sandboxes.harness.scenario import (
     FO_JIRA_SENSOR,
     FO_SENSITIVE,
     FO_SENSOR,
@@ -27,7 +27,7 @@ from connector_pipelines.sandbox.scenario import (
     issues_by_external_id,
     seed_fo_documents,
 )
-from connector_pipelines.sandbox.stack import CLOUD_ID, LEGAL_ENTITY
+from sandboxes.harness.stack import CLOUD_ID, LEGAL_ENTITY
 
 PAIR = "d365_jira"
 PO_SET = "PurchaseOrderHeadersV2"
@@ -224,7 +224,7 @@ def test_lost_events_fail_reconciliation_and_the_repair_opens_the_missing_issues
     accounting date in the last 14 days) both fail the check; posted invoices cannot be verified (no
     catch-up read exists) and say so as a warning. The repair job opens the missing issues; F&O's later
     Resend opens nothing twice."""
-    from connector_pipelines.sandbox.dagster_driver import check_evaluations
+    from sandboxes.harness.dagster_driver import check_evaluations
 
     seeded = seed_fo_documents(world.stack)
     fo = world.stack.fo

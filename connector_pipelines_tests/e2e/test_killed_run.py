@@ -16,7 +16,7 @@ import dagster as dg
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.inbox import Inbox
 from connector_pipelines.core.ledger import Ledger
-from connector_pipelines.sandbox.scenario import issues_by_external_id, register_webhooks, seed_exceptions
+from sandboxes.harness.scenario import issues_by_external_id, register_webhooks, seed_exceptions
 
 REPO = Path(__file__).resolve().parents[2]
 OP = "bc_jira__sync_notified_records"

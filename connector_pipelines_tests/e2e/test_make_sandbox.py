@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from connector_pipelines.sandbox.common import free_port
+from sandboxes.common import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).with_name("connector-pipelines")
@@ -31,7 +31,7 @@ def read_until(stream, end: str) -> list[str]:
 def test_sandbox_prints_a_working_map_and_a_shell_environment_for_consent_and_ping(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOR_", "DAGSTER_HOME"))}
     consent_port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "connector_pipelines.sandbox", "--workdir", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "sandboxes.harness", "--workdir", str(tmp_path),
                              "--consent-port", str(consent_port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_make_smoke_script_passes():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOR_", "DAGSTER_HOME"))}
-    proc = subprocess.run([sys.executable, "-m", "connector_pipelines.sandbox.smoke"], check=False, cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "sandboxes.harness.smoke"], check=False, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SMOKE OK" in proc.stdout

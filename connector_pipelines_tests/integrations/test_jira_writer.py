@@ -28,10 +28,10 @@ from connector_pipelines.core.ledger import DONE, FAILED, INTENT, Ledger
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter
 from connector_pipelines.integrations.sources.base import ChangeSet, ResolutionOutcome, SourceRecord
-from connector_pipelines.sandbox.common import SandboxServer
-from connector_pipelines.sandbox.jira import JiraSandbox
 from connector_pipelines.systems.jira.client import JiraClient
 from connector_pipelines.systems.jira.errors import JiraConfigError
+from sandboxes.common import SandboxServer
+from sandboxes.jira import JiraSandbox
 
 DEFS_YAML = Path(__file__).resolve().parents[2] / "connector_pipelines" / "defs" / "bc_jira" / "defs.yaml"
 CLOUD = "33333333-aaaa-bbbb-cccc-000000000003"

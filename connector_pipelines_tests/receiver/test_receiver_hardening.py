@@ -22,7 +22,6 @@ from connector_pipelines.core.db import get_engine, inbox_rejections, replay_gua
 from connector_pipelines.core.inbox import Inbox
 from connector_pipelines.receiver.app import FO_PATH, create_app
 from connector_pipelines.receiver.verify import escape_unstorable, jwt_valid_until, valid_app_jwt
-from connector_pipelines.sandbox.common import SandboxServer
 from connector_pipelines_tests.receiver.test_receiver import (
     APP_SECRET,
     BC,
@@ -35,6 +34,7 @@ from connector_pipelines_tests.receiver.test_receiver import (
     jwt_headers,
     settings,
 )
+from sandboxes.common import SandboxServer
 
 FO_SECRET = "fo-endpoint-secret-0123456789abcdef"
 FO_HEADERS = {"X-Connector-Secret": FO_SECRET, "Content-Type": "application/json"}

@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from connector_pipelines.sandbox.atlassian_auth import AtlassianAuthSandbox
-from connector_pipelines.sandbox.common import sync_transport
+from sandboxes.atlassian_auth import AtlassianAuthSandbox
+from sandboxes.common import sync_transport
 
 CLIENT_ID, SECRET = "app-client-id", "app-client-secret"
 REDIRECT = "http://localhost:8765/callback"

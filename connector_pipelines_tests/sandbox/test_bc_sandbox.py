@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.business_central import AUDIENCE, BusinessCentralSandbox
-from connector_pipelines.sandbox.common import SandboxServer, sync_transport
+from sandboxes.business_central import AUDIENCE, BusinessCentralSandbox
+from sandboxes.common import SandboxServer, sync_transport
 
 TENANT, ENV = "72f988bf-86f1-41af-91ab-2d7cd011db47", "production"
 BASE = f"http://bc.test/v2.0/{TENANT}/{ENV}/api/v2.0"
@@ -199,7 +199,8 @@ def test_patch_if_match_rules(world):
     r = http.patch(url, json={"blocked": " "})
     assert r.status_code == 400 and bc.get_record(cid, "vendors", v["id"])["blocked"] == "All"
     r = http.patch(url, json={"blocked": " "}, headers={"If-Match": v["@odata.etag"]})
-    assert r.status_code == 200 and r.json()["blocked"] == " "
+    assert r.status_code == 200 and r.json()["blocked"] == "_x0020_"   # BC's member name for the blank member
+    assert bc.get_record(cid, "vendors", v["id"])["blocked"] == " "     # stored as the caption
     assert r.json()["@odata.etag"] != v["@odata.etag"]
     stale = http.patch(url, json={"blocked": "All"}, headers={"If-Match": v["@odata.etag"]})
     assert stale.status_code == 409
@@ -285,7 +286,7 @@ def test_renew_needs_if_match_and_handshake_and_extends_three_days(world, receiv
     r = http.patch(url, json={}, headers={"If-Match": sub["@odata.etag"]})
     assert r.status_code == 200
     renewed = r.json()
-    from connector_pipelines.sandbox.business_central import parse_dt
+    from sandboxes.business_central import parse_dt
     left = parse_dt(renewed["expirationDateTime"]) - bc.clock.now()
     assert 3 * 86400 - 60 < left.total_seconds() <= 3 * 86400
     assert http.patch(url, json={}, headers={"If-Match": sub["@odata.etag"]}).status_code == 409
@@ -464,7 +465,7 @@ def test_patch_through_the_api_notifies_and_post_requires_auth_first(world, rece
 
 
 def test_with_the_entra_sandbox_tokens_and_expiry():
-    from connector_pipelines.sandbox.entra import EntraSandbox
+    from sandboxes.entra import EntraSandbox
 
     entra = EntraSandbox()
     entra.register_app(TENANT, "app", "secret", [f"{AUDIENCE}/.default", "https://other.example/.default"])
@@ -515,3 +516,173 @@ def test_auto_delivery_in_the_background(world, receiver):
     finally:
         bc.stop_auto_delivery()
     assert [e["changeType"] for e in receiver.entries] == ["created"]
+
+
+# -- typed $filter operands (the OData library's type rules) ------------------------------------------
+INCOMPATIBLE = "A binary operator with incompatible types was detected. Found operand types '{}' and '{}' for operator kind '{}'."
+
+
+@pytest.mark.parametrize("op,kind", [("eq", "Equal"), ("ne", "NotEqual"), ("gt", "GreaterThan"),
+                                     ("ge", "GreaterThanOrEqual"), ("lt", "LessThan"), ("le", "LessThanOrEqual")])
+def test_a_quoted_date_time_is_a_string_and_bc_refuses_the_comparison(world, op, kind):
+    bc, cid, http, _ = world
+    bc.add_vendor(cid)
+    r = http.get(f"/companies({cid})/vendors", params={"$filter": f"lastModifiedDateTime {op} '2019-08-18T20:05:51Z'"})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "BadRequest"
+    assert error["message"].startswith(INCOMPATIBLE.format("Edm.DateTimeOffset", "Edm.String", kind) + "  CorrelationId:  ")
+    ok = http.get(f"/companies({cid})/vendors", params={"$filter": f"lastModifiedDateTime {op} 2019-08-18T20:05:51Z"})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("flt,left,right,kind", [
+    ("'2019-08-18T20:05:51Z' lt lastModifiedDateTime", "Edm.String", "Edm.DateTimeOffset", "LessThan"),
+    ("lastModifiedDateTime ge 2019-08-18", "Edm.DateTimeOffset", "Edm.Date", "GreaterThanOrEqual"),
+    ("invoiceDate ge 2019-08-18T00:00:00Z", "Edm.Date", "Edm.DateTimeOffset", "GreaterThanOrEqual"),
+    ("invoiceDate eq '2019-08-18'", "Edm.Date", "Edm.String", "Equal"),
+    ("id eq '0b5b5e2c-1d3a-4c57-9a7e-2f7f1d1c2b3a'", "Edm.Guid", "Edm.String", "Equal"),
+    ("vendorName eq 42", "Edm.String", "Edm.Int32", "Equal"),
+    ("totalAmountIncludingTax gt '5'", "Edm.Decimal", "Edm.String", "GreaterThan"),
+    ("status eq 1.5", "Microsoft.NAV.invoiceEntityAggregateStatus", "Edm.Decimal", "Equal"),
+])
+def test_every_comparison_is_typed_against_the_metadata(world, flt, left, right, kind):
+    _bc, cid, http, _ = world
+    r = http.get(f"/companies({cid})/purchaseInvoices", params={"$filter": flt})
+    assert r.status_code == 400, flt
+    assert r.json()["error"]["message"].startswith(INCOMPATIBLE.format(left, right, kind))
+
+
+def test_typed_literals_that_match_still_filter(world):
+    bc, cid, http, _ = world
+    a = bc.add_purchase_invoice(cid, invoiceDate="2019-08-18", totalAmountIncludingTax=10)
+    b = bc.add_purchase_invoice(cid, invoiceDate="2020-01-02", totalAmountIncludingTax=20.5)
+
+    def ids(flt):
+        r = http.get(f"/companies({cid})/purchaseInvoices", params={"$filter": flt})
+        assert r.status_code == 200, r.text
+        return {row["id"] for row in r.json()["value"]}
+
+    assert ids("invoiceDate ge 2019-12-31") == {b["id"]}
+    assert ids("totalAmountIncludingTax gt 10") == {b["id"]} == ids("totalAmountIncludingTax gt 10.0")
+    assert ids(f"id eq {a['id']} and vendorName eq ''") == {a["id"]}
+    assert ids("dueDate eq null") == set() and ids("vendorName ne null") == {a["id"], b["id"]}
+
+
+# -- OData response headers -------------------------------------------------------------------------
+ODATA_JSON = "application/json; odata.metadata=minimal; odata.streaming=true"
+
+
+def test_answers_carry_odata_version_and_the_odata_json_content_type(world):
+    bc, cid, http, _ = world
+    v = bc.add_vendor(cid)
+    inv = bc.add_purchase_invoice(cid)
+    answers = [http.get("/companies"), http.get(f"/companies({cid})"), http.get(f"/companies({cid})/vendors"),
+               http.get(f"/companies({cid})/vendors({v['id']})"),
+               http.get(f"/companies({cid})/vendors({v['id']})", params={"$select": "id"}),
+               http.post(f"/companies({cid})/vendors", json={"displayName": "New"}),
+               http.patch(f"/companies({cid})/vendors({v['id']})", json={"displayName": "X"}, headers={"If-Match": "*"}),
+               http.get("/subscriptions")]
+    for r in answers:
+        assert r.status_code in (200, 201), r.text
+        assert r.headers["content-type"] == ODATA_JSON and r.headers["odata-version"] == "4.0", r.request.url
+    meta = http.get("/$metadata")
+    assert meta.headers["content-type"].startswith("application/xml")
+    posted = http.post(f"/companies({cid})/purchaseInvoices({inv['id']})/Microsoft.NAV.post")
+    assert posted.status_code == 204 and "content-type" not in posted.headers
+
+
+def test_errors_are_plain_json_like_the_recorded_bc_404_unless_configured(world):
+    bc, cid, http, _ = world
+    missing = http.get(f"/companies({cid})/vendors(00000000-0000-0000-0000-000000000042)")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/json" and "odata-version" not in missing.headers
+    bc.odata_headers_on_errors = True
+    for r in (http.get(f"/companies({cid})/vendors(00000000-0000-0000-0000-000000000042)"),
+              http.get(f"/companies({cid})/vendors", params={"$filter": "displayName eq"}),
+              http.get("/companies", headers={"Authorization": "Bearer forged"})):
+        assert r.status_code >= 400
+        assert r.headers["content-type"] == ODATA_JSON and r.headers["odata-version"] == "4.0"
+    bc.faults.rate_limit_next = 1
+    assert http.get("/companies").headers["odata-version"] == "4.0"
+
+
+@pytest.mark.parametrize("flt,message", [
+    ("displayName eq", "Expression expected at position 14 in 'displayName eq'."),
+    ("(balance gt 1", "')' or operator expected at position 13 in '(balance gt 1'."),
+    ("(balance gt 1 balance)", "')' or operator expected at position 14 in '(balance gt 1 balance)'."),
+    ("balance gt 1 x", "Syntax error at position 14 in 'balance gt 1 x'."),
+    ("displayName eq 'abc", "There is an unterminated string literal at position 15 in 'displayName eq 'abc'."),
+    ("balance gt 1 # 2", "Syntax error: character '#' is not valid at position 13 in 'balance gt 1 # 2'."),
+    ("balance", "The $filter expression must evaluate to a single boolean value."),
+])
+def test_filter_syntax_errors_use_the_odata_library_messages(world, flt, message):
+    _bc, cid, http, _ = world
+    r = http.get(f"/companies({cid})/vendors", params={"$filter": flt})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "BadRequest"
+    assert r.json()["error"]["message"].startswith(message + "  CorrelationId:  ")
+
+
+# -- enum members as BC's OData layer names them ----------------------------------------------------
+def test_enum_values_go_over_the_wire_by_member_name(world):
+    bc, cid, http, _ = world
+    v = bc.add_vendor(cid)   # blocked: the blank member
+    inv = bc.add_purchase_invoice(cid, status="In Review")
+    assert bc.get_record(cid, "vendors", v["id"])["blocked"] == " "   # stored as the caption (the AL value)
+    assert http.get(f"/companies({cid})/vendors({v['id']})").json()["blocked"] == "_x0020_"
+    assert http.get(f"/companies({cid})/vendors", params={"$select": "blocked"}).json()["value"][0]["blocked"] == "_x0020_"
+    assert http.get(f"/companies({cid})/purchaseInvoices").json()["value"][0]["status"] == "In_x0020_Review"
+    created = http.post(f"/companies({cid})/vendors", json={"displayName": "N", "blocked": "Payment"}).json()
+    assert created["blocked"] == "Payment"
+    r = http.patch(f"/companies({cid})/purchaseInvoices({inv['id']})", json={"status": "Draft"}, headers={"If-Match": "*"})
+    assert r.json()["status"] == "Draft"
+    r = http.patch(f"/companies({cid})/vendors({created['id']})", json={"blocked": "_x0020_"}, headers={"If-Match": "*"})
+    assert r.status_code == 200 and r.json()["blocked"] == "_x0020_"
+    assert bc.get_record(cid, "vendors", created["id"])["blocked"] == " "
+    assert http.post(f"/companies({cid})/vendors", json={"blocked": "Sometimes"}).status_code == 400
+    # the $metadata names the same members
+    ns = "{http://docs.oasis-open.org/odata/ns/edm}"
+    root = ET.fromstring(http.get("/$metadata").text)
+    members = {e.get("Name"): [(m.get("Name"), m.get("Value")) for m in e.iter(f"{ns}Member")]
+               for e in root.iter(f"{ns}EnumType")}
+    assert members["vendorBlocked"] == [("_x0020_", "0"), ("Payment", "1"), ("All", "2")]
+    assert [n for n, _ in members["invoiceEntityAggregateStatus"]] == [
+        "_x0020_", "Draft", "In_x0020_Review", "Open", "Paid", "Canceled", "Corrective"]
+
+
+def test_enum_filters_take_member_names_and_captions_only_when_lenient(world):
+    bc, cid, http, _ = world
+    review = bc.add_purchase_invoice(cid, status="In Review")["id"]
+    draft = bc.add_purchase_invoice(cid, status="Draft")["id"]
+    opened = bc.add_purchase_invoice(cid, status="Open")["id"]
+
+    def ids(flt):
+        r = http.get(f"/companies({cid})/purchaseInvoices", params={"$filter": flt})
+        assert r.status_code == 200, r.text
+        return {row["id"] for row in r.json()["value"]}
+
+    assert ids("status eq 'In_x0020_Review'") == {review} == ids("status eq 'in_x0020_review'") == ids("status eq '2'")
+    assert ids("status eq 'In Review'") == {review}   # lenient by default (UNCONFIRMED at BC)
+    assert ids("status gt 'Draft'") == {review, opened}   # enums order by the member's value
+    order = http.get(f"/companies({cid})/purchaseInvoices", params={"$orderby": "status desc"}).json()["value"]
+    assert [row["id"] for row in order] == [opened, review, draft]
+    bc.strict_enum_names = True
+    r = http.get(f"/companies({cid})/purchaseInvoices", params={"$filter": "status eq 'In Review'"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith(
+        INCOMPATIBLE.format("Microsoft.NAV.invoiceEntityAggregateStatus", "Edm.String", "Equal"))
+    assert ids("status eq 'In_x0020_Review'") == {review}
+    v = bc.add_vendor(cid, blocked="All")
+    r = http.patch(f"/companies({cid})/vendors({v['id']})", json={"blocked": " "}, headers={"If-Match": "*"})
+    assert r.status_code == 400
+
+
+def test_the_caption_form_on_the_wire_is_a_setting(world):
+    bc, cid, http, _ = world
+    bc.enum_names = "display"
+    v = bc.add_vendor(cid)
+    bc.add_purchase_invoice(cid, status="In Review")
+    assert http.get(f"/companies({cid})/vendors({v['id']})").json()["blocked"] == " "
+    rows = http.get(f"/companies({cid})/purchaseInvoices", params={"$filter": "status eq 'In Review'"}).json()["value"]
+    assert [row["status"] for row in rows] == ["In Review"]

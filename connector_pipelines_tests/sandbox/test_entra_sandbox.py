@@ -10,9 +10,9 @@ import httpx
 import jwt
 import pytest
 
-from connector_pipelines.sandbox.common import SandboxServer, sync_transport
-from connector_pipelines.sandbox.entra import EntraSandbox
-from connector_pipelines.sandbox.tls import make_tls
+from sandboxes.common import SandboxServer, sync_transport
+from sandboxes.entra import EntraSandbox
+from sandboxes.tls import make_tls
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "6b7a3a6c-0f4e-4c43-9b5e-5c7f0b1d2e01"

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import SandboxServer, sync_transport
-from connector_pipelines.sandbox.finance_operations import MAX_BATCH_OPERATIONS, FinanceOperationsSandbox
-from connector_pipelines.sandbox.tls import make_tls
+from sandboxes.common import SandboxServer, sync_transport
+from sandboxes.finance_operations import MAX_BATCH_OPERATIONS, FinanceOperationsSandbox
+from sandboxes.tls import make_tls
 
 BASE = "http://fo.test/data"
 PO = "PurchaseOrderHeadersV2"
@@ -239,7 +239,7 @@ def test_batch_reads_and_an_atomic_changeset_that_rolls_back(http, fo):
     assert r.status_code == 200 and r.headers["content-type"].startswith("multipart/mixed")
     assert "HTTP/1.1 200 OK" in r.text and "HTTP/1.1 400 Bad Request" in r.text
     # the first PATCH of the failed changeset was rolled back
-    assert fo.get_record(PO, {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-0"}).get("ReasonComment") is None
+    assert fo.get_record(PO, {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-0"})["ReasonComment"] == ""
     good = batch_body("cs2", [http_part("PATCH", ok, {"ReasonComment": "both"}),
                               http_part("PATCH", bad, {"ReasonComment": "both"})]).decode()
     body = batch_body("b2", [f"Content-Type: multipart/mixed; boundary=cs2\r\n\r\n{good}"])
@@ -396,3 +396,118 @@ def test_the_older_envelope_form_is_a_setting(events, endpoint):
     events.deliver_events()
     [body] = endpoint.bodies
     assert body["LegalEntity"] == "USMF" and "BusinessEventLegalEntity" not in body and "EventTimeIso8601" not in body
+
+
+# -- typed $filter operands (the OData library's type rules) ------------------------------------------------
+INCOMPATIBLE = "A binary operator with incompatible types was detected. Found operand types '{}' and '{}' for operator kind '{}'."
+NS = "Microsoft.Dynamics.DataEntities"
+
+
+@pytest.mark.parametrize("op,kind", [("eq", "Equal"), ("ne", "NotEqual"), ("gt", "GreaterThan"),
+                                     ("ge", "GreaterThanOrEqual"), ("lt", "LessThan"), ("le", "LessThanOrEqual")])
+def test_a_quoted_date_time_is_a_string_and_f_and_o_refuses_the_comparison(http, op, kind):
+    message = error(http.get(PO, params={"$filter": f"AccountingDate {op} '2019-08-18T20:05:51Z'"}), 400)
+    assert message == INCOMPATIBLE.format("Edm.DateTimeOffset", "Edm.String", kind)
+    assert http.get(PO, params={"$filter": f"AccountingDate {op} 2019-08-18T20:05:51Z"}).status_code == 200
+
+
+@pytest.mark.parametrize("flt,left,right,kind", [
+    ("'2019-08-18T20:05:51Z' lt AccountingDate", "Edm.String", "Edm.DateTimeOffset", "LessThan"),
+    ("AccountingDate ge 2019-08-18", "Edm.DateTimeOffset", "Edm.Date", "GreaterThanOrEqual"),
+    ("PurchaseOrderNumber eq 5", "Edm.String", "Edm.Int32", "Equal"),
+    ("CashDiscountPercentage gt '5'", "Edm.Decimal", "Edm.String", "GreaterThan"),
+    ("DocumentApprovalStatus ne 'Rejected'", f"{NS}.VersioningDocumentState", "Edm.String", "NotEqual"),
+    (f"DocumentApprovalStatus eq {NS}.NoYes'Yes'", f"{NS}.VersioningDocumentState", f"{NS}.NoYes", "Equal"),
+    (f"PurchaseOrderName eq {NS}.NoYes'Yes'", "Edm.String", f"{NS}.NoYes", "Equal"),
+])
+def test_every_comparison_is_typed_against_the_metadata(http, flt, left, right, kind):
+    assert error(http.get(PO, params={"$filter": flt}), 400) == INCOMPATIBLE.format(left, right, kind)
+
+
+@pytest.mark.parametrize("flt,message", [
+    ("PurchaseOrderNumber eq", "Expression expected at position 22 in 'PurchaseOrderNumber eq'."),
+    ("(PurchaseOrderNumber eq 'PO-1'", "')' or operator expected at position 30 in '(PurchaseOrderNumber eq 'PO-1''."),
+    ("PurchaseOrderNumber eq 'PO-1' x", "Syntax error at position 31 in 'PurchaseOrderNumber eq 'PO-1' x'."),
+    ("PurchaseOrderNumber eq 'PO-1",
+     "There is an unterminated string literal at position 23 in 'PurchaseOrderNumber eq 'PO-1'."),
+    (f"DocumentApprovalStatus eq {NS}.VersioningDocumentState'Sideways'",
+     "The string 'Sideways' is not a valid enumeration type constant."),
+])
+def test_filter_errors_use_the_odata_library_messages(http, flt, message):
+    assert error(http.get(PO, params={"$filter": flt}), 400) == message
+
+
+# -- OData response headers -----------------------------------------------------------------------------------
+def test_answers_carry_odata_version_and_the_odata_json_content_type(fo, http):
+    key = f"{PO}(dataAreaId='usmf',PurchaseOrderNumber='PO-1')"
+    answers = [http.get(""), http.get(PO), http.get(key), http.get(key, params={"$select": "PurchaseOrderNumber"}),
+               http.post(PO, json={"PurchaseOrderNumber": "PO-H"}),
+               http.get(PO, params={"$filter": "Nope eq 1"}), http.get("NoSuchSet"),
+               http.get(PO, headers={"Authorization": "Bearer bad"})]
+    for r in answers:
+        assert r.headers["content-type"] == "application/json; odata.metadata=minimal", r.request.url
+        assert r.headers["odata-version"] == "4.0", r.request.url
+    assert [r.status_code for r in answers] == [200, 200, 200, 200, 201, 400, 404, 401]
+    fo.faults.rate_limit_next = 1
+    assert http.get(PO).headers["odata-version"] == "4.0"
+    assert http.get("$metadata").headers["content-type"].startswith("application/xml")
+    assert http.patch(key, json={"ReasonComment": "x"}).status_code == 204
+    fo.odata_headers_on_errors = False
+    plain = http.get(PO, params={"$filter": "Nope eq 1"})
+    assert plain.headers["content-type"] == "application/json" and "odata-version" not in plain.headers
+
+
+# -- every property, with F&O's empty values ---------------------------------------------------------------------
+def test_a_record_created_with_three_properties_reads_back_with_every_property(http):
+    created = http.post(PO, json={"dataAreaId": "usmf", "PurchaseOrderNumber": "Po-new", "PurchaseOrderName": "Three"})
+    assert created.status_code == 201, created.text
+    row = http.get(f"{PO}(dataAreaId='usmf',PurchaseOrderNumber='Po-new')").json()
+    root = ET.fromstring(http.get("$metadata").content)
+    ns = {"e": "http://docs.oasis-open.org/odata/ns/edm"}
+    props = {p.get("Name"): p.get("Type")
+             for p in root.iterfind(".//e:EntityType[@Name='PurchaseOrderHeaderV2']/e:Property", ns)}
+    assert set(row) == set(props) | {"@odata.context", "@odata.etag"}
+    assert set(created.json()) == set(row)
+    assert row["PurchaseOrderNumber"] == "Po-new" and row["dataAreaId"] == "usmf"   # keys as given
+    assert row["PurchaseOrderName"] == "Three" and row["ReasonComment"] == "" and row["CashDiscountPercentage"] == 0
+    assert row["PurchaseOrderStatus"] == "Backorder" and row["DocumentApprovalStatus"] == "Draft"
+    assert props["IsDeliveredDirectly"] == f"{NS}.NoYes" and row["IsDeliveredDirectly"] == "No"
+    assert props["AccountingDate"] == "Edm.DateTimeOffset" and row["AccountingDate"] == "1900-01-01T12:00:00Z"
+    assert row["DeliveryValidFrom"] == "1900-01-01T00:00:00Z"
+    assert not [p for p in props if p.startswith(("BackingTable_", "Relationship_"))]   # CDM references, no properties
+    selected = http.get(f"{PO}(dataAreaId='usmf',PurchaseOrderNumber='Po-new')",
+                        params={"$select": "PurchaseOrderName"}).json()
+    assert set(selected) == {"@odata.context", "@odata.etag", "PurchaseOrderName"}
+    line = http.post("PurchaseOrderLinesV2", json={"PurchaseOrderNumber": "Po-new", "LineNumber": 1}).json()
+    assert line["LineAmount"] == 0 and line["ItemNumber"] == "" and line["LineNumber"] == 1
+
+
+def test_filters_orderby_and_flows_work_with_the_empty_values(fo, http):
+    fo.add_purchase_order("usmf", PurchaseOrderNumber="PO-dated", AccountingDate="2026-01-05T12:00:00Z",
+                          IsDeliveredDirectly="Yes")
+    assert numbers(http.get(PO, params={"$filter": "AccountingDate gt 2000-01-01T00:00:00Z"})) == ["PO-dated"]
+
+    def count(flt):
+        r = http.get(PO, params={"$filter": flt, "$count": "true"})
+        assert r.status_code == 200, r.text
+        return r.json()["@odata.count"]
+
+    assert count("AccountingDate eq 1900-01-01T12:00:00Z") == 6   # the fixture's orders (page size 4)
+    assert numbers(http.get(PO, params={"$filter": f"IsDeliveredDirectly eq {NS}.NoYes'Yes'"})) == ["PO-dated"]
+    assert count(f"IsDeliveredDirectly eq {NS}.NoYes'No'") == 6
+    assert count("ReasonComment eq '' and CashDiscountPercentage eq 0 and ConfirmingPurchaseOrderCode eq ''") == 7
+    ordered = numbers(http.get(PO, params={"$orderby": "AccountingDate desc,PurchaseOrderNumber", "$top": 3}))
+    assert ordered == ["PO-dated", "PO-0", "PO-1"]
+    assert count(f"PurchaseOrderStatus eq {NS}.PurchStatus'Backorder'") == 7
+    # the sandbox's own flows on a record created over OData with a few properties
+    http.post(PO, json={"PurchaseOrderNumber": "PO-api", "OrderVendorAccountNumber": "US-101"})
+    fo.retry_delay_s = 0
+    fo.confirm_purchase_order("usmf", "PO-api")
+    assert fo.get_record(PO, {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-api"})["DocumentApprovalStatus"] == "Confirmed"
+    http.post("VendorInvoiceHeaders", json={"HeaderReference": "H-api", "InvoiceNumber": "INV-api"})
+    fo.post_vendor_invoice("usmf", "H-api")
+    assert fo.is_posted("H-api", "usmf")
+    expanded = http.get("VendorInvoiceHeaders(dataAreaId='usmf',HeaderReference='H1')",
+                        params={"$expand": "VendorInvoiceLines"}).json()
+    assert [line["Amount"] for line in expanded["VendorInvoiceLines"]] == [5.0]
+    assert expanded["VendorInvoiceLines"][0]["ItemNumber"] == ""

@@ -11,21 +11,21 @@ import httpx
 import jwt
 import pytest
 
-from connector_pipelines.sandbox.common import sync_transport
-from connector_pipelines.sandbox.jira import (
+from sandboxes.common import sync_transport
+from sandboxes.jira import (
     WEBHOOK_EVENTS,
     JiraSandbox,
     JqlError,
     parse_jql,
     text_matches,
 )
-from connector_pipelines.sandbox.openapi import (
+from sandboxes.openapi import (
     OpenApiValidator,
     RequestValidationError,
     ResponseValidationError,
     translate_nullable,
 )
-from connector_pipelines.sandbox.specs import load_json_spec
+from sandboxes.specs import load_json_spec
 
 CLOUD = "11111111-aaaa-bbbb-cccc-000000000001"
 API = f"/ex/jira/{CLOUD}/rest/api/3"

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from connector_pipelines.sandbox.jira import WEBHOOK_EVENTS, JiraSandbox
 from connector_pipelines_tests.sandbox import test_jira_sandbox as base
 from connector_pipelines_tests.sandbox.test_jira_sandbox import API, CLOUD, Capture, create, search
+from sandboxes.jira import WEBHOOK_EVENTS, JiraSandbox
 
 capture, sandbox, client = base.capture, base.sandbox, base.client   # the same fixtures
 

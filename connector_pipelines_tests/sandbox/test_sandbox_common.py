@@ -3,7 +3,7 @@
 import threading
 import time
 
-from connector_pipelines.sandbox.common import DeliveryPump
+from sandboxes.common import DeliveryPump
 
 
 def test_the_delivery_pump_keeps_delivering_after_a_failure_and_stops_when_told():

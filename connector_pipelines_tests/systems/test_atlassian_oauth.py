@@ -23,8 +23,6 @@ import pytest
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.http import ResilientClient
 from connector_pipelines.core.vault import Vault
-from connector_pipelines.sandbox.atlassian_auth import AtlassianAuthSandbox
-from connector_pipelines.sandbox.common import SandboxServer, free_port
 from connector_pipelines.systems.atlassian import (
     AtlassianAuthError,
     AtlassianTokenProvider,
@@ -35,6 +33,8 @@ from connector_pipelines.systems.atlassian import (
     exchange_code,
     run_consent_flow,
 )
+from sandboxes.atlassian_auth import AtlassianAuthSandbox
+from sandboxes.common import SandboxServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_ID, CLIENT_SECRET = "cp-app", "cp-app-secret"

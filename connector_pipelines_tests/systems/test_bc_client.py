@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -12,10 +13,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from connector_pipelines.core.http import ApiError, RetrySettings
-from connector_pipelines.sandbox.business_central import BusinessCentralSandbox, parse_dt
-from connector_pipelines.sandbox.common import SandboxServer
 from connector_pipelines.systems.business_central import BusinessCentralClient, odata_datetime
 from connector_pipelines.systems.entra import EntraTokenProvider
+from sandboxes.business_central import BusinessCentralSandbox, parse_dt
+from sandboxes.common import SandboxServer
 
 TENANT, ENV = "72f988bf-86f1-41af-91ab-2d7cd011db47", "production"
 CLIENT_ID, SECRET = "6b7a3a6c-0f4e-4c43-9b5e-5c7f0b1d2e01", "bc-client-test-secret~0123456789"
@@ -67,12 +68,14 @@ def world(entra_over_tls):
     entra, entra_server, tls = entra_over_tls
     entra.register_app(TENANT, CLIENT_ID, SECRET, [SCOPE])
     bc = BusinessCentralSandbox(entra)
+    bc.strict_enum_names = True   # enum values only by member name ("_x0020_"): the client must translate
     bc.register_environment(TENANT, ENV)
     cid = bc.add_company("CRONUS USA, Inc.")
     tokens = EntraTokenProvider(TENANT, CLIENT_ID, SECRET, SCOPE, authority_host=entra_server.base_url,
                                 ca_bundle=str(tls.ca_bundle), clock=entra.clock.timestamp)
     with SandboxServer(bc.app) as server:
         client = BusinessCentralClient.connect(server.base_url, TENANT, ENV, tokens, retry=TINY_RETRY)
+        client.metadata()   # one $metadata read per client, made here so the call counts below are the reads
         yield bc, cid, client, tokens
         client.close()
         tokens.close()
@@ -175,6 +178,23 @@ def test_unblock_vendor_uses_if_match(world):
     with pytest.raises(ApiError) as err:   # the etag is stale now
         client.unblock_vendor(cid, v["id"], current["@odata.etag"])
     assert err.value.status == 409 and err.value.body["error"]["code"] == "Request_EntityChanged"
+
+
+def test_enum_members_travel_by_name_and_read_as_captions(world):
+    """BC spells enum members XML-encoded ("_x0020_", "In_x0020_Review"); the product works in captions."""
+    bc, cid, client, tokens = world
+    inv = bc.add_purchase_invoice(cid, status="In Review")
+    raw = httpx.get(f"{client.http.base_url.rstrip('/')}/companies({cid})/purchaseInvoices({inv['id']})",
+                    headers={"Authorization": f"Bearer {tokens.get_token()}"}).json()
+    assert raw.get("status") == "In_x0020_Review", raw
+    assert client.get(cid, "purchaseInvoices", inv["id"])["status"] == "In Review"
+    literal = client.literal("purchaseInvoices", "status", "In Review")
+    assert literal == "'In_x0020_Review'"
+    assert [r["id"] for r in client.list(cid, "purchaseInvoices", filter=f"status eq {literal}")] == [inv["id"]]
+    with pytest.raises(ApiError) as err:   # the caption is not a member name: BC's OData layer refuses it
+        list(client.list(cid, "purchaseInvoices", filter="status eq 'In Review'"))
+    assert err.value.status == 400
+    assert client.literal("purchaseInvoices", "number", "In Review") == "'In Review'"   # not an enum: as is
 
 
 def test_post_purchase_invoice(world):

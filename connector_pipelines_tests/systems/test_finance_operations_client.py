@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from connector_pipelines.core.http import ApiError, RetrySettings
-from connector_pipelines.sandbox.common import sync_transport
-from connector_pipelines.sandbox.finance_operations import FinanceOperationsSandbox
 from connector_pipelines.systems.finance_operations import (
     BusinessEvent,
     FinanceOperationsClient,
     ODataMetadata,
 )
+from sandboxes.common import sync_transport
+from sandboxes.finance_operations import FinanceOperationsSandbox
 
 FAST = RetrySettings(initial_backoff_s=0.0, max_backoff_s=0.0, max_total_wait_s=5)
 

@@ -8,8 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from connector_pipelines.core.http import ApiError, RetrySettings
-from connector_pipelines.sandbox.common import SandboxServer
-from connector_pipelines.sandbox.jira import JiraSandbox
 from connector_pipelines.systems.jira import (
     BulkCreateResult,
     CreatedIssue,
@@ -19,6 +17,8 @@ from connector_pipelines.systems.jira import (
     JiraWebhookError,
 )
 from connector_pipelines.systems.jira.client import parse_expiration
+from sandboxes.common import SandboxServer
+from sandboxes.jira import JiraSandbox
 
 CLOUD = "22222222-aaaa-bbbb-cccc-000000000002"
 SITE_URL = "https://acme.atlassian.net"

@@ -2,37 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
 from connector_pipelines.integrations.definition import EntitySync, ExceptionRule
 from connector_pipelines.integrations.sources.base import ChangeSet, ResolutionOutcome, SourceRecord
-from connector_pipelines.systems.business_central.client import BusinessCentralClient
+from connector_pipelines.systems.business_central.client import BusinessCentralClient, odata_literal
 
-# Statuses in which a draft purchase invoice can still be posted.
+# Statuses in which a draft purchase invoice can still be posted (captions: the client translates member names).
 POSTABLE_INVOICE_STATUSES = ("Draft", "In Review")
 UNBLOCKED = " "
+__all__ = ["BusinessCentralSource", "odata_filter", "odata_literal"]
 
 
-def odata_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def odata_filter(rules: list[ExceptionRule]) -> str | None:
-    """Push the exception rules that OData can express down to the server (the rest run client-side)."""
+def odata_filter(rules: list[ExceptionRule],
+                 literal: Callable[[str, Any], str] = lambda _field, value: odata_literal(value)) -> str | None:
+    """Push the exception rules that OData can express down to the server (the rest run client-side).
+    ``literal(field, value)`` renders a value (the client's, which spells enum members as BC does)."""
     clauses = []
     for r in rules:
         if r.op in ("eq", "ne"):
-            clauses.append(f"{r.field} {r.op} {odata_literal(r.value)}")
+            clauses.append(f"{r.field} {r.op} {literal(r.field, r.value)}")
         elif r.op == "in" and r.value:
-            clauses.append("(" + " or ".join(f"{r.field} eq {odata_literal(v)}" for v in r.value) + ")")
+            clauses.append("(" + " or ".join(f"{r.field} eq {literal(r.field, v)}" for v in r.value) + ")")
         elif r.op == "not_in" and r.value:
-            clauses.append("(" + " and ".join(f"{r.field} ne {odata_literal(v)}" for v in r.value) + ")")
+            clauses.append("(" + " and ".join(f"{r.field} ne {literal(r.field, v)}" for v in r.value) + ")")
     return " and ".join(clauses) or None
 
 
@@ -87,7 +83,8 @@ class BusinessCentralSource:
         return self._records(entity, [found[i] for i in ids if i in found])
 
     def fetch_current_exceptions(self, entity: EntitySync) -> list[SourceRecord]:
-        rows = list(self.client.list(self.company_id, entity.entity_set, filter=odata_filter(entity.exception)))
+        flt = odata_filter(entity.exception, lambda field, value: self.client.literal(entity.entity_set, field, value))
+        rows = list(self.client.list(self.company_id, entity.entity_set, filter=flt))
         return [r for r in self._records(entity, rows) if entity.is_exception(r.data)]
 
     def changes_from_notifications(self, entities: list[EntitySync], payloads: list[dict[str, Any]]) -> ChangeSet:

@@ -10,7 +10,10 @@ Rules this client keeps (API-FACTS §2):
 - incremental reads filter ``lastModifiedDateTime gt <start> and lastModifiedDateTime le <end>`` with an
   unquoted ISO-8601 UTC literal;
 - PATCH / DELETE always carry ``If-Match``; a 409 ``Request_EntityChanged`` surfaces as ApiError;
-- subscriptions live at ``/api/v2.0/subscriptions`` and are keyed ``subscriptions('{id}')``.
+- subscriptions live at ``/api/v2.0/subscriptions`` and are keyed ``subscriptions('{id}')``;
+- enum values travel by member name, XML-encoded (``"_x0020_"``, ``"In_x0020_Review"``; API-FACTS §2): this
+  client hands out and takes the captions (``" "``, ``"In Review"``) and translates with the enum-typed
+  properties of ``$metadata`` (read once per client), in records read, in PATCH bodies and in ``literal``.
 No Dagster, no sandbox imports.
 """
 
@@ -25,6 +28,7 @@ from urllib.parse import quote
 import httpx
 
 from connector_pipelines.core.http import ResilientClient, RetrySettings, TokenProvider
+from connector_pipelines.core.odata import ODataMetadata, decode_member_name, encode_member_name
 
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 20000
@@ -42,6 +46,20 @@ def odata_datetime(value: datetime) -> str:
     return value.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
+def odata_literal(value: Any) -> str:
+    """A plain OData literal: booleans and numbers bare, a datetime as an unquoted DateTimeOffset (a quoted one is
+    Edm.String, which BC refuses to compare with a date-time), strings quoted with quotes doubled."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, datetime):
+        return odata_datetime(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def _key(value: str) -> str:
     return quote(str(value).strip("'"), safe="-")
 
@@ -57,6 +75,7 @@ class BusinessCentralClient:
 
     def __init__(self, http: ResilientClient) -> None:
         self.http = http
+        self._metadata: ODataMetadata | None = None
 
     @classmethod
     def connect(cls, api_url: str, tenant_id: str, environment: str, token_provider: TokenProvider, *,
@@ -69,6 +88,35 @@ class BusinessCentralClient:
 
     def close(self) -> None:
         self.http.close()
+
+    # -- $metadata and enum members ------------------------------------------------------------------
+    def metadata(self) -> ODataMetadata:
+        """$metadata once per client: the enum-typed properties of each entity set."""
+        if self._metadata is None:
+            r = self.http.get("$metadata", headers={"Accept": "application/xml"})
+            self._metadata = ODataMetadata.parse(r.content)
+        return self._metadata
+
+    def _enum_properties(self, entity_set: str) -> dict[str, str]:
+        return self.metadata().enum_properties(entity_set)
+
+    def _captions(self, entity_set: str, row: dict[str, Any]) -> dict[str, Any]:
+        """A record as read, with enum values turned from member names into captions (in place)."""
+        for prop in self._enum_properties(entity_set):
+            value = row.get(prop)
+            if isinstance(value, str):
+                row[prop] = decode_member_name(value)
+        return row
+
+    def _member_names(self, entity_set: str, changes: dict[str, Any]) -> dict[str, Any]:
+        enums = self._enum_properties(entity_set)
+        return {k: encode_member_name(v) if k in enums and isinstance(v, str) else v for k, v in changes.items()}
+
+    def literal(self, entity_set: str, prop: str, value: Any) -> str:
+        """The OData literal comparing ``prop`` of ``entity_set`` with ``value`` (a caption, for an enum)."""
+        if isinstance(value, str) and prop in self._enum_properties(entity_set):
+            value = encode_member_name(value)
+        return odata_literal(value)
 
     # -- companies ---------------------------------------------------------------------------------
     def companies(self) -> list[dict[str, Any]]:
@@ -104,7 +152,8 @@ class BusinessCentralClient:
             params["$select"] = _select(select)
         if orderby:
             params["$orderby"] = orderby
-        return self._pages(f"companies({_key(company_id)})/{entity_set}", params, page_size)
+        pages = self._pages(f"companies({_key(company_id)})/{entity_set}", params, page_size)
+        return (self._captions(entity_set, row) for row in pages)
 
     def modified_between(self, company_id: str, entity_set: str, start: datetime, end: datetime, *,
                          filter: str | None = None,
@@ -140,14 +189,15 @@ class BusinessCentralClient:
 
     def get(self, company_id: str, entity_set: str, record_id: str) -> dict[str, Any] | None:
         r = self.http.get(f"companies({_key(company_id)})/{entity_set}({_key(record_id)})", expected=(404,))
-        return None if r.status_code == 404 else r.json()
+        return None if r.status_code == 404 else self._captions(entity_set, r.json())
 
     # -- writes --------------------------------------------------------------------------------------
     def patch(self, company_id: str, entity_set: str, record_id: str, changes: dict[str, Any],
               etag: str) -> dict[str, Any]:
-        r = self.http.patch(f"companies({_key(company_id)})/{entity_set}({_key(record_id)})", json=changes,
-                            headers={"If-Match": etag or "*"})
-        return r.json() if r.content else {}
+        """PATCH with If-Match; enum values in ``changes`` are captions (sent as member names)."""
+        r = self.http.patch(f"companies({_key(company_id)})/{entity_set}({_key(record_id)})",
+                            json=self._member_names(entity_set, changes), headers={"If-Match": etag or "*"})
+        return self._captions(entity_set, r.json()) if r.content else {}
 
     def post_purchase_invoice(self, company_id: str, invoice_id: str) -> None:
         """Bound action ``Microsoft.NAV.post`` (204). Not idempotent: callers read the status first."""

@@ -1,4 +1,4 @@
-"""F&O models: the OData $metadata the client needs, and the business-event envelope.
+"""F&O models: the business-event envelope (the OData $metadata model lives in ``core.odata``).
 
 Business events (API-FACTS §1.4): a stub envelope — BusinessEventId, ControlNumber ("an upwardly
 increasing number … there can be gaps"), EventId, EventTime (WCF ``/Date(ms)/``) and, in newer
@@ -9,72 +9,19 @@ MinorVersion — then the event's own fields (the document's keys, never the ful
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-EDM_NS = "http://docs.oasis-open.org/odata/ns/edm"
+from connector_pipelines.core.odata import EntitySetInfo, ODataMetadata
+
+__all__ = ["BusinessEvent", "EntitySetInfo", "ODataMetadata"]
+
 ENVELOPE_FIELDS = {"BusinessEventId", "BusinessEventLegalEntity", "LegalEntity", "ContextRecordSubject",
                    "ControlNumber", "EventId", "EventTime", "EventTimeIso8601", "InitiatingUserAADObjectId",
                    "MajorVersion", "MinorVersion", "ParentContextRecordSubjects"}
 WCF_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
-
-
-@dataclass
-class EntitySetInfo:
-    entity_type: str
-    keys: list[str]
-    properties: dict[str, str] = field(default_factory=dict)   # name -> Edm type or enum type full name
-    navigation: dict[str, str] = field(default_factory=dict)   # name -> target type
-    actions: set[str] = field(default_factory=set)
-
-
-@dataclass
-class ODataMetadata:
-    entity_sets: dict[str, EntitySetInfo] = field(default_factory=dict)
-    enums: dict[str, list[str]] = field(default_factory=dict)   # full name -> members
-
-    def enum_type(self, entity_set: str, prop: str) -> str | None:
-        info = self.entity_sets.get(entity_set)
-        typ = info.properties.get(prop) if info else None
-        return typ if typ in self.enums else None
-
-    @classmethod
-    def parse(cls, xml: str | bytes) -> ODataMetadata:
-        """CSDL v4 EDMX -> entity sets with keys, property types, navigation, bound actions; enum types."""
-        root = ET.fromstring(xml)
-        ns = {"edm": EDM_NS}
-        types: dict[str, tuple[list[str], dict[str, str], dict[str, str]]] = {}
-        enums: dict[str, list[str]] = {}
-        actions: dict[str, set[str]] = {}
-        sets: dict[str, str] = {}
-        for schema in root.iter(f"{{{EDM_NS}}}Schema"):
-            namespace = schema.get("Namespace", "")
-            for et in schema.findall("edm:EntityType", ns):
-                keys = [r.get("Name", "") for r in et.findall("edm:Key/edm:PropertyRef", ns)]
-                props = {p.get("Name", ""): p.get("Type", "") for p in et.findall("edm:Property", ns)}
-                navs = {n.get("Name", ""): n.get("Type", "") for n in et.findall("edm:NavigationProperty", ns)}
-                types[f"{namespace}.{et.get('Name')}"] = (keys, props, navs)
-            for en in schema.findall("edm:EnumType", ns):
-                enums[f"{namespace}.{en.get('Name')}"] = [m.get("Name", "") for m in en.findall("edm:Member", ns)]
-            for action in schema.findall("edm:Action", ns):
-                if action.get("IsBound") != "true":
-                    continue
-                params = action.findall("edm:Parameter", ns)
-                if params:
-                    bound = params[0].get("Type", "")
-                    actions.setdefault(bound, set()).add(action.get("Name", ""))
-            for container in schema.findall("edm:EntityContainer", ns):
-                for es in container.findall("edm:EntitySet", ns):
-                    sets[es.get("Name", "")] = es.get("EntityType", "")
-        out = cls(enums=enums)
-        for name, type_name in sets.items():
-            keys, props, navs = types.get(type_name, ([], {}, {}))
-            out.entity_sets[name] = EntitySetInfo(type_name, keys, props, navs, actions.get(type_name, set()))
-        return out
 
 
 class BusinessEvent(BaseModel):

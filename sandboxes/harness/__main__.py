@@ -12,12 +12,12 @@ import signal
 import threading
 from pathlib import Path
 
-from connector_pipelines.sandbox.stack import export_lines, start_stack
 from connector_pipelines.systems.atlassian.oauth import DEFAULT_CONSENT_PORT
+from sandboxes.harness.stack import export_lines, start_stack
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m connector_pipelines.sandbox")
+    parser = argparse.ArgumentParser(prog="python -m sandboxes.harness")
     parser.add_argument("--workdir", default=".demo/sandbox")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every sandbox call")
     parser.add_argument("--no-receiver", action="store_true")

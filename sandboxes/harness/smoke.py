@@ -20,9 +20,9 @@ def run(workdir: Path) -> list[str]:
     """Run the scenario; returns the list of problems (empty = success)."""
     import dagster as dg
 
-    from connector_pipelines.sandbox import scenario as sc
-    from connector_pipelines.sandbox.dagster_driver import DagsterDriver, check_evaluations
-    from connector_pipelines.sandbox.stack import consent, start_stack
+    from sandboxes.harness import scenario as sc
+    from sandboxes.harness.dagster_driver import DagsterDriver, check_evaluations
+    from sandboxes.harness.stack import consent, start_stack
 
     problems: list[str] = []
     home = workdir / "dagster_home"
@@ -102,8 +102,8 @@ def run(workdir: Path) -> list[str]:
 
 def _finance_operations(stack, driver, step) -> list[str]:
     """F&O business events -> AP issues; Done on the rejected PO resubmits it to its workflow, once."""
-    from connector_pipelines.sandbox import scenario as sc
-    from connector_pipelines.sandbox.stack import LEGAL_ENTITY
+    from sandboxes.harness import scenario as sc
+    from sandboxes.harness.stack import LEGAL_ENTITY
 
     problems: list[str] = []
     step("F&O fires three business events; the receiver stores them; one batch run opens the issues")

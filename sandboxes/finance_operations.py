@@ -1,7 +1,10 @@
 """Dynamics 365 Finance & Operations sandbox (API-FACTS §1): OData v4 under ``/data`` and business events.
 
 OData: vendors, purchase order headers and lines, vendor invoice headers and lines, with properties from
-Microsoft's CDM attribute lists (``specs/fo-cdm``; PO lines are not there: a minimal, UNCONFIRMED set).
+Microsoft's CDM attribute lists (``specs/fo-cdm``; PO lines are not there: a minimal, UNCONFIRMED set). Every record
+holds every property of its entity type: what the caller did not set reads as F&O's empty value (``EMPTY``).
+``$filter`` comparisons are typed against ``$metadata`` (a quoted date-time is Edm.String: 400); JSON answers carry
+``OData-Version: 4.0`` and ``application/json; odata.metadata=minimal``.
 ``$filter $select $top $skip $count $orderby $expand`` (one level), enum literals
 ``Microsoft.Dynamics.DataEntities.<Enum>'<Value>'`` (eq/ne only), ``contains`` as ``eq '*x*'``, the ``in``
 and ``has`` operators refused, server paging with ``@odata.nextLink`` (≤ 10,000 per page), ``$batch`` with
@@ -47,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import (
+from sandboxes.common import (
     DeliveryPump,
     FaultMiddleware,
     Faults,
@@ -55,8 +58,18 @@ from connector_pipelines.sandbox.common import (
     bearer_token,
     count_call,
 )
-from connector_pipelines.sandbox.odata import OPERATORS, FilterGrammar, ODataError, parse_dt, tokenize
-from connector_pipelines.sandbox.specs import load_json_spec
+from sandboxes.odata import (
+    OPERATORS,
+    FilterGrammar,
+    ODataError,
+    Token,
+    comparable,
+    incompatible,
+    odata_headers,
+    parse_dt,
+    tokenize,
+)
+from sandboxes.specs import load_json_spec
 
 log = logging.getLogger(__name__)
 NS = "Microsoft.Dynamics.DataEntities"
@@ -67,9 +80,24 @@ ENUMS = {
                                 "Finalized"],
 }
 ENUM_PROPS = {"PurchaseOrderStatus": "PurchStatus", "DocumentApprovalStatus": "VersioningDocumentState"}
-NUMBER_RE = re.compile(r"(Amount|Price|Quantity|Percentage|Percent|Discount|ExchangeRate)$")
-DATE_RE = re.compile(r"(Date|DateTime)$")
+NUMBER_RE = re.compile(r"(Amount|Price|Quantity|Percentage|Percent|Discount|ExchangeRate|Latitude|Longitude)$")
+DATETIME_RE = re.compile(r"(DateTime|ValidFrom|ValidTo)$")
+DATE_RE = re.compile(r"(Date|Date_W)$")
+# CDM types these attributes "string"; F&O exposes its boolean fields as the NoYes enum ("IsWithholdingTaxCalculate":
+# "No" in a real VendorPaymentJournalLines payload). UNCONFIRMED per field: which of them really are NoYes.
+NOYES_RE = re.compile(r"^(Is|Are|Has|Will)[A-Z]")
 MAX_BATCH_OPERATIONS = 5000
+# F&O returns every property of the entity type; a field nobody set reads as its type's empty value. Observed in real
+# F&O payloads (VendorPaymentJournalLines, public code samples): strings "", numbers 0, enums their first member
+# ("TypeOfOperation": "Blank", NoYes "No"), a date-only field "1900-01-01T12:00:00Z" ("DeliveryDate") and a
+# date-time field "1900-01-01T00:00:00Z" ("RemittanceAddressValidFrom").
+EMPTY = {"string": "", "decimal": 0, "int": 0, "date": "1900-01-01T12:00:00Z", "datetime": "1900-01-01T00:00:00Z"}
+# What F&O's own insert logic sets on a new record (UNCONFIRMED: PurchTable.initValue makes a new order an open
+# order, PurchStatus::Backorder; approval starts in Draft).
+INITIAL_VALUES = {"PurchaseOrderHeadersV2": {"PurchaseOrderStatus": "Backorder", "DocumentApprovalStatus": "Draft"}}
+# Content-Type of F&O's JSON answers. UNCONFIRMED parameter list (ASP.NET Web API OData may add odata.streaming and
+# IEEE754Compatible); the media type and OData-Version 4.0 are OData v4's JSON format.
+JSON_CONTENT_TYPE = "application/json; odata.metadata=minimal"
 
 
 @dataclass
@@ -77,7 +105,7 @@ class EntityDef:
     entity_set: str
     type_name: str
     keys: list[str]
-    props: dict[str, str]                     # name -> "string" | "decimal" | "datetime" | "int" | "enum:<Name>"
+    props: dict[str, str]   # name -> "string" | "decimal" | "int" | "date" | "datetime" | "enum:<Name>"
     navigation: dict[str, tuple[str, list[str]]] = field(default_factory=dict)   # nav -> (target set, join keys)
 
 
@@ -86,21 +114,40 @@ def _cdm_attributes(cdm_entity: str) -> list[str]:
     names: list[str] = []
     for definition in doc.get("definitions", []):
         for attr in definition.get("hasAttributes", []):
-            if isinstance(attr, dict) and "name" in attr:
+            # entity references (Relationship_…, BackingTable_…Relationship) carry no dataType: no OData property
+            if isinstance(attr, dict) and "name" in attr and "dataType" in attr:
                 names.append(attr["name"])
     return names
 
 
 def _prop_type(name: str) -> str:
+    """The property's type (CDM types nearly everything "string"): named enums, NoYes flags, line numbers,
+    amounts, dates (Edm.DateTimeOffset in $metadata, date-only or date-time) by their names."""
     if name in ENUM_PROPS:
         return f"enum:{ENUM_PROPS[name]}"
+    if NOYES_RE.match(name):
+        return "enum:NoYes"
     if name in ("LineNumber", "InvoiceLineNumber", "PurchLineNumber"):
         return "int"
     if NUMBER_RE.search(name) and not name.endswith("Id"):
         return "decimal"
-    if DATE_RE.search(name):
+    if DATETIME_RE.search(name):
         return "datetime"
+    if DATE_RE.search(name):
+        return "date"
     return "string"
+
+
+def empty_value(typ: str) -> Any:
+    """What F&O shows for a field nobody set."""
+    return ENUMS[typ[5:]][0] if typ.startswith("enum:") else EMPTY[typ]
+
+
+def edm_type(typ: str) -> str:
+    if typ.startswith("enum:"):
+        return f"{NS}.{typ[5:]}"
+    return {"string": "Edm.String", "decimal": "Edm.Decimal", "date": "Edm.DateTimeOffset",
+            "datetime": "Edm.DateTimeOffset", "int": "Edm.Int64"}[typ]
 
 
 def build_entities() -> dict[str, EntityDef]:
@@ -133,12 +180,20 @@ def build_entities() -> dict[str, EntityDef]:
     return {e.entity_set: e for e in entities}
 
 
-def fo_error(status: int, message: str, headers: dict[str, str] | None = None, code: str = "") -> JSONResponse:
+def error_body(code: str, message: str) -> dict[str, Any]:
     """The OData v4 error body (F&O's exact shape is UNCONFIRMED: one function to change)."""
-    body = {"error": {"code": code, "message": message,
+    return {"error": {"code": code, "message": message,
                       "innererror": {"message": message, "type": "Microsoft.Dynamics.Platform.Integration."
                                      "Services.OData.AxODataException", "stacktrace": ""}}}
-    return JSONResponse(body, status, headers or {})
+
+
+def fo_error(status: int, message: str, headers: dict[str, str] | None = None, code: str = "", *,
+             odata: bool = True) -> JSONResponse:
+    """An error answer; ``odata``: with the OData JSON content type and OData-Version like every other answer
+    (UNCONFIRMED for F&O's errors)."""
+    if odata:
+        return JSONResponse(error_body(code, message), status, odata_headers(headers), media_type=JSON_CONTENT_TYPE)
+    return JSONResponse(error_body(code, message), status, headers or {})
 
 
 def _json_value(value: Any) -> Any:
@@ -153,10 +208,12 @@ def _json_value(value: Any) -> Any:
 # $filter
 # ----------------------------------------------------------------------------------------------
 class FOFilter(FilterGrammar):
-    """The shared filter grammar with F&O's rules (API-FACTS §1.1)."""
+    """The shared filter grammar with F&O's rules (API-FACTS §1.1), each comparison typed like the OData library
+    types it: a date-time property against a quoted '2019-…' literal (Edm.String) is a 400 "A binary operator with
+    incompatible types was detected", an enum property takes only its typed literal
+    ``Microsoft.Dynamics.DataEntities.<Enum>'<Member>'`` (eq/ne only)."""
 
     error_code = ""
-    noun = "$filter"
 
     def __init__(self, text: str, entity: EntityDef) -> None:
         # FO-docs odata.md: "the has and in operators are not supported" (checked outside string literals)
@@ -165,60 +222,68 @@ class FOFilter(FilterGrammar):
         if refused:
             raise ODataError(400, "", f"The operator '{refused.group(1).lower()}' is not supported. "
                                       "Use an 'or' of 'eq' comparisons.")
-        tokens = []
+        tokens: list[Token] = []
         raw = tokenize(text, self.error_code)
         i = 0
         while i < len(raw):
-            kind, value = raw[i]
-            if kind == "prop" and value.startswith(f"{NS}.") and i + 1 < len(raw) and raw[i + 1][0] == "lit" \
-                    and isinstance(raw[i + 1][1], str):
-                tokens.append(("enum", (value[len(NS) + 1:], raw[i + 1][1])))
+            tok = raw[i]
+            nxt = raw[i + 1] if i + 1 < len(raw) else None
+            if tok.kind == "prop" and tok.value.startswith(f"{NS}.") and nxt is not None \
+                    and nxt.edm == "Edm.String" and nxt.pos == tok.end:
+                enum = tok.value[len(NS) + 1:]
+                tokens.append(Token("enum", (enum, nxt.value), tok.pos, nxt.end, f"{NS}.{enum}"))
                 i += 2
                 continue
-            tokens.append((kind, value))
+            tokens.append(tok)
             i += 1
         super().__init__(text, tokens)
         self.entity = entity
 
-    def _operand(self):
-        kind, value = self._take()
-        if kind == "prop":
-            if value not in self.entity.props:
-                raise ODataError(400, "", f"Could not find a property named '{value}' on type "
+    def _operand(self) -> Token:
+        tok = self._take_operand()
+        if tok.kind == "prop":
+            if tok.value not in self.entity.props:
+                raise ODataError(400, "", f"Could not find a property named '{tok.value}' on type "
                                           f"'{NS}.{self.entity.type_name}'.")
-            return ("prop", value)
-        if kind in ("lit", "enum"):
-            return (kind, value)
-        raise ODataError(400, "", f"Syntax error in $filter '{self.text}'.")
+            return tok
+        if tok.kind in ("lit", "enum"):
+            return tok
+        raise self._expression_expected()
+
+    def _edm(self, tok: Token) -> str | None:
+        return edm_type(self.entity.props[tok.value]) if tok.kind == "prop" else tok.edm
 
     def _comparison(self):
         left = self._operand()
         op = self._operator()
         right = self._operand()
-        if left[0] != "prop":
+        written = (self._edm(left), self._edm(right), op)   # the message names the operands as written
+        if left.kind != "prop":
             left, right = right, left
             op = {"gt": "lt", "lt": "gt", "ge": "le", "le": "ge"}.get(op, op)
-        if left[0] != "prop":
-            raise ODataError(400, "", f"A comparison needs a property in $filter '{self.text}'.")
-        prop = left[1]
+        if left.kind != "prop" or right.kind == "prop":
+            # UNCONFIRMED: F&O's answer to literal-literal or property-property comparisons (refused here).
+            raise ODataError(400, "", f"A comparison needs one property and one literal in $filter '{self.text}'.")
+        prop = left.value
         typ = self.entity.props[prop]
-        kind_r, lit = right
         if typ.startswith("enum:"):
             enum = typ[5:]
-            if kind_r != "enum":
-                raise ODataError(400, "", f"A binary operator with incompatible types was detected. Found operand "
-                                          f"types '{NS}.{enum}' and 'Edm.String' for operator kind 'Equal'.")
-            if lit[0] != enum or lit[1] not in ENUMS[enum]:
-                raise ODataError(400, "", f"The enum value '{NS}.{lit[0]}'{lit[1]}'' is not valid for '{prop}'.")
+            if right.kind == "lit" and right.edm is None:   # null
+                want = None
+            elif right.kind != "enum" or right.value[0] != enum:
+                raise incompatible(*written)
+            elif right.value[1] not in ENUMS[enum]:
+                # the library's Binder_IsNotValidEnumConstant (UNCONFIRMED which message F&O gives)
+                raise ODataError(400, "", f"The string '{right.value[1]}' is not a valid enumeration type constant.")
+            else:
+                want = right.value[1]
             if op not in ("eq", "ne"):
                 raise ODataError(400, "", f"Only eq and ne are supported on the enum property '{prop}'.")
-            want = lit[1]
             return (lambda r: r.get(prop) == want) if op == "eq" else (lambda r: r.get(prop) != want)
-        if kind_r == "enum":
-            raise ODataError(400, "", f"'{prop}' is not an enum property.")
+        if right.kind == "enum" or not comparable(edm_type(typ), right.edm):
+            raise incompatible(*written)
+        lit = right.value
         if typ == "string":
-            if lit is not None and not isinstance(lit, str):
-                lit = str(lit)
             if op in ("eq", "ne") and isinstance(lit, str) and "*" in lit:
                 # F&O's contains/startswith: eq '*x*' (a wildcard literal), case-insensitive like its SQL
                 pattern = re.compile("^" + ".*".join(re.escape(p) for p in lit.split("*")) + "$", re.IGNORECASE | re.DOTALL)
@@ -230,17 +295,13 @@ class FOFilter(FilterGrammar):
                 v = r.get(prop)
                 return v.lower() if isinstance(v, str) else v
         elif typ in ("decimal", "int"):
-            if not isinstance(lit, int | float) or isinstance(lit, bool):
-                raise ODataError(400, "", f"Incompatible types for '{prop}' in $filter '{self.text}'.")
-            want = float(lit)
+            want = float(lit) if lit is not None else None
 
             def value(r):
                 v = r.get(prop)
-                return float(v) if v is not None else None
-        else:   # datetime
-            if isinstance(lit, str) or lit is None:
-                raise ODataError(400, "", f"Incompatible types for '{prop}' in $filter '{self.text}'.")
-            want = lit if isinstance(lit, datetime) else datetime(lit.year, lit.month, lit.day, tzinfo=UTC)
+                return float(v) if v not in (None, "") else None
+        else:   # date, datetime: Edm.DateTimeOffset
+            want = lit
 
             def value(r):
                 return parse_dt(r.get(prop))
@@ -310,6 +371,7 @@ class FinanceOperationsSandbox:
         self.key_read_needs_cross_company = True  # a key outside the default company without cross-company -> 404
         self.posted_invoices_readable = True      # posted headers stay readable (update refused)
         self.send_legacy_legal_entity = False     # older payloads: LegalEntity instead of BusinessEventLegalEntity
+        self.odata_headers_on_errors = True       # errors carry the OData content type and OData-Version too
         # service protection (§1.3): None = off; (requests, window_s) = sliding window per environment
         self.service_protection: tuple[int, float] | None = None
         self._window: list[float] = []
@@ -357,7 +419,10 @@ class FinanceOperationsSandbox:
         area = area.lower()
         if area not in self.legal_entities:
             raise ODataError(400, "", f"The company '{area}' does not exist.")
-        record: dict[str, Any] = {"dataAreaId": area}
+        # every property of the entity type, with what F&O's insert logic sets, then what the caller gave
+        record: dict[str, Any] = {name: empty_value(typ) for name, typ in entity.props.items()}
+        record.update(INITIAL_VALUES.get(entity_set, {}))
+        record["dataAreaId"] = area
         for name, value in props.items():
             if name not in entity.props:
                 raise ODataError(400, "", f"Could not find a property named '{name}' on type '{NS}.{entity.type_name}'.")
@@ -366,7 +431,7 @@ class FinanceOperationsSandbox:
                 raise ODataError(400, "", f"'{value}' is not a valid value of {NS}.{typ[5:]} for '{name}'.")
             record[name] = _json_value(value)
         for k in entity.keys:
-            if record.get(k) in (None, ""):
+            if (k not in props and k != "dataAreaId") or record.get(k) in (None, ""):
                 raise ODataError(400, "", f"The key field '{k}' of {entity.type_name} must be given.")
         key = self._key_of(entity, record)
         with self._lock:
@@ -391,8 +456,6 @@ class FinanceOperationsSandbox:
     def add_purchase_order(self, area: str, lines: list[dict[str, Any]] | None = None, **props: Any) -> dict[str, Any]:
         with self._lock:
             props.setdefault("PurchaseOrderNumber", self._number("PO-"))
-            props.setdefault("PurchaseOrderStatus", "Backorder")
-            props.setdefault("DocumentApprovalStatus", "Draft")
             header = self._insert("PurchaseOrderHeadersV2", area, props)
             for i, line in enumerate(lines or [], start=1):
                 self._insert("PurchaseOrderLinesV2", area, {"PurchaseOrderNumber": header["PurchaseOrderNumber"],
@@ -619,13 +682,28 @@ class FinanceOperationsSandbox:
         self._pump.stop()
 
     # -- HTTP ---------------------------------------------------------------------------------------
+    def _respond(self, status: int, headers: dict[str, str], payload: Any) -> Response:
+        """JSON answers (entity, collection, action value, error) with F&O's OData content type and OData-Version;
+        $metadata (a str) keeps its own content type; 204 has no body."""
+        if payload is None:
+            return Response(status_code=status, headers=headers)
+        if isinstance(payload, str):
+            return Response(payload, status, headers={k: v for k, v in headers.items() if k != "Content-Type"},
+                            media_type=headers.get("Content-Type", "text/plain"))
+        if status >= 400 and not self.odata_headers_on_errors:
+            return JSONResponse(payload, status, headers)
+        return JSONResponse(payload, status, odata_headers(headers), media_type=JSON_CONTENT_TYPE)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        return fo_error(status, message, headers, odata=self.odata_headers_on_errors)
+
     def _rate_limit_response(self, retry_after: str | None) -> Response:
-        return fo_error(429, "Number of requests exeeded the limit of 6000 over the time window of 300 seconds.",
+        return self._error(429, "Number of requests exeeded the limit of 6000 over the time window of 300 seconds.",
                         {"Retry-After": retry_after or "1"})
 
     def _server_error_response(self, status: int, retry_after: str | None) -> Response:
         headers = {"Retry-After": retry_after} if retry_after and status in (502, 503) else {}
-        return fo_error(status, "The service is temporarily unavailable.", headers)
+        return self._error(status, "The service is temporarily unavailable.", headers)
 
     def _count(self, request: Request) -> None:
         path = request.url.path
@@ -650,14 +728,14 @@ class FinanceOperationsSandbox:
             self._window = [t for t in self._window if now - t < window]
             if len(self._window) >= limit:
                 wait = max(1, int(window - (now - self._window[0])) + 1)
-                return fo_error(429, f"Number of requests exeeded the limit of {limit} over the time window of "
+                return self._error(429, f"Number of requests exeeded the limit of {limit} over the time window of "
                                      f"{int(window)} seconds.", {"Retry-After": str(wait)})
             self._window.append(now)
         return None
 
     async def _dispatch(self, request: Request) -> Response:
         if not self._authorized(request):
-            return fo_error(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+            return self._error(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
         throttled = self._throttled()
         if throttled is not None:
             return throttled
@@ -666,11 +744,11 @@ class FinanceOperationsSandbox:
         base = str(request.url).split("/data", 1)[0] + "/data"
         if rest == "$batch":
             if request.method != "POST":
-                return fo_error(405, "$batch takes POST.")
+                return self._error(405, "$batch takes POST.")
             return self._batch(base, request.headers.get("content-type", ""), body)
         status, headers, payload = self.handle(request.method, rest, list(request.query_params.multi_items()),
                                                dict(request.headers), body, base)
-        return _response(status, headers, payload)
+        return self._respond(status, headers, payload)
 
     def handle(self, method: str, rest: str, query: list[tuple[str, str]], headers: dict[str, str], body: bytes,
                base: str) -> tuple[int, dict[str, str], Any]:
@@ -679,9 +757,7 @@ class FinanceOperationsSandbox:
             return self._route(method.upper(), rest.strip("/"), query, {k.lower(): v for k, v in headers.items()},
                                body, base)
         except ODataError as e:
-            return e.status, e.headers, {"error": {"code": e.code, "message": e.message, "innererror": {
-                "message": e.message, "type": "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataException",
-                "stacktrace": ""}}}
+            return e.status, e.headers, error_body(e.code, e.message)
 
     def _route(self, method: str, rest: str, query: list[tuple[str, str]], headers: dict[str, str], body: bytes,
                base: str) -> tuple[int, dict[str, str], Any]:
@@ -881,10 +957,10 @@ class FinanceOperationsSandbox:
     def _batch(self, base: str, content_type: str, body: bytes) -> Response:
         parts = _multipart(content_type, body)
         if parts is None:
-            return fo_error(400, "A $batch request needs a multipart/mixed body with a boundary.")
+            return self._error(400, "A $batch request needs a multipart/mixed body with a boundary.")
         operations = sum(len(p) if isinstance(p, list) else 1 for p in parts)
         if operations > MAX_BATCH_OPERATIONS:
-            return fo_error(400, f"A batch may hold at most {MAX_BATCH_OPERATIONS} operations.")
+            return self._error(400, f"A batch may hold at most {MAX_BATCH_OPERATIONS} operations.")
         boundary = f"batchresponse_{uuid.uuid4()}"
         chunks: list[bytes] = []
         for part in parts:
@@ -909,7 +985,7 @@ class FinanceOperationsSandbox:
             else:
                 chunks.append(_http_part(self._run_op(part, base), boundary))
         payload = b"".join(chunks) + f"--{boundary}--\r\n".encode()
-        return Response(payload, 200, media_type=f"multipart/mixed; boundary={boundary}")
+        return Response(payload, 200, odata_headers(), media_type=f"multipart/mixed; boundary={boundary}")
 
     def _run_op(self, op: tuple[str, str, dict[str, str], bytes], base: str) -> tuple[int, dict[str, str], Any]:
         method, url, headers, body = op
@@ -921,7 +997,6 @@ class FinanceOperationsSandbox:
 
     # -- $metadata ------------------------------------------------------------------------------------
     def metadata_xml(self) -> str:
-        edm = {"string": "Edm.String", "decimal": "Edm.Decimal", "datetime": "Edm.DateTimeOffset", "int": "Edm.Int64"}
         out = ['<?xml version="1.0" encoding="utf-8"?>',
                '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">',
                "<edmx:DataServices>", f'<Schema Namespace="{NS}" xmlns="http://docs.oasis-open.org/odata/ns/edm">']
@@ -934,7 +1009,7 @@ class FinanceOperationsSandbox:
             out += [f'<PropertyRef Name="{k}"/>' for k in e.keys]
             out.append("</Key>")
             for name, typ in e.props.items():
-                t = f"{NS}.{typ[5:]}" if typ.startswith("enum:") else edm[typ]
+                t = edm_type(typ)
                 nullable = ' Nullable="false"' if name in e.keys else ""
                 out.append(f'<Property Name="{escape(name)}" Type="{t}"{nullable}/>')
             for nav, (target, _) in e.navigation.items():
@@ -958,15 +1033,6 @@ def _json_body(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ODataError(400, "", "The request body must be a JSON object.")
     return data
-
-
-def _response(status: int, headers: dict[str, str], payload: Any) -> Response:
-    if payload is None:
-        return Response(status_code=status, headers=headers)
-    if isinstance(payload, str):
-        return Response(payload, status, headers={k: v for k, v in headers.items() if k != "Content-Type"},
-                        media_type=headers.get("Content-Type", "text/plain"))
-    return JSONResponse(payload, status, headers)
 
 
 def _multipart(content_type: str, body: bytes) -> list | None:

@@ -7,6 +7,10 @@ Auth: a bearer token checked by ``entra.validate(token, AUDIENCE)`` (or, with ``
 set of tokens added with ``add_token``). Faults come from ``common.FaultMiddleware``: 429 carries no
 Retry-After unless ``faults.retry_after`` is set (BC documents none on 429); 502/503 always carry one.
 
+``$filter`` comparisons are typed against ``$metadata`` like BC's OData library types them (a quoted date-time is
+Edm.String: 400); JSON answers carry ``OData-Version: 4.0`` and BC's OData content type; enum values go over the
+wire by member name (``"_x0020_"``, ``"In_x0020_Review"``; ``enum_names = "display"`` for the captions).
+
 Choices not backed by BC docs are marked UNCONFIRMED; keep them configurable or harmless.
 """
 
@@ -19,6 +23,7 @@ import re
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -29,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import (
+from sandboxes.common import (
     DeliveryPump,
     FaultMiddleware,
     Faults,
@@ -37,8 +42,18 @@ from connector_pipelines.sandbox.common import (
     bearer_token,
     count_call,
 )
-from connector_pipelines.sandbox.odata import OPERATORS, FilterGrammar, ODataError, parse_dt, tokenize
-from connector_pipelines.sandbox.specs import load_json_spec
+from sandboxes.odata import (
+    OPERATORS,
+    FilterGrammar,
+    ODataError,
+    Token,
+    comparable,
+    incompatible,
+    odata_headers,
+    parse_dt,
+    tokenize,
+)
+from sandboxes.specs import load_json_spec
 
 AUDIENCE = "https://api.businesscentral.dynamics.com"
 log = logging.getLogger(__name__)
@@ -55,6 +70,11 @@ NUMBER_PREFIX = {"vendors": "V", "purchaseInvoices": "PI-", "purchaseOrders": "P
 POSTABLE = ("Draft", "In Review")
 ENUM_DEFAULTS = {"blocked": " ", "status": "Draft"}
 SYSTEM_USER = "00000000-0000-0000-0000-000000000001"
+# Content-Type of BC's JSON answers: a recording of a real BC API v2.0 (25.4) through WireMock carries exactly this and
+# "OData-Version: 4.0" on 200/201 entity and collection answers (github.com/tfenster/wiremock-demo, wiremock/mappings;
+# tobiasfenster.io/using-wiremock-to-mock-business-central). The same recording's 404 error carries a plain
+# "Content-Type: application/json" and no OData-Version (see BusinessCentralSandbox.odata_headers_on_errors).
+JSON_CONTENT_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true"
 
 
 def iso(dt: datetime) -> str:
@@ -62,10 +82,22 @@ def iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def odata_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """BC's error envelope; messages end with a CorrelationId (§2.4)."""
+def odata_error(status: int, code: str, message: str, headers: dict[str, str] | None = None, *,
+                odata: bool = False) -> JSONResponse:
+    """BC's error envelope; messages end with a CorrelationId (§2.4). ``odata``: answer with the OData content type
+    and OData-Version (the recorded BC 404 has neither: plain application/json)."""
     msg = f"{message}  CorrelationId:  {uuid.uuid4()}."
+    if odata:
+        return JSONResponse({"error": {"code": code, "message": msg}}, status, odata_headers(headers),
+                            media_type=JSON_CONTENT_TYPE)
     return JSONResponse({"error": {"code": code, "message": msg}}, status, headers or {})
+
+
+def encode_member(name: str) -> str:
+    """An enum member's name as BC's $metadata and JSON spell it: every character that is not a letter, digit or
+    '_' becomes _xHHHH_ (" " -> "_x0020_", "In Review" -> "In_x0020_Review", "Non-Inventory" ->
+    "Non_x002D_Inventory"), as in a real BC v2.0 $metadata (github.com/rebelpl/bc-api2-common, build/metadata.xml)."""
+    return "".join(c if c.isalnum() or c == "_" else f"_x{ord(c):04X}_" for c in name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,54 +158,81 @@ def coerce(value: Any, typ: str) -> Any:
 
 
 class FilterParser(FilterGrammar):
-    """BC's $filter: literals are coerced to the type of the property they are compared with."""
+    """BC's $filter. Each comparison is typed like the OData library types it: the property's EDM type from
+    $metadata against the literal's (a quoted date-time is Edm.String, so ``lastModifiedDateTime gt '2019-…'`` is a
+    400 "A binary operator with incompatible types was detected", as BC answers). Enum properties take a string
+    literal naming a member (``enum_member(enum, text)`` resolves it, or says None: not a member)."""
 
-    def __init__(self, text: str, props: dict[str, str], type_name: str) -> None:
+    def __init__(self, text: str, props: dict[str, str], type_name: str, enums: dict[str, list[str]],
+                 enum_member: Callable[[str, str], str | None]) -> None:
         super().__init__(text, tokenize(text))
         self.props = props
         self.type_name = type_name
+        self.enums = enums
+        self.enum_member = enum_member
 
-    def _operand(self) -> tuple[str, Any]:
-        kind, value = self._take()
-        if kind == "prop":
-            if value not in self.props:
-                # UNCONFIRMED: exact BC code/message for an unknown property in $filter.
+    def _operand(self) -> Token:
+        tok = self._take_operand()
+        if tok.kind == "prop":
+            if tok.value not in self.props:
+                # UNCONFIRMED: exact BC code for an unknown property in $filter (message: the library's).
                 raise ODataError(400, "BadRequest_NotFound",
-                                 f"Could not find a property named '{value}' on type 'Microsoft.NAV.{self.type_name}'.")
-            return ("prop", value)
-        if kind == "lit":
-            return ("lit", value)
-        raise self.error(f"Syntax error in filter '{self.text}'.")
+                                 f"Could not find a property named '{tok.value}' on type 'Microsoft.NAV.{self.type_name}'.")
+            return tok
+        if tok.kind == "lit":
+            return tok
+        raise self._expression_expected()
+
+    def _edm(self, tok: Token) -> str | None:
+        return edm_type(self.props[tok.value]) if tok.kind == "prop" else tok.edm
 
     def _comparison(self):
         left = self._operand()
         op = self._operator()
         right = self._operand()
         props = self.props
-
-        def typed(operand, other):
-            # literals are coerced (once) to the type of the property they are compared with
-            if operand[0] == "lit" and other[0] == "prop":
-                return ("lit", coerce(operand[1], props[other[1]]))
-            return operand
-
-        left_t, right_t = typed(left, right), typed(right, left)
+        lt, rt = self._edm(left), self._edm(right)
+        enum_side = next((t for t in (left, right) if t.kind == "prop" and props[t.value].startswith("NAV.")), None)
+        if enum_side is not None:
+            other = right if enum_side is left else left
+            members = self.enum_members(props[enum_side.value])
+            if other.kind == "prop":
+                if props[other.value] != props[enum_side.value]:
+                    raise incompatible(lt, rt, op)
+            elif other.edm is None:
+                pass   # null
+            elif other.edm == "Edm.String":
+                member = self.enum_member(props[enum_side.value][4:], other.value)
+                if member is None:
+                    raise incompatible(lt, rt, op)
+                other = Token("lit", members.index(member), other.pos, other.end, lt)
+            else:
+                raise incompatible(lt, rt, op)
+            left, right = (enum_side, other) if enum_side is left else (other, enum_side)
+        elif not comparable(lt, rt):
+            raise incompatible(lt, rt, op)
         fn = OPERATORS[op]
 
-        def value(operand, record):
-            k, v = operand
-            return coerce(record.get(v), props[v]) if k == "prop" else v
+        def value(tok: Token, record: dict[str, Any]) -> Any:
+            if tok.kind != "prop":
+                return tok.value
+            typ = props[tok.value]
+            raw = record.get(tok.value)
+            if typ.startswith("NAV."):
+                members = self.enum_members(typ)
+                return members.index(raw) if raw in members else None
+            return coerce(raw, typ)
 
         def pred(record):
-            a, b = value(left_t, record), value(right_t, record)
+            a, b = value(left, record), value(right, record)
             if op not in ("eq", "ne") and (a is None or b is None):
                 return False
-            try:
-                return fn(a, b)
-            except TypeError:
-                raise ODataError(400, "BadRequest", f"Incompatible types in filter '{self.text}'.") from None
+            return fn(a, b)
 
         return pred
+
+    def enum_members(self, typ: str) -> list[str]:
+        return self.enums.get(typ[4:], [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,6 +282,21 @@ class BusinessCentralSandbox:
         # blog, kauffmann.nl); both are settings.
         self.handshake_method = "POST"
         self.handshake_timeout_s = 5.0
+        # Enum members on the wire. "encoded": as BC's OData layer names them, a blank member "_x0020_" and
+        # "In_x0020_Review" (a real BC v2.0 $metadata has <Member Name="_x0020_"/> and "In_x0020_Review" in
+        # vendorBlocked / invoiceEntityAggregateStatus: github.com/rebelpl/bc-api2-common build/metadata.xml; a
+        # recorded real response carries "blocked": "_x0020_": github.com/tfenster/wiremock-demo; a client verified
+        # status "In_x0020_Review" live). "display": the captions the docs print (" ", "In Review"), as before.
+        # Records are stored (and seeded, and read back by records()/get_record()) with the captions, like the AL
+        # value; only the OData wire is encoded.
+        self.enum_names = "encoded"
+        # UNCONFIRMED (read from the OData library's StringAsEnumResolver, not observed at BC): a $filter literal or a
+        # body value for an enum must be a member name ('In_x0020_Review', case-insensitive, or its number); the
+        # caption ('In Review') is then a 400. False: captions are accepted too.
+        self.strict_enum_names = False
+        # The recorded BC 404 error is plain "application/json" without OData-Version; True gives errors the OData
+        # content type and OData-Version like other answers (UNCONFIRMED for BC's 400s from $filter).
+        self.odata_headers_on_errors = False
         self._lock = threading.RLock()
         self._deliver_lock = threading.Lock()
         self._pump = DeliveryPump("bc-sandbox-delivery", lambda: self.deliver_notifications())
@@ -342,7 +416,7 @@ class BusinessCentralSandbox:
             record = {p: self.schema.default(p, t) for p, t in spec.items()}
             self._numbers[entity_set] += 1
             record["number"] = f"{NUMBER_PREFIX[entity_set]}{10000 + self._numbers[entity_set]}"
-            record.update(props)
+            record.update(self._captions(type_name, props))
             record["id"] = str(props.get("id") or uuid.uuid4())
             vendor_id = record.get("vendorId")
             if vendor_id and entity_set != "vendors":
@@ -366,11 +440,23 @@ class BusinessCentralSandbox:
         with self._lock:
             cid = self._company_key(company_id)
             record = self._store(cid, entity_set)[self._find_id(cid, entity_set, record_id)]
-            record.update(changes)
+            record.update(self._captions(ENTITY_SETS[entity_set], changes))
             record["lastModifiedDateTime"] = iso(self.clock.now())
             record["@odata.etag"] = self._new_etag()
             self._queue(cid, entity_set, record["id"], "updated", record["lastModifiedDateTime"])
             return dict(record)
+
+    def _captions(self, type_name: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Enum values given by member name ("_x0020_", "In_x0020_Review") or caption, stored as the caption."""
+        out = dict(values)
+        for prop, val in values.items():
+            typ = self.schema.props[type_name].get(prop, "")
+            if typ.startswith("NAV.") and isinstance(val, str):
+                member = self._member(typ[4:], val, strict=False)
+                if member is None:
+                    raise ValueError(f"{val!r} is not a member of {typ}")
+                out[prop] = member
+        return out
 
     def _delete(self, company_id: str, entity_set: str, record_id: str) -> None:
         with self._lock:
@@ -501,14 +587,14 @@ class BusinessCentralSandbox:
     # -- HTTP plumbing -----------------------------------------------------------------------------
     def _rate_limit_response(self, retry_after: str | None) -> Response:
         # UNCONFIRMED: the error code BC puts on a 429 body.
-        return odata_error(429, "Application_TooManyRequests", "Too many requests reached.",
+        return self._error(429, "Application_TooManyRequests", "Too many requests reached.",
                            {"Retry-After": retry_after} if retry_after else {})
 
     def _server_error_response(self, status: int, retry_after: str | None) -> Response:
         headers = {}
         if status in (502, 503):
             headers["Retry-After"] = retry_after or self.server_error_retry_after
-        return odata_error(status, "Internal_ServiceUnavailable", "The service is temporarily unavailable.", headers)
+        return self._error(status, "Internal_ServiceUnavailable", "The service is temporarily unavailable.", headers)
 
     def _count(self, request: Request) -> None:
         path = request.url.path
@@ -528,17 +614,17 @@ class BusinessCentralSandbox:
     async def _dispatch(self, request: Request) -> Response:
         try:
             if not self._authorized(request):
-                return odata_error(401, "Authentication_InvalidCredentials",
+                return self._error(401, "Authentication_InvalidCredentials",
                                    "The server has rejected the client credentials.",
                                    {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'})
             rest = request.path_params["rest"]
             m = re.match(r"^(?:(?P<tenant>[^/]+)/)?(?P<env>[^/]+)/api/v2\.0(?P<tail>/.*)?$", rest)
             if not m or not self._environment_known(m.group("tenant"), m.group("env")):
-                return odata_error(404, "BadRequest_NotFound", "The environment or endpoint was not found.")
+                return self._error(404, "BadRequest_NotFound", "The environment or endpoint was not found.")
             base = str(request.url).split("/api/v2.0", 1)[0] + "/api/v2.0"
             return await self._route(request, base, (m.group("tail") or "/").rstrip("/") or "/")
         except ODataError as e:
-            return odata_error(e.status, e.code, e.message, e.headers)
+            return self._error(e.status, e.code, e.message, e.headers)
 
     def _environment_known(self, tenant: str | None, env: str) -> bool:
         with self._lock:
@@ -561,7 +647,7 @@ class BusinessCentralSandbox:
                     company = dict(self.companies[self._company_key(m.group(1))])
                 except KeyError:
                     raise ODataError(404, "BadRequest_NotFound", "The company does not exist.") from None
-            return JSONResponse({"@odata.context": f"{base}/$metadata#companies/$entity", **company})
+            return self._ok({"@odata.context": f"{base}/$metadata#companies/$entity", **company})
         if tail == "/subscriptions":
             if method == "GET":
                 return self._collection(request, base, "subscriptions", self.subscriptions(),
@@ -592,6 +678,7 @@ class BusinessCentralSandbox:
                                         self.schema.props[ENTITY_SETS[entity_set]], ENTITY_SETS[entity_set])
             if method == "POST":
                 body = await self._json(request)
+                body = self._check_enums(ENTITY_SETS[entity_set], body)
                 try:
                     record = self._create(cid, entity_set, {k: v for k, v in body.items() if k != "id"})
                 except ValueError as e:
@@ -611,8 +698,65 @@ class BusinessCentralSandbox:
         return body
 
     def _entity(self, base: str, cid: str, entity_set: str, record: dict[str, Any], status: int = 200) -> Response:
-        body = {"@odata.context": f"{base}/$metadata#companies({cid})/{entity_set}/$entity", **record}
-        return JSONResponse(body, status, {"ETag": record["@odata.etag"]})
+        body = {"@odata.context": f"{base}/$metadata#companies({cid})/{entity_set}/$entity",
+                **self._wire(ENTITY_SETS[entity_set], record)}
+        return self._ok(body, status, {"ETag": record["@odata.etag"]})
+
+    def _ok(self, body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        """A JSON answer with BC's OData content type and OData-Version."""
+        return JSONResponse(body, status, odata_headers(headers), media_type=JSON_CONTENT_TYPE)
+
+    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+        return odata_error(status, code, message, headers, odata=self.odata_headers_on_errors)
+
+    def _sort_value(self, value: Any, typ: str) -> tuple[bool, Any]:
+        """Ascending sort key of a stored value: nulls last, then by the property's EDM type (enums by the
+        member's value, as OData orders them)."""
+        if value is None:
+            return (True, 0)
+        if typ.startswith("NAV."):
+            members = self.schema.enums.get(typ[4:], [])
+            return (False, members.index(value) if value in members else -1)
+        typed = coerce(value, typ)
+        return (False, str(typed) if isinstance(typed, uuid.UUID) else typed)
+
+    # -- enum members on the wire -------------------------------------------------------------------
+    def _wire(self, type_name: str, record: dict[str, Any]) -> dict[str, Any]:
+        """A record as the API serializes it: enum values by member name when ``enum_names`` is "encoded"."""
+        if self.enum_names != "encoded":
+            return record
+        out = dict(record)
+        for prop, typ in self.schema.props.get(type_name, {}).items():
+            if typ.startswith("NAV.") and isinstance(out.get(prop), str):
+                out[prop] = encode_member(out[prop])
+        return out
+
+    def _member(self, enum: str, text: str, *, strict: bool | None = None) -> str | None:
+        """The caption of the member ``text`` names (a member name in any case, its number, or - unless strict -
+        the caption itself); None when it names none."""
+        members = self.schema.enums.get(enum, [])
+        strict = self.strict_enum_names and self.enum_names == "encoded" if strict is None else strict
+        for m in members:
+            if encode_member(m).lower() == str(text).lower():
+                return m
+        if str(text).lstrip("-").isdigit() and 0 <= int(text) < len(members):
+            return members[int(text)]
+        if not strict and text in members:
+            return text
+        return None
+
+    def _check_enums(self, type_name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Body enum values as captions; a value that names no member is a 400."""
+        out = dict(body)
+        for prop, val in body.items():
+            typ = self.schema.props[type_name].get(prop, "")
+            if typ.startswith("NAV.") and val is not None:
+                member = self._member(typ[4:], val) if isinstance(val, str) else None
+                if member is None:
+                    # UNCONFIRMED: BC's code and wording for a value that is no member of the enum.
+                    raise ODataError(400, "BadRequest", f"'{val}' is not a valid value for '{prop}'.")
+                out[prop] = member
+        return out
 
     @staticmethod
     def _check_if_match(request: Request, current_etag: str) -> None:
@@ -636,7 +780,8 @@ class BusinessCentralSandbox:
         if method == "GET":
             select = request.query_params.get("$select")
             if select:
-                current = self._select([current], select, self.schema.props[type_name], type_name)[0]
+                current = self._select([self._wire(type_name, current)], select, self.schema.props[type_name],
+                                       type_name)[0]
             return self._entity(base, cid, entity_set, current)
         if method == "PATCH":
             body = await self._json(request)
@@ -645,7 +790,7 @@ class BusinessCentralSandbox:
                 if key not in self._store(cid, entity_set):
                     raise ODataError(404, "BadRequest_NotFound", f"The {type_name} with id '{rid}' does not exist.")
                 self._check_if_match(request, self._store(cid, entity_set)[key]["@odata.etag"])
-                for prop, val in body.items():
+                for prop in body:
                     if prop.startswith("@odata."):
                         continue
                     if prop not in spec:
@@ -653,10 +798,7 @@ class BusinessCentralSandbox:
                                          f"Could not find a property named '{prop}' on type 'Microsoft.NAV.{type_name}'.")
                     if prop in ("id", "lastModifiedDateTime"):
                         raise ODataError(400, "BadRequest", f"The property '{prop}' is read-only.")
-                    typ = spec[prop]
-                    if typ.startswith("NAV.") and val not in self.schema.enums.get(typ[4:], [val]):
-                        raise ODataError(400, "BadRequest", f"'{val}' is not a valid value for '{prop}'.")
-                changes = {k: v for k, v in body.items() if not k.startswith("@odata.")}
+                changes = self._check_enums(type_name, {k: v for k, v in body.items() if not k.startswith("@odata.")})
                 record = self._update(cid, entity_set, key, changes)
             return self._entity(base, cid, entity_set, record)
         if method == "DELETE":
@@ -709,7 +851,7 @@ class BusinessCentralSandbox:
         with self._lock:
             rows = [(self._rowid(r[key_prop]), r) for r in rows]
         if q.get("$filter"):
-            pred = FilterParser(q["$filter"], props, type_name).parse()
+            pred = FilterParser(q["$filter"], props, type_name, self.schema.enums, self._member).parse()
             rows = [(n, r) for n, r in rows if pred(r)]
         rows.sort(key=lambda nr: nr[0])   # default order: the row key; ties of $orderby keep it
         order: list[tuple[str, bool]] = []
@@ -722,7 +864,7 @@ class BusinessCentralSandbox:
             order.append((prop, desc))
         for prop, desc in reversed(order):
             typ = props[prop]
-            rows.sort(key=lambda nr, p=prop, t=typ: _sort_value(nr[1].get(p), t), reverse=desc)
+            rows.sort(key=lambda nr, p=prop, t=typ: self._sort_value(nr[1].get(p), t), reverse=desc)
         try:
             skip = int(q.get("$skip", 0))
             top = int(q["$top"]) if "$top" in q else None
@@ -736,7 +878,7 @@ class BusinessCentralSandbox:
             # leaves the filter) between two pages never shifts other rows out of the result — like
             # BC's key-based skiptoken. UNCONFIRMED: BC's token format (opaque here: base64 JSON).
             after = _decode_skiptoken(q["$skiptoken"], len(order))
-            rows = [nr for nr in rows if _after(nr, after, order, props)]
+            rows = [nr for nr in rows if _after(nr, after, order, props, self._sort_value)]
         pm = re.search(r"odata\.maxpagesize\s*=\s*(\d+)", request.headers.get("prefer", ""))
         headers: dict[str, str] = {}
         body: dict[str, Any] = {"@odata.context": f"{base}/$metadata#{path}"}
@@ -756,11 +898,11 @@ class BusinessCentralSandbox:
                                  f"The response exceeds the maximum page size of {self.max_page_size} entities; "
                                  "use $top/$skip or Prefer: odata.maxpagesize.")
             page = rows
-        out = [r for _, r in page]
+        out = [self._wire(type_name, r) for _, r in page]
         if q.get("$select"):
             out = self._select(out, q["$select"], props, type_name)
         body["value"] = out
-        return JSONResponse(body, 200, headers)
+        return self._ok(body, 200, headers)
 
     # -- subscriptions ---------------------------------------------------------------------------
     async def _handshake(self, notification_url: str) -> bool:
@@ -807,8 +949,8 @@ class BusinessCentralSandbox:
             self._rowid(sub["subscriptionId"])
             self._subscriptions[sub["subscriptionId"]] = sub
             out = dict(sub)
-        return JSONResponse({"@odata.context": f"{base}/$metadata#subscriptions/$entity", **out}, 201,
-                            {"ETag": out["@odata.etag"]})
+        return self._ok({"@odata.context": f"{base}/$metadata#subscriptions/$entity", **out}, 201,
+                        {"ETag": out["@odata.etag"]})
 
     async def _subscription_item(self, request: Request, base: str, sid: str, method: str) -> Response:
         with self._lock:
@@ -819,7 +961,7 @@ class BusinessCentralSandbox:
             current = dict(sub)
         ctx = {"@odata.context": f"{base}/$metadata#subscriptions/$entity"}
         if method == "GET":
-            return JSONResponse({**ctx, **current}, 200, {"ETag": current["@odata.etag"]})
+            return self._ok({**ctx, **current}, 200, {"ETag": current["@odata.etag"]})
         if method == "DELETE":
             with self._lock:
                 self._check_if_match(request, current["@odata.etag"])
@@ -843,7 +985,7 @@ class BusinessCentralSandbox:
                             "expirationDateTime": iso(now + SUBSCRIPTION_LIFETIME), "lastModifiedDateTime": iso(now),
                             "systemModifiedAt": iso(now), "@odata.etag": self._new_etag()})
                 out = dict(sub)
-            return JSONResponse({**ctx, **out}, 200, {"ETag": out["@odata.etag"]})
+            return self._ok({**ctx, **out}, 200, {"ETag": out["@odata.etag"]})
         raise ODataError(405, "BadRequest_MethodNotAllowed", f"'{method}' is not allowed here.")
 
     # -- $metadata -------------------------------------------------------------------------------
@@ -859,7 +1001,7 @@ class BusinessCentralSandbox:
         for enum in used_enums:
             out.append(f'<EnumType Name="{enum}">')
             for i, member in enumerate(self.schema.enums.get(enum, [])):
-                out.append(f'<Member Name="{_xml_name(member)}" Value="{i}"/>')
+                out.append(f'<Member Name="{encode_member(member)}" Value="{i}"/>')
             out.append("</EnumType>")
         for name, key in types.items():
             out.append(f'<EntityType Name="{name}"><Key><PropertyRef Name="{key}"/></Key>')
@@ -880,12 +1022,6 @@ class BusinessCentralSandbox:
         return "\n".join(out)
 
 
-def _sort_value(value: Any, typ: str) -> tuple[bool, Any]:
-    """Ascending sort key of a stored value: nulls last, then by the property's EDM type."""
-    if value is None:
-        return (True, 0)
-    typed = coerce(value, typ)
-    return (False, str(typed) if isinstance(typed, uuid.UUID) else typed)
 
 
 def _encode_skiptoken(values: list[Any]) -> str:
@@ -903,16 +1039,11 @@ def _decode_skiptoken(token: str, n_order: int) -> list[Any]:
 
 
 def _after(row: tuple[int, dict[str, Any]], token: list[Any], order: list[tuple[str, bool]],
-           props: dict[str, str]) -> bool:
+           props: dict[str, str], sort_value: Callable[[Any, str], tuple[bool, Any]]) -> bool:
     """Whether ``row`` sorts strictly after the row the skiptoken names ($orderby keys, then row key)."""
     n, record = row
     for (prop, desc), tok in zip(order, token):
-        a, b = _sort_value(record.get(prop), props[prop]), _sort_value(tok, props[prop])
+        a, b = sort_value(record.get(prop), props[prop]), sort_value(tok, props[prop])
         if a != b:
             return (a < b) if desc else (a > b)
     return n > token[-1]
-
-
-def _xml_name(member: str) -> str:
-    """Enum member names must be identifiers: ' ' -> '_blank_', 'In Review' -> 'In_x0020_Review'."""
-    return member.replace(" ", "_x0020_") if member.strip() else "_blank_"

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import FaultMiddleware, Faults, SandboxClock, bearer_token
+from sandboxes.common import FaultMiddleware, Faults, SandboxClock, bearer_token
 
 AUDIENCE = "api.atlassian.com"
 ACCESS_TOKEN_TTL = timedelta(hours=1)

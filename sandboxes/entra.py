@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import (
+from sandboxes.common import (
     FaultMiddleware,
     Faults,
     SandboxClock,

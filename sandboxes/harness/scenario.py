@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from connector_pipelines.sandbox.dagster_driver import DagsterDriver
-from connector_pipelines.sandbox.stack import CLOUD_ID, LEGAL_ENTITY, Stack
+from sandboxes.harness.dagster_driver import DagsterDriver
+from sandboxes.harness.stack import CLOUD_ID, LEGAL_ENTITY, Stack
 
 BC_SENSOR = "bc_jira__business_central_inbox_sensor"
 JIRA_SENSOR = "bc_jira__jira_inbox_sensor"

@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from connector_pipelines.sandbox.common import (
+from sandboxes.common import (
     DeliveryPump,
     FaultMiddleware,
     Faults,
@@ -53,12 +53,12 @@ from connector_pipelines.sandbox.common import (
     bearer_token,
     count_call,
 )
-from connector_pipelines.sandbox.openapi import (
+from sandboxes.openapi import (
     OpenApiValidator,
     RequestValidationError,
     ResponseValidationError,
 )
-from connector_pipelines.sandbox.specs import load_json_spec
+from sandboxes.specs import load_json_spec
 
 log = logging.getLogger(__name__)
 

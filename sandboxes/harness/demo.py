@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m connector_pipelines.sandbox.demo")
+    parser = argparse.ArgumentParser(prog="python -m sandboxes.harness.demo")
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     parser.add_argument("--exit-after", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)")
     parser.add_argument("--new-invoice-every", type=float, default=60.0, help="seconds; 0 = never")
@@ -34,9 +34,9 @@ def main() -> int:
 
     import dagster as dg
 
-    from connector_pipelines.sandbox import scenario as sc
-    from connector_pipelines.sandbox.dagster_driver import DagsterDriver
-    from connector_pipelines.sandbox.stack import consent, start_stack
+    from sandboxes.harness import scenario as sc
+    from sandboxes.harness.dagster_driver import DagsterDriver
+    from sandboxes.harness.stack import consent, start_stack
 
     workdir = REPO / ".demo"
     stack = start_stack(workdir, database_url=f"sqlite:///{home / 'connector_pipelines.sqlite'}")

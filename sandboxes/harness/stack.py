@@ -16,14 +16,14 @@ from typing import Any
 
 import httpx
 
-from connector_pipelines.sandbox.atlassian_auth import AtlassianAuthSandbox
-from connector_pipelines.sandbox.business_central import BusinessCentralSandbox
-from connector_pipelines.sandbox.common import SandboxServer
-from connector_pipelines.sandbox.entra import EntraSandbox
-from connector_pipelines.sandbox.finance_operations import FinanceOperationsSandbox
-from connector_pipelines.sandbox.jira import JiraSandbox
-from connector_pipelines.sandbox.tls import make_tls
 from connector_pipelines.systems.atlassian.oauth import DEFAULT_CONSENT_PORT
+from sandboxes.atlassian_auth import AtlassianAuthSandbox
+from sandboxes.business_central import BusinessCentralSandbox
+from sandboxes.common import SandboxServer
+from sandboxes.entra import EntraSandbox
+from sandboxes.finance_operations import FinanceOperationsSandbox
+from sandboxes.jira import JiraSandbox
+from sandboxes.tls import make_tls
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 BC_ENVIRONMENT = "production"
@@ -224,8 +224,8 @@ def consent(stack: Stack) -> None:
 
     from connector_pipelines.core.db import get_engine
     from connector_pipelines.core.vault import Vault
-    from connector_pipelines.sandbox.common import free_port
     from connector_pipelines.systems.atlassian.oauth import run_consent_flow
+    from sandboxes.common import free_port
 
     port = free_port()
     redirect = consent_redirect(port)
