@@ -1,0 +1,94 @@
+"""Search: GET and POST /search/jql (enhanced search), with its page caps, ``nextPageToken`` paging, the
+indexing lag (``search_lag_s``) and ``reconcileIssues``, ``expand=names,changelog``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from starlette.responses import Response
+
+from sandboxes.jira.errors import JiraHttpError
+from sandboxes.jira.jql import parse_jql
+from sandboxes.jira.routing import _Ctx
+
+PAGE_TOKEN_TTL = timedelta(days=7)        # "This token will expire in 7 days"
+
+
+class SearchMixin:
+    """The enhanced-search endpoints."""
+
+    search_page_cap = 100            # per page when fields beyond id/key are requested
+    search_id_page_cap = 5000        # "up to 5,000 when only id/key are requested"
+
+    def _h_search(self, ctx: _Ctx) -> Response:
+        if ctx.request.method == "POST":
+            b = ctx.body or {}
+            jql = b.get("jql") or ""
+            token = b.get("nextPageToken")
+            max_results = b.get("maxResults", 50)
+            fields = [p.strip() for f in (b.get("fields") or []) for p in f.split(",") if p.strip()] or None
+            reconcile = list(b.get("reconcileIssues") or [])
+            expand = b.get("expand") or ""
+        else:
+            jql = ctx.q("jql") or ""
+            token = ctx.q("nextPageToken")
+            max_results = int(ctx.q("maxResults") or 50)
+            fields = ctx.q_list("fields") or None
+            reconcile = [int(x) for x in ctx.q_list("reconcileIssues")]
+            expand = ctx.q("expand") or ""
+        if len(reconcile) > 50:
+            raise JiraHttpError(400, ["The number of issues to reconcile must not exceed 50."])
+        query = parse_jql(jql)
+        if query.where is None:
+            raise JiraHttpError(400, [("Unbounded JQL queries are not allowed here. "
+                                      "Please add a search restriction to your query.")])
+        if len(query.order_by) > 7:
+            raise JiraHttpError(400, ["The ORDER BY clause may contain at most 7 fields."])
+        predicate = self._compile_jql(ctx.site, query)
+        now_ts = self.clock.timestamp()
+        recon = set(reconcile)
+        matched = [i for i in ctx.site.issues.values()
+                   if (i.id in recon or now_ts - i.indexed_at >= self.search_lag_s) and predicate(i)]
+        matched = self._order(ctx.site, matched, query.order_by)
+        digest = hashlib.sha256(jql.encode()).hexdigest()[:16]
+        offset = 0
+        if token:
+            offset = self._decode_page_token(token, digest)
+        id_only = fields is None or set(fields) <= {"id", "key"}
+        page = max(1, min(max_results if max_results > 0 else 50,
+                          self.search_id_page_cap if id_only else self.search_page_cap))
+        chunk = matched[offset:offset + page]
+        expands = {"changelog"} & set(expand.split(","))  # names come once for the page, below
+        body: dict[str, Any] = {"issues": [self._render_issue(ctx.site, i, fields or ["id"], ctx.base,
+                                                              expand=expands) for i in chunk]}
+        for issue_json, issue in zip(body["issues"], chunk, strict=True):
+            if fields and "key" in fields:
+                issue_json["key"] = issue.key
+        is_last = offset + page >= len(matched)
+        body["isLast"] = is_last
+        if not is_last:
+            body["nextPageToken"] = self._encode_page_token(offset + page, digest)
+        if "names" in expand.split(","):
+            fids = self._select_fields(ctx.site, fields or ["id"])
+            body["names"] = {f: self._field_name(ctx.site, f) for f in fids}
+        return self._ok(ctx, 200, body)
+
+    def _encode_page_token(self, offset: int, digest: str) -> str:
+        raw = json.dumps({"o": offset, "q": digest, "t": int(self.clock.timestamp())}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def _decode_page_token(self, token: str, digest: str) -> int:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            offset, q, t = int(data["o"]), data["q"], float(data["t"])
+        except (ValueError, KeyError, TypeError):
+            raise JiraHttpError(400, ["The provided next page token is invalid."]) from None
+        if q != digest:
+            raise JiraHttpError(400, ["The provided next page token does not match the JQL query."])
+        if self.clock.timestamp() - t > PAGE_TOKEN_TTL.total_seconds():
+            raise JiraHttpError(400, ["The provided next page token has expired."])
+        return offset
