@@ -63,6 +63,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     fo: FinanceOperationsSandbox | None = None
     tls: Any = None
+    meter: Any = None   # a control.InFlightMeter over every vendor sandbox (start_stack(metered=True))
 
     @property
     def urls(self) -> dict[str, str]:
@@ -109,8 +110,11 @@ class Stack:
 
 def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | None = None,
                 latency_s: float = 0.0, receiver_port: int = 0, ports: dict[str, int] | None = None,
-                consent_port: int = DEFAULT_CONSENT_PORT) -> Stack:
+                consent_port: int = DEFAULT_CONSENT_PORT, metered: bool = False) -> Stack:
     """Start every sandbox (and the receiver) and compute the product's CONNECTOR_* environment.
+
+    ``metered``: every vendor sandbox app is wrapped in one ``InFlightMeter`` (``stack.meter``): requests
+    and the concurrency they arrived with, as a benchmark's latency floor needs.
 
     The Atlassian OAuth app is registered with the callback `connector-pipelines jira consent --port
     <consent_port>` listens on, so a person can run the consent flow against the sandbox."""
@@ -145,13 +149,22 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     for s in (entra, bc, fo, atlassian, jira):
         s.faults.latency_s = latency_s
 
+    meter = None
+    if metered:
+        from sandboxes.harness.control import InFlightMeter
+
+        meter = InFlightMeter()
+
+    def app(sandbox, name: str):
+        return meter.wrap(sandbox.app, name) if meter else sandbox.app
+
     servers = {
-        "entra": SandboxServer(entra.app, port=ports.get("entra", 0), ssl_certfile=tls.server_cert,
+        "entra": SandboxServer(app(entra, "entra"), port=ports.get("entra", 0), ssl_certfile=tls.server_cert,
                                ssl_keyfile=tls.server_key).start(),
-        "business_central": SandboxServer(bc.app, port=ports.get("business_central", 0)).start(),
-        "finance_operations": SandboxServer(fo.app, port=ports.get("finance_operations", 0)).start(),
-        "atlassian_auth": SandboxServer(atlassian.app, port=ports.get("atlassian_auth", 0)).start(),
-        "jira": SandboxServer(jira.app, port=ports.get("jira", 0)).start(),
+        "business_central": SandboxServer(app(bc, "bc"), port=ports.get("business_central", 0)).start(),
+        "finance_operations": SandboxServer(app(fo, "fo"), port=ports.get("finance_operations", 0)).start(),
+        "atlassian_auth": SandboxServer(app(atlassian, "atlassian"), port=ports.get("atlassian_auth", 0)).start(),
+        "jira": SandboxServer(app(jira, "jira"), port=ports.get("jira", 0)).start(),
     }
     atlassian.grant_sites([{"id": CLOUD_ID, "name": "acme-finance", "url": SITE_URL}])
 
@@ -181,7 +194,7 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     }
     if database_url:
         env["CONNECTOR_DATABASE_URL"] = database_url
-    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env, fo, tls)
+    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env, fo, tls, meter)
     if receiver:
         start_receiver(stack, port=receiver_port)
     return stack

@@ -1,0 +1,213 @@
+"""A control channel into a running sandbox world, for a driver in another process (the benchmarks).
+
+``python -m sandboxes.harness --control`` serves, beside the sandboxes and the receiver, a small admin
+HTTP app on loopback on its own port (never part of an emulated vendor API surface). Through it a
+benchmark seeds records, sets latency, triggers deliveries and reads call counts, the in-flight
+concurrency the sandboxes saw and the issues Jira holds — so the pipeline runs in the benchmark's process
+and the sandboxes' CPU (request validation, filter evaluation) is never counted against it.
+
+``InFlightMeter`` is ASGI middleware the harness wraps around every vendor sandbox app: it counts the
+requests (per vendor too), the most in flight at once, and the time-weighted mean in flight while any is in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+VENDORS = ("entra", "bc", "fo", "atlassian", "jira")
+
+
+class InFlightMeter:
+    """Requests seen, the most in flight at once, and Σ request time / busy time (the mean in flight)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests = 0
+            self.by_name: dict[str, int] = {}
+            self.in_flight = 0
+            self.max_in_flight = 0
+            self.request_s = 0.0      # Σ of every request's duration
+            self.busy_s = 0.0         # time with at least one request in flight
+            self._busy_since = time.perf_counter()
+
+    def wrap(self, app: ASGIApp, name: str) -> ASGIApp:
+        async def metered(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            start = self._enter(name)
+            try:
+                await app(scope, receive, send)
+            finally:
+                self._leave(start)
+        return metered
+
+    def _enter(self, name: str) -> float:
+        now = time.perf_counter()
+        with self._lock:
+            self.by_name[name] = self.by_name.get(name, 0) + 1
+            if self.in_flight == 0:
+                self._busy_since = now
+            self.in_flight += 1
+            self.requests += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return now
+
+    def _leave(self, start: float) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            self.in_flight -= 1
+            self.request_s += now - start
+            if self.in_flight == 0:
+                self.busy_s += now - self._busy_since
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            busy = self.busy_s + (time.perf_counter() - self._busy_since if self.in_flight else 0.0)
+            return {"requests": self.requests, "by_vendor": dict(self.by_name), "max_in_flight": self.max_in_flight,
+                    "mean_in_flight": round(self.request_s / busy, 3) if busy > 0 else 0.0,
+                    "request_s": round(self.request_s, 4), "busy_s": round(busy, 4)}
+
+
+def control_app(stack) -> Starlette:
+    """The admin endpoints over ``stack`` (a sandboxes.harness.stack.Stack)."""
+    from sandboxes.harness import scenario as sc
+
+    def vendors() -> dict[str, Any]:
+        return {"entra": stack.entra, "bc": stack.bc, "fo": stack.fo, "atlassian": stack.atlassian,
+                "jira": stack.jira}
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        return (await request.json()) if raw else {}
+
+    async def latency(request: Request) -> JSONResponse:
+        ms = float((await body(request))["ms"])
+        for s in vendors().values():
+            s.faults.latency_s = ms / 1000
+        return JSONResponse({"latency_ms": ms})
+
+    async def stats(request: Request) -> JSONResponse:
+        calls = {name: getattr(s, "calls_total", None) for name, s in vendors().items()}
+        return JSONResponse({"calls": calls, "meter": stack.meter.snapshot() if stack.meter else None})
+
+    async def reset_meter(request: Request) -> JSONResponse:
+        if stack.meter:
+            stack.meter.reset()
+        return JSONResponse({"ok": True})
+
+    async def issues(request: Request) -> JSONResponse:
+        """Issues per external-id prefix (``bc:purchaseInvoices:``, ``fo:``...) and duplicates."""
+        prefixes = request.query_params.getlist("prefix")
+        found = sc.issues_by_external_id(stack)
+        return JSONResponse({"total": sum(len(v) for v in found.values()),
+                             "by_prefix": {p: sum(1 for k in found if k and k.startswith(p)) for p in prefixes},
+                             "duplicates": sum(len(v) - 1 for v in found.values() if len(v) > 1)})
+
+    def call(fn):
+        """POST /call/<name>: one named harness action, run in a worker thread (it may block on HTTP)."""
+        async def endpoint(request: Request) -> JSONResponse:
+            from starlette.concurrency import run_in_threadpool
+
+            args = await body(request)
+            return JSONResponse(await run_in_threadpool(fn, **args))
+        return endpoint
+
+    def bc_invoices(prefix: str, n: int, vendor_name: str = "Bench Vendor", status: str = "Draft",
+                    drop_notifications: bool = False) -> dict[str, Any]:
+        ids = [stack.bc.add_purchase_invoice(stack.company_id, number=f"PI-{prefix}{i:05d}", status=status,
+                                             vendorName=vendor_name, vendorNumber="V90000",
+                                             totalAmountIncludingTax=100.0 + i, currencyCode="USD")["id"]
+               for i in range(n)]
+        if drop_notifications:
+            stack.bc.drop_pending_notifications()
+        return {"ids": ids, "company_id": stack.company_id}
+
+    def bc_deliver() -> dict[str, Any]:
+        return {"delivered": stack.bc.deliver_notifications()}
+
+    def fo_seed(prefix: str, n: int, area: str = "usmf") -> dict[str, Any]:
+        fo = stack.fo
+        fo.retry_delay_s = 0
+        fo.add_vendor(area, VendorAccountNumber=f"{prefix}-V1", VendorOrganizationName="Bench Vendor",
+                      CurrencyCode="USD")
+        docs = []
+        for i in range(n):
+            kind = ("invoice", "confirmed", "rejected")[i % 3]
+            if kind == "invoice":
+                inv = fo.add_vendor_invoice(area, VendorAccount=f"{prefix}-V1", VendorName="Bench Vendor",
+                                            InvoiceNumber=f"{prefix}-INV-{i:05d}", Currency="USD",
+                                            lines=[{"Amount": 100.0 + i}])
+                docs.append((kind, inv["HeaderReference"]))
+            else:
+                status = "Approved" if kind == "confirmed" else "InReview"
+                po = fo.add_purchase_order(area, PurchaseOrderNumber=f"{prefix}-PO-{i:05d}", CurrencyCode="USD",
+                                           OrderVendorAccountNumber=f"{prefix}-V1", DocumentApprovalStatus=status,
+                                           lines=[{"LineAmount": 50.0 + i}])
+                docs.append((kind, po["PurchaseOrderNumber"]))
+        return {"docs": docs}
+
+    def fo_fire(docs: list[list[str]], area: str = "usmf") -> dict[str, Any]:
+        """People work in F&O: post the invoices, confirm / workflow-reject the POs (events queue up)."""
+        fo = stack.fo
+        for kind, number in docs:
+            if kind == "invoice":
+                fo.post_vendor_invoice(area, number)
+            elif kind == "confirmed":
+                fo.confirm_purchase_order(area, number)
+            else:
+                fo.reject_purchase_order_workflow(area, number)
+        return {"fired": len(docs)}
+
+    def fo_deliver() -> dict[str, Any]:
+        return {"delivered": stack.fo.deliver_events()}
+
+    actions = {"bc_invoices": bc_invoices, "bc_deliver": bc_deliver, "fo_seed": fo_seed, "fo_fire": fo_fire,
+               "fo_deliver": fo_deliver}
+    routes = [Route("/latency", latency, methods=["POST"]), Route("/stats", stats),
+              Route("/meter/reset", reset_meter, methods=["POST"]), Route("/issues", issues),
+              Route("/healthz", lambda request: JSONResponse({"status": "ok"}))]
+    routes += [Route(f"/call/{name}", call(fn), methods=["POST"]) for name, fn in actions.items()]
+    return Starlette(routes=routes)
+
+
+class ControlClient:
+    """The benchmark's side of the control channel."""
+
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=600)
+
+    def _ok(self, response: httpx.Response) -> Any:
+        response.raise_for_status()
+        return response.json()
+
+    def call(self, action: str, **args: Any) -> Any:
+        return self._ok(self.http.post(f"/call/{action}", json=args))
+
+    def set_latency(self, ms: float) -> None:
+        self._ok(self.http.post("/latency", json={"ms": ms}))
+
+    def stats(self) -> dict[str, Any]:
+        return self._ok(self.http.get("/stats"))
+
+    def reset_meter(self) -> None:
+        self._ok(self.http.post("/meter/reset"))
+
+    def issues(self, *prefixes: str) -> dict[str, Any]:
+        return self._ok(self.http.get("/issues", params=[("prefix", p) for p in prefixes]))
+
+    def close(self) -> None:
+        self.http.close()
