@@ -392,6 +392,14 @@ class BusinessCentralSandbox:
                 return key
         raise KeyError(record_id)
 
+    def _key_index(self, company_id: str, entity_set: str, record_id: str) -> str | None:
+        """The stored key of ``record_id`` (case-insensitive): a dict lookup when the spelling matches."""
+        store = self._store(company_id, entity_set)
+        if record_id in store:
+            return record_id
+        low = record_id.lower()
+        return next((k for k in store if k.lower() == low), None)   # another spelling: rare, scanned
+
     def _rowid(self, key: str) -> int:
         """A stable, increasing row number per key: the default order and the paging key (like BC's
         primary key; UNCONFIRMED which key BC's default order uses for each API page)."""
@@ -672,8 +680,16 @@ class BusinessCentralSandbox:
             if rid is not None:
                 return await self._item(request, base, cid, entity_set, rid, method)
             if method == "GET":
+                ids = _id_disjunction(request.query_params.get("$filter"))
                 with self._lock:
-                    rows = [dict(r) for r in self._store(cid, entity_set).values()]
+                    store = self._store(cid, entity_set)
+                    if ids is not None:
+                        # Only ``id eq … or id eq …``: the key picks the candidates (the filter still runs
+                        # on them below), so a lookup by ids costs the same over 100 or 100,000 records.
+                        rows = [dict(r) for k, r in store.items() if k.lower() in ids] if len(ids) > len(store) \
+                            else [dict(store[k]) for k in (self._key_index(cid, entity_set, i) for i in ids) if k]
+                    else:
+                        rows = [dict(r) for r in store.values()]
                 return self._collection(request, base, f"companies({cid})/{entity_set}", rows,
                                         self.schema.props[ENTITY_SETS[entity_set]], ENTITY_SETS[entity_set])
             if method == "POST":
@@ -1026,6 +1042,22 @@ class BusinessCentralSandbox:
 
 def _encode_skiptoken(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
+
+
+_ID_EQ = re.compile(r"\s*\(?\s*id\s+eq\s+'?([0-9A-Fa-f-]{36})'?\s*\)?\s*")
+
+
+def _id_disjunction(flt: str | None) -> set[str] | None:
+    """The ids of a $filter that is only ``id eq <guid>`` terms joined by ``or`` (lower case), else None."""
+    if not flt:
+        return None
+    ids: set[str] = set()
+    for term in re.split(r"\s+or\s+", flt.strip()):
+        m = _ID_EQ.fullmatch(term)
+        if m is None:
+            return None
+        ids.add(m.group(1).lower())
+    return ids
 
 
 def _decode_skiptoken(token: str, n_order: int) -> list[Any]:
