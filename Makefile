@@ -36,6 +36,7 @@ bench: install
 	@status=0; \
 	$(BIN)/python -m benchmarks.bc_jira || status=1; \
 	$(BIN)/python -m benchmarks.fo_jira || status=1; \
+	$(BIN)/python -m benchmarks.backlog || status=1; \
 	exit $$status
 
 ## Overlapping writers, kill -9 under search lag, forgeries and replays, the receiver killed under load
