@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -115,6 +117,29 @@ def response_body(response: httpx.Response) -> Any:
         return response.text[:2000]
 
 
+_SSL_CONTEXTS: dict[tuple[Any, ...], ssl.SSLContext] = {}
+_SSL_LOCK = threading.Lock()
+
+
+def ssl_context(verify: bool | str | ssl.SSLContext) -> bool | str | ssl.SSLContext:
+    """One shared SSL context per CA bundle (``True``: the default bundle) instead of one per client.
+
+    Building a context loads the whole bundle (~100 ms of CPU), and every run builds its clients anew; a
+    context is safe to share between clients and threads. A bundle file that changes (its mtime) gets a
+    new context; ``False``, a context given by the caller, or a path that cannot be read pass through."""
+    if verify is False or isinstance(verify, ssl.SSLContext):
+        return verify
+    try:
+        key: tuple[Any, ...] = (verify, os.stat(verify).st_mtime_ns) if isinstance(verify, str) else (True,)
+    except OSError:
+        return verify   # httpx reports the missing bundle as before
+    with _SSL_LOCK:
+        ctx = _SSL_CONTEXTS.get(key)
+        if ctx is None:
+            ctx = _SSL_CONTEXTS[key] = httpx.create_ssl_context(verify=verify, trust_env=False)
+        return ctx
+
+
 class ResilientClient:
     """A thread-safe wrapper around ``httpx.Client`` with the retry, auth and counting rules above."""
 
@@ -143,7 +168,7 @@ class ResilientClient:
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=dict(headers or {}),
             transport=transport,
-            verify=verify,
+            verify=ssl_context(verify) if transport is None else verify,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             trust_env=False,
         )

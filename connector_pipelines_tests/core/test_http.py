@@ -101,3 +101,36 @@ def test_transport_errors_are_retried():
     waits = []
     c = ResilientClient("v", "http://v.test", transport=httpx.MockTransport(handler), sleep=waits.append)
     assert c.get("/x").status_code == 200 and len(calls) == 3 and len(waits) == 2
+
+
+def test_clients_share_one_ssl_context_per_ca_bundle_and_still_verify(tmp_path):
+    """Building a context loads the whole CA bundle (~100 ms of CPU per client, per run): one is shared per
+    bundle, rebuilt when the file changes, and a client still trusts exactly that bundle."""
+    import os
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from connector_pipelines.core.http import ssl_context
+    from sandboxes.common import SandboxServer
+    from sandboxes.tls import make_tls
+
+    tls = make_tls(tmp_path / "tls")
+    bundle = str(tls.ca_bundle)
+    assert ssl_context(bundle) is ssl_context(bundle)
+    assert ssl_context(True) is ssl_context(True) and ssl_context(True) is not ssl_context(bundle)
+    assert ssl_context(False) is False and ssl_context(str(tmp_path / "missing.pem")) == str(tmp_path / "missing.pem")
+    first = ssl_context(bundle)
+    os.utime(bundle, ns=(os.stat(bundle).st_atime_ns, os.stat(bundle).st_mtime_ns + 10**9))
+    assert ssl_context(bundle) is not first     # a renewed bundle is read again
+
+    app = Starlette(routes=[Route("/ping", lambda request: JSONResponse({"ok": True}))])
+    with SandboxServer(app, ssl_certfile=str(tls.server_cert), ssl_keyfile=str(tls.server_key)) as server:
+        trusting = ResilientClient("test", server.base_url, verify=bundle, retry=RetrySettings(max_attempts=1))
+        assert trusting.get("/ping").json() == {"ok": True}
+        strangers = ResilientClient("test", server.base_url, retry=RetrySettings(max_attempts=1))
+        with pytest.raises(httpx.ConnectError):
+            strangers.get("/ping")
+        trusting.close()
+        strangers.close()
