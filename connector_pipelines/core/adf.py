@@ -60,6 +60,10 @@ def _inlines(items: Iterable[Inline | Iterable[Inline]]) -> list[Node]:
         if item is None:
             continue
         if isinstance(item, str):
+            if "\n" not in item:          # the common case: one line, one plain text node (or none)
+                if item:
+                    out.append({"type": "text", "text": item})
+                continue
             for i, line in enumerate(item.split("\n")):
                 if i:
                     out.append(hard_break())

@@ -319,17 +319,26 @@ class IntegrationDefinition(BaseModel):
         return [e for e in self.entities if e.entity_set == entity_set]
 
 
-class _SafeRecord(dict):
+class _Formatted(dict):
+    """A record's values as the templates see them, formatted only when a template asks for them (a
+    template names a few of a record's ~50 fields); a missing field is empty."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__()
+        self.record = record
+
     def __missing__(self, key: str) -> str:
-        return ""
+        return format_value(self.record.get(key))
+
+
+_FORMATTER = string.Formatter()
 
 
 def render(template: str, record: dict[str, Any]) -> str:
     """Fill a template from a record; missing fields render empty, numbers keep two decimals."""
-    values = _SafeRecord()
-    for k, v in record.items():
-        values[k] = format_value(v)
-    return string.Formatter().vformat(template, (), values).strip()
+    return _FORMATTER.vformat(template, (), _Formatted(record)).strip()
 
 
 def format_value(v: Any) -> str:
