@@ -35,6 +35,7 @@ from connector_pipelines.components.inbox_sensor import (
 )
 from connector_pipelines.core.failures import RetryBudget, describe, is_transient
 from connector_pipelines.core.inbox import InboxRow
+from connector_pipelines.core.memory import batch_heap
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
 from connector_pipelines.integrations.resolution import ResolutionProcessor
@@ -324,7 +325,8 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
             source = make_source(integration, context.resources)
             writer = make_writer(integration, context.resources, context.run_id)
             before = (source.api_calls(), writer.jira.http.calls)
-            reports = sync_notified(integration, source, writer, [r.payload for r in rows])
+            with batch_heap():   # the collector scans the batch's objects, not Dagster's (core/memory.py)
+                reports = sync_notified(integration, source, writer, [r.payload for r in rows])
         except dg.Failure:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever stopped the batch, its rows are retried or parked
