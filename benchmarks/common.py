@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 def rss_mb() -> float:
@@ -159,6 +159,33 @@ def drain(driver, sensor: str) -> int:
         assert all(r.success for r in tick.runs)
 
 
+class GcTimer:
+    """Time spent in the garbage collector (gc.callbacks), per generation, while ``on``."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._start
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> Self:
+        import gc
+
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+
+        gc.callbacks.remove(self)
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -172,7 +199,8 @@ def measure_pipeline(world: BenchWorld, args: argparse.Namespace, *, records: in
     vendor calls are measured. The latency floor is vendor calls x latency / the mean in-flight requests the
     sandboxes saw (the concurrency the pipeline actually used)."""
     control = world.control
-    before = control.stats()["calls"]
+    stats_before = control.stats()
+    before = stats_before["calls"]
     issues_before = control.issues(issue_prefix)["by_prefix"][issue_prefix]
     t_deliver = time.perf_counter()
     control.call(deliver)
@@ -186,7 +214,8 @@ def measure_pipeline(world: BenchWorld, args: argparse.Namespace, *, records: in
     cpu0, child0, t0 = time.process_time(), _children_cpu_s(), time.perf_counter()
     if profiler:
         profiler.enable()
-    runs = drain(world.driver, sensor)
+    with GcTimer() as gc_timer:
+        runs = drain(world.driver, sensor)
     if profiler:
         profiler.disable()
     wall_s = time.perf_counter() - t0
@@ -196,6 +225,8 @@ def measure_pipeline(world: BenchWorld, args: argparse.Namespace, *, records: in
         profiler.dump_stats(profile)
     stats = control.stats()
     meter, after = stats["meter"], stats["calls"]
+    routes = {f"{vendor} {route}": n - stats_before["routes"].get(vendor, {}).get(route, 0)
+              for vendor, by_route in stats["routes"].items() for route, n in by_route.items()}
     found = control.issues(issue_prefix)
     created = found["by_prefix"][issue_prefix] - issues_before
     vendor_calls = meter["requests"]
@@ -219,6 +250,9 @@ def measure_pipeline(world: BenchWorld, args: argparse.Namespace, *, records: in
         "duplicates": found["duplicates"],
         "peak_rss_mb": round(rss, 1),
         "delivery_s": round(delivery_s, 3),
+        "gc_ms_per_record": round(sum(gc_timer.seconds) * 1000 / records, 3),   # part of the CPU above
+        "gc_collections": gc_timer.collections,
+        "calls_by_route": {k: n for k, n in sorted(routes.items()) if n},
     }
 
 
@@ -229,7 +263,7 @@ def naive_figures(*, records: int, seconds: float, jira_calls: int, odata_calls:
 
 
 SPREAD = ("wall_s", "latency_floor_s", "wall_over_floor", "cpu_ms_per_record", "records_per_s", "speedup",
-          "peak_rss_mb", "jira_calls_per_record", "odata_calls_per_record", "vendor_calls", "vendor_request_s",
+          "gc_ms_per_record", "peak_rss_mb", "jira_calls_per_record", "odata_calls_per_record", "vendor_calls", "vendor_request_s",
           "mean_in_flight",
           "max_in_flight", "pipeline_runs", "delivery_s")
 

@@ -102,7 +102,10 @@ def control_app(stack) -> Starlette:
 
     async def stats(request: Request) -> JSONResponse:
         calls = {name: getattr(s, "calls_total", None) for name, s in vendors().items()}
-        return JSONResponse({"calls": calls, "meter": stack.meter.snapshot() if stack.meter else None})
+        routes = {name: {f"{m} {t}": n for (m, t), n in s.calls.items()} for name, s in vendors().items()
+                  if hasattr(s, "calls")}
+        return JSONResponse({"calls": calls, "routes": routes,
+                             "meter": stack.meter.snapshot() if stack.meter else None})
 
     async def reset_meter(request: Request) -> JSONResponse:
         if stack.meter:
