@@ -113,11 +113,11 @@ def run(args: argparse.Namespace) -> dict:
         with open(log, "w") as err, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
                                                      cwd=Path(__file__).resolve().parents[1]) as child:
             assert child.stdout is not None
-            for line in child.stdout:   # progress lines as they come; the last one is the JSON
-                if line.strip():
-                    if last:
-                        print(last, flush=True)
+            for line in child.stdout:   # progress lines as they come; the JSON line is the drain's figures
+                if line.startswith("{"):
                     last = line.rstrip()
+                elif line.strip():
+                    print(line.rstrip(), flush=True)
         if child.returncode != 0 or not last.startswith("{"):
             print("\n".join(log.read_text().splitlines()[-40:]), file=sys.stderr)
             raise SystemExit(f"the drain process failed (exit {child.returncode})")

@@ -82,10 +82,12 @@ class SearchMixin:
     # -- a token index for ``textfield ~ "phrase"`` clauses -----------------------------------------------
     # Only narrows which issues the full predicate is evaluated on (a superset of the matches), so answers
     # are the same as a scan; a lookup by external ids costs the same over 100 or 100,000 issues.
-    def _text_candidates(self, site: Any, node: Any) -> set[int] | None:
-        """Issue ids that may match ``node``, or None when the index cannot say (scan every issue)."""
+    def _text_candidates(self, site: Any, node: Any, fresh: dict[str, Any] | None = None) -> set[int] | None:
+        """Issue ids that may match ``node``, or None when the index cannot say (scan every issue).
+        ``fresh``: the field indexes already brought up to date for this search (once per field, not per clause)."""
+        fresh = {} if fresh is None else fresh
         if isinstance(node, BoolOp):
-            parts = [self._text_candidates(site, p) for p in node.parts]
+            parts = [self._text_candidates(site, p, fresh) for p in node.parts]
             if node.op == "and":
                 known = [p for p in parts if p is not None]
                 return min(known, key=len) if known else None
@@ -101,7 +103,8 @@ class SearchMixin:
         tokens = {t for toks in phrases for t in toks} | {t for toks, prefix in terms if not prefix for t in toks}
         if not tokens or any(prefix for _toks, prefix in terms):
             return None
-        index = self._token_index(site, resolved[0][1])
+        fid = resolved[0][1]
+        index = fresh[fid] if fid in fresh else fresh.setdefault(fid, self._token_index(site, fid))
         return set(min((index.get(t, set()) for t in tokens), key=len))
 
     def _token_index(self, site: Any, fid: str) -> dict[str, set[int]]:
