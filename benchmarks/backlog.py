@@ -154,8 +154,11 @@ def drain(args: argparse.Namespace) -> dict:
         rows = runs = failed = 0
         samples: list[float] = []
         next_sample = step
+        parent = os.getppid()
         t0 = time.perf_counter()
         while True:
+            if os.getppid() != parent:   # the benchmark (and its sandboxes) is gone: stop, do not retry forever
+                raise SystemExit("the benchmark process died")
             tick = driver.tick(sc.BC_SENSOR, raise_on_error=False)
             if not tick.runs:
                 break
