@@ -3,7 +3,9 @@
 Each tick, bounded, reading only the project's database and Dagster's own run records:
 1. new rows after the cursor (the inbox's commit-order ``seq``: gap-safe) that the reader's filter
    takes become batches of ≤ ``batch_size``; each batch is recorded as ``queued`` for the reader and
-   requested as one run whose ``run_key`` is derived from its rows and dispatch number;
+   requested as one run whose ``run_key`` is derived from its rows and dispatch number — unless the
+   sensor's last run has not started yet (queued or launching): then new rows wait for a later tick and
+   go together in one batch, so a steady stream makes bigger runs rather than a growing run queue;
 2. batches queued longer than ``orphan_after_s`` whose run never appeared are requested again (a
    RunRequest lost between the tick and the launch), and those whose run ended without recording
    them (the worker was killed) are retried like a failed batch;
@@ -19,7 +21,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import dagster as dg
 
@@ -28,6 +30,15 @@ from connector_pipelines.core.failures import RetryBudget
 from connector_pipelines.core.inbox import InboxRow, age_s
 
 ORPHAN_AFTER_S = 120.0
+# The daemon evaluates sensors in a loop that runs at most every 5 s (dagster._daemon.sensor's
+# MIN_INTERVAL_LOOP_TIME, not configurable) and skips a sensor whose last tick is younger than its
+# minimum_interval_seconds. An interval of exactly 5 s loses that race on about every other loop, so the
+# inbox was read every ~10 s; 1 s means "every loop": an inbox row waits ≤ ~5 s for its tick
+# (benchmarks/daemon_latency.py measures this as the `tick` stage).
+INBOX_SENSOR_INTERVAL_S = 1
+# Runs of a reader whose batch is not running yet: created, waiting in the run queue, or being launched.
+LAUNCHING = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING]
+SENSOR_NAME_TAG = "dagster/sensor_name"
 RUN_KEY_TAG = "dagster/run_key"
 
 
@@ -58,7 +69,8 @@ def batch_run_key(reader: str, dispatch: int, ids: list[int]) -> str:
 
 def build_inbox_sensor(name: str, pair: str, source: str, job: dg.JobDefinition, tags: dict[str, str], *,
                        description: str, row_filter: Callable[[InboxRow], bool] | None = None,
-                       batch_size: int = 500, max_runs_per_tick: int = 4, interval_s: int = 5) -> dg.SensorDefinition:
+                       batch_size: int = 500, max_runs_per_tick: int = 4,
+                       interval_s: int = INBOX_SENSOR_INTERVAL_S) -> dg.SensorDefinition:
     """A cursor sensor over the local inbox for one reader (see the module docstring)."""
 
     [op_node] = job.graph.nodes  # a one-op job: its op takes the inbox ids as config
@@ -82,8 +94,16 @@ def build_inbox_sensor(name: str, pair: str, source: str, job: dg.JobDefinition,
         run_requests: list[dg.RunRequest] = []
         notes: list[str] = []
 
-        # 1. new rows, in commit order
-        for _ in range(max_runs_per_tick):
+        # 1. new rows, in commit order — unless this sensor's last batch is still waiting for or starting its
+        # run. Each run is a new process (DefaultRunLauncher: seconds of start-up and code loading), so under
+        # a steady stream one run per tick would queue up behind the run queue's limits and latency would grow
+        # without bound; instead the rows that arrive meanwhile wait for the next tick and travel together in
+        # one bigger batch (benchmarks/daemon_latency.py). Relaunches and due retries below are not held.
+        # A run stuck before starting holds them for orphan_after_s at most (run monitoring fails it later).
+        held = bool(context.instance.get_run_ids(filters=dg.RunsFilter(
+            statuses=LAUNCHING, tags={SENSOR_NAME_TAG: name},
+            created_after=utcnow().replace(tzinfo=UTC) - timedelta(seconds=orphan_after_s())), limit=1))
+        for _ in range(0 if held else max_runs_per_tick):
             rows = inbox.read_after(source, cursor, batch_size)
             if not rows:
                 break
@@ -135,8 +155,10 @@ def build_inbox_sensor(name: str, pair: str, source: str, job: dg.JobDefinition,
         for note in notes:
             context.log.info(note)
         if not run_requests and str(cursor) == (context.cursor or "0"):
-            return dg.SensorResult(skip_reason=dg.SkipReason(f"No new {source} inbox rows for {pair} after seq "
-                                                             f"{cursor}, and none due again."),
+            reason = (f"New {source} inbox rows for {pair} (after seq {cursor}) wait: the last batch has not started "
+                      "running yet." if held and unseen else
+                      f"No new {source} inbox rows for {pair} after seq {cursor}, and none due again.")
+            return dg.SensorResult(skip_reason=dg.SkipReason(reason),
                                    asset_events=[observation])
         return dg.SensorResult(run_requests=run_requests, cursor=str(cursor), asset_events=[observation])
 

@@ -15,6 +15,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import dagster as dg
@@ -458,3 +459,70 @@ def test_rows_stored_by_a_receiver_are_gap_free_in_commit_order(store):
     inbox.put_many(BC, [("a", {}), ("c", {})])   # a re-delivered entry takes a seq it does not use
     seqs = [r.seq for r in inbox.read_after(BC, 0, 10)]
     assert seqs == sorted(seqs) and len(seqs) == 3
+
+
+def test_new_rows_wait_while_the_sensor_s_last_run_has_not_started_then_go_together(defs, instance, store,
+                                                                                  monkeypatch):
+    """Under the daemon every run is a new process: rows arriving while the sensor's last run is still queued or
+    launching join the next batch instead of queueing one more run behind it (benchmarks/daemon_latency.py).
+    A run stuck before starting holds them no longer than the orphan timeout."""
+    sensor = defs.resolve_sensor_def(BC_SENSOR)
+    put(store, BC, [bc_payload(i) for i in range(3)])
+    first = tick(sensor, instance, store)
+    [request] = first.run_requests
+
+    def daemon_created_run(status: dg.DagsterRunStatus, rr: dg.RunRequest) -> dg.DagsterRun:
+        return instance.add_run(dg.DagsterRun(job_name=f"{PAIR}__notification_job", run_id=str(uuid.uuid4()),
+                                              status=status, tags={**rr.tags, "dagster/sensor_name": BC_SENSOR,
+                                                                   "dagster/run_key": rr.run_key}))
+
+    queued = daemon_created_run(dg.DagsterRunStatus.NOT_STARTED, request)   # created, not yet launched
+    later = put(store, BC, [bc_payload(10 + i) for i in range(2)])
+    held = tick(sensor, instance, store, cursor=first.cursor)
+    assert held.run_requests == [] and held.cursor in (None, first.cursor)
+    assert "wait" in held.skip_message
+    assert observation(held)["pending"] == 3 + 2                 # still owed and visible as backlog
+
+    instance.delete_run(queued.run_id)
+    daemon_created_run(dg.DagsterRunStatus.STARTED, request)     # the first batch is running: no hold
+    again = tick(sensor, instance, store, cursor=first.cursor)
+    [nxt] = again.run_requests
+    assert inbox_ids(nxt) == later
+    assert again.cursor == seq_of(store, BC, later[-1])
+
+    daemon_created_run(dg.DagsterRunStatus.STARTING, nxt)        # launching: held again
+    more = put(store, BC, [bc_payload(20)])
+    assert tick(sensor, instance, store, cursor=again.cursor).run_requests == []
+    monkeypatch.setenv("CONNECTOR_INBOX_ORPHAN_S", "0")          # a run stuck before starting holds no longer
+    freed = tick(sensor, instance, store, cursor=again.cursor)
+    assert [inbox_ids(r) for r in freed.run_requests if r.tags["connector/dispatch"] == "new"] == [more]
+
+
+def test_inbox_sensors_tick_on_every_loop_of_the_daemon(defs):
+    """The daemon's sensor loop runs every 5 s; a minimum interval of 5 s would skip every other loop (10 s)."""
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
+    inbox_sensors = [s for s in defs.sensors if s.name.endswith("_inbox_sensor")]
+    assert len(inbox_sensors) == 4
+    assert all(s.minimum_interval_seconds < MIN_INTERVAL_LOOP_TIME for s in inbox_sensors)
+
+
+@pytest.mark.parametrize("config", ["dagster.yaml", "deploy/dagster.postgres.yaml"])
+def test_the_shipped_instances_dequeue_every_second_from_worker_threads(config, tmp_path, monkeypatch):
+    """A run's launch blocks until its process has loaded the code: launched from threads, runs do not wait on
+    each other, and the queue is read every second (benchmarks/daemon_latency.py: the `queue` stage)."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    settings = yaml.safe_load((repo / config).read_text())
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({k: v for k, v in settings.items() if k != "storage"}))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        coordinator = instance.run_coordinator
+        assert coordinator.dequeue_interval_seconds == 1
+        assert coordinator.dequeue_use_threads and coordinator.dequeue_num_workers == 4
+        # the run limits are still the concurrency block's
+        assert instance.get_concurrency_config().run_queue_config.tag_concurrency_limits == [
+            {"key": "connector/trigger", "value": "webhook", "limit": 2}]
