@@ -32,11 +32,12 @@ sandbox: install
 	$(BIN)/python -m sandboxes.harness
 
 ## Every benchmark runs, even after one misses its target; the exit status says whether any did.
-bench: install
+bench: install postgres-up
 	@status=0; \
 	$(BIN)/python -m benchmarks.bc_jira || status=1; \
 	$(BIN)/python -m benchmarks.fo_jira || status=1; \
 	$(BIN)/python -m benchmarks.backlog || status=1; \
+	$(BIN)/python -m benchmarks.daemon_latency || status=1; \
 	exit $$status
 
 ## Overlapping writers, kill -9 under search lag, forgeries and replays, the receiver killed under load
