@@ -97,4 +97,12 @@ def test_jira_external_id_search_evaluates_jql_on_candidates_only_and_follows_ed
         assert http.put(f"{API}/issue/{keys[150]}", json={"fields": {ext: "bc:inv:9999"}}).status_code == 204
         assert search(jql) == [keys[7], over]
         assert search(f'cf[{n}] ~ "\\"bc:inv:9999\\""') == [keys[150]]
+        r = http.post(f"{API}/issue/{keys[7]}/transitions", json={"transition": {"id": "31"},
+                                                                  "fields": {ext: "bc:inv:8888"}})
+        assert r.status_code == 204, r.text
+        assert search(jql) == [over]                             # a transition's field change is seen too
+        assert search(f'cf[{n}] ~ "\\"bc:inv:8888\\""') == [keys[7]]
+        new = http.post(f"{API}/issue", json={"fields": {"project": {"key": "OPS"}, "issuetype": {"name": "Task"},
+                                                         "summary": "Late", ext: "bc:inv:0150"}}).json()["key"]
+        assert search(jql) == [over, new]                        # and an issue created since the last search
         assert search("project = OPS AND summary ~ \"Issue\"")[:2] == [keys[0], keys[1]]   # no index: a scan

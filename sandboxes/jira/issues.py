@@ -46,6 +46,7 @@ class IssuesMixin:
         if items:
             issue.updated = self.clock.now()
             issue.indexed_at = self.clock.timestamp()
+            self._search_touch(site, issue)   # the search's token indexes re-read it
             self._emit(site, "jira:issue_updated", "issue_updated", issue, actor,
                        history=self._record(issue, actor, items))
 

@@ -108,22 +108,37 @@ class SearchMixin:
         return set(min((index.get(t, set()) for t in tokens), key=len))
 
     def _token_index(self, site: Any, fid: str) -> dict[str, set[int]]:
-        """token -> ids of issues whose ``fid`` text has it; brought up to date with every issue's value."""
+        """token -> ids of issues whose ``fid`` text has it, brought up to date with the issues created since
+        the last search (ids from the previous ``next_issue_id`` on) and those edited or transitioned
+        (``_search_touch``, called where ``indexed_at`` moves): no pass over every issue per search."""
         indexes = self.__dict__.setdefault("_search_token_indexes", {})
-        seen, index = indexes.setdefault((id(site), fid), ({}, {}))   # issue id -> (raw value, its text)
+        state = indexes.get((id(site), fid))
         issues = site.issues
-        for n, issue in issues.items():
-            raw = issue.fields.get(fid)
-            old = seen.get(n)
-            if old is None or old[0] is not raw:
-                if old is not None:
-                    self._index_value(index, n, old[1], remove=True)
-                text = self._text_of(site, issue, "textfield", fid)
-                seen[n] = (raw, text)
-                self._index_value(index, n, text)
-        for n in [n for n in seen if n not in issues]:
-            self._index_value(index, n, seen.pop(n)[1], remove=True)
+        if state is None:
+            state = indexes[(id(site), fid)] = {"seen": {}, "index": {}, "dirty": set(), "next": site.next_issue_id}
+            state["dirty"].update(issues)
+        seen, index, dirty = state["seen"], state["index"], state["dirty"]
+        dirty.update(range(state["next"], site.next_issue_id))
+        state["next"] = site.next_issue_id
+        for n in dirty:
+            old = seen.pop(n, None)
+            if old is not None:
+                self._index_value(index, n, old, remove=True)
+            issue = issues.get(n)
+            if issue is not None:
+                seen[n] = self._text_of(site, issue, "textfield", fid)
+                self._index_value(index, n, seen[n])
+        dirty.clear()
+        if len(seen) != len(issues):   # an issue appeared or went some other way: index them all again
+            del indexes[(id(site), fid)]
+            return self._token_index(site, fid)
         return index
+
+    def _search_touch(self, site: Any, issue: Any) -> None:
+        """An issue's fields changed: every token index of its site re-reads it at the next search."""
+        for (site_id, _fid), state in self.__dict__.get("_search_token_indexes", {}).items():
+            if site_id == id(site):
+                state["dirty"].add(issue.id)
 
     @staticmethod
     def _index_value(index: dict[str, set[int]], n: int, text: str | None, remove: bool = False) -> None:

@@ -45,6 +45,7 @@ class TransitionsMixin:
                 issue.fields[fid] = value
         issue.updated = self.clock.now()
         issue.indexed_at = self.clock.timestamp()
+        self._search_touch(site, issue)   # the search's token indexes re-read it
         self._emit(site, "jira:issue_updated", "issue_generic", issue, actor, history=self._record(issue, actor, items))
 
     def _h_get_transitions(self, ctx: _Ctx) -> Response:
