@@ -22,6 +22,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from connector_pipelines.components.inbox_sensor import INBOX_BATCH_SIZE
 from connector_pipelines.components.integration_pair import build_inbox_sensor
 from connector_pipelines.components.resources import BusinessCentralResource, ConnectorStore, JiraResource
 from connector_pipelines.core import db
@@ -209,11 +210,12 @@ def test_a_batch_whose_run_request_was_lost_is_requested_again_under_the_same_ke
     assert request.tags["connector/dispatch"] == "relaunch"
 
 
-def test_a_tick_covers_1200_rows_in_three_runs_of_at_most_500(defs, instance, store):
-    ids = put_many_fast(store, BC, 1200)
-    result = tick(defs.resolve_sensor_def(BC_SENSOR), instance, store)  # defaults: batch 500, 4 runs per tick
+def test_a_tick_covers_2400_rows_in_three_runs_of_at_most_1000(defs, instance, store):
+    assert INBOX_BATCH_SIZE == 1000
+    ids = put_many_fast(store, BC, 2400)
+    result = tick(defs.resolve_sensor_def(BC_SENSOR), instance, store)  # defaults: batch 1000, 4 runs per tick
     batches = [inbox_ids(r) for r in result.run_requests]
-    assert [len(b) for b in batches] == [500, 500, 200]
+    assert [len(b) for b in batches] == [1000, 1000, 400]
     assert [i for b in batches for i in b] == ids
     assert len({r.run_key for r in result.run_requests}) == 3
     assert result.cursor == seq_of(store, BC, ids[-1])

@@ -15,15 +15,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_backlog_benchmark_drains_every_row_to_one_issue():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOR_", "DAGSTER_HOME"))}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.backlog", "--rows", "600", "--samples", "3"],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.backlog", "--rows", "1200", "--samples", "3"],
                           check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(lines[-1])
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert report["rows"] == 600 and report["issues_created"] == 600
+    assert report["rows"] == 1200 and report["issues_created"] == 1200
     assert report["duplicates"] == 0 and report["missing"] == 0 and report["failed_runs"] == 0
-    assert report["runs"] == 2                               # batches of 500: the sensor's batch size
+    assert report["runs"] == 2                               # batches of 1,000: the sensor's batch size
     assert len(report["rss_samples_mb"]) >= 1 and report["peak_rss_mb"] >= max(report["rss_samples_mb"]) > 0
 
 
