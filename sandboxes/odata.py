@@ -159,6 +159,27 @@ def incompatible(left: str | None, right: str | None, op: str, code: str = "BadR
 Predicate = Callable[[dict[str, Any]], bool]
 
 
+def equality_hint(pred: Predicate) -> dict[str, frozenset[str]]:
+    """What a predicate implies about string properties: ``{prop: values}`` means "true only if the record's
+    ``prop``, lower-cased, is one of ``values``". An emulator may use it to pick candidate rows by key before it
+    runs the full predicate on them (same answers as a scan, without evaluating every row)."""
+    return getattr(pred, "equality_hint", None) or {}
+
+
+def with_hint(pred: Predicate, hint: dict[str, frozenset[str]]) -> Predicate:
+    if hint:
+        pred.equality_hint = hint   # type: ignore[attr-defined]
+    return pred
+
+
+def matches_hint(hint: dict[str, frozenset[str]], record: dict[str, Any]) -> bool:
+    for prop, values in hint.items():
+        v = record.get(prop)
+        if not isinstance(v, str) or v.lower() not in values:
+            return False
+    return True
+
+
 class FilterGrammar:
     """Recursive descent over tokens: or > and > not > comparison | ( expr ), returning a predicate on
     records. A subclass implements `_comparison` (the vendor's typing rules) and may set `error_code`."""
@@ -203,7 +224,9 @@ class FilterGrammar:
         while self._next_is("op", "or"):
             self.i += 1
             right, prev = self._and(), left
-            left = lambda r, a=prev, b=right: a(r) or b(r)
+            ha, hb = equality_hint(prev), equality_hint(right)
+            left = with_hint(lambda r, a=prev, b=right: a(r) or b(r),
+                             {p: ha[p] | hb[p] for p in ha.keys() & hb.keys()})
         return left
 
     def _and(self) -> Predicate:
@@ -211,7 +234,9 @@ class FilterGrammar:
         while self._next_is("op", "and"):
             self.i += 1
             right, prev = self._unary(), left
-            left = lambda r, a=prev, b=right: a(r) and b(r)
+            ha, hb = equality_hint(prev), equality_hint(right)
+            left = with_hint(lambda r, a=prev, b=right: a(r) and b(r),
+                             {**ha, **hb, **{p: ha[p] & hb[p] for p in ha.keys() & hb.keys()}})
         return left
 
     def _unary(self) -> Predicate:

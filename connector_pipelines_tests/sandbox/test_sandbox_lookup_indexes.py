@@ -106,3 +106,57 @@ def test_jira_external_id_search_evaluates_jql_on_candidates_only_and_follows_ed
                                                          "summary": "Late", ext: "bc:inv:0150"}}).json()["key"]
         assert search(jql) == [over, new]                        # and an issue created since the last search
         assert search("project = OPS AND summary ~ \"Issue\"")[:2] == [keys[0], keys[1]]   # no index: a scan
+
+
+def test_fo_lookup_by_key_groups_evaluates_the_filter_on_those_records_only(monkeypatch):
+    """F&O's product lookups are ``dataAreaId eq 'x' and (K eq 'a' or K eq 'b' …)``: the filter's equality hint
+    picks the candidates, the full filter runs on them, and the answer is the scan's."""
+    import sandboxes.finance_operations as fo_module
+    import sandboxes.odata as odata_module
+    from sandboxes.finance_operations import FinanceOperationsSandbox
+
+    fo = FinanceOperationsSandbox(None, environment_host="fo.test")
+    fo.add_token("good")
+    for area in ("usmf", "demf"):
+        fo.add_legal_entity(area)
+    for i in range(200):
+        fo.add_purchase_order("usmf", PurchaseOrderNumber=f"PO-{i}", OrderVendorAccountNumber="US-1")
+    fo.add_purchase_order("demf", PurchaseOrderNumber="PO-7", OrderVendorAccountNumber="DE-1")
+    calls = [0]
+    original = fo_module.FOFilter.parse
+
+    def counting_parse(self):
+        pred = original(self)
+
+        def counted(row):
+            calls[0] += 1
+            return pred(row)
+        return odata_module.with_hint(counted, odata_module.equality_hint(pred))
+
+    monkeypatch.setattr(fo_module.FOFilter, "parse", counting_parse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transport = sync_transport(fo.app)
+
+    def numbers(flt: str) -> list[tuple[str, str]]:
+        with httpx.Client(transport=transport, base_url="http://fo.test/data",
+                          headers={"Authorization": "Bearer good"}) as http:
+            r = http.get("/PurchaseOrderHeadersV2", params={"$filter": flt, "cross-company": "true"})
+        assert r.status_code == 200, r.text
+        return [(v["dataAreaId"], v["PurchaseOrderNumber"]) for v in r.json()["value"]]
+
+    lookup = "dataAreaId eq 'usmf' and (PurchaseOrderNumber eq 'PO-7' or PurchaseOrderNumber eq 'po-150' " \
+             "or PurchaseOrderNumber eq 'PO-999')"
+    assert numbers(lookup) == [("usmf", "PO-150"), ("usmf", "PO-7")]
+    assert calls[0] == 2                     # not 201: the key values picked the candidates
+    calls[0] = 0
+    assert numbers("PurchaseOrderNumber eq 'PO-7' or OrderVendorAccountNumber eq 'DE-1'") == \
+        [("demf", "PO-7"), ("usmf", "PO-7")]
+    assert calls[0] == 201                   # an OR over two properties names no key: a scan, same semantics
+    calls[0] = 0
+    assert numbers("not (PurchaseOrderNumber ne 'PO-3')") == [("usmf", "PO-3")] and calls[0] == 201
+    calls[0] = 0
+    assert len(numbers("PurchaseOrderNumber eq 'PO-1*'")) == 111 and calls[0] == 201   # wildcard: no hint
+    # The hint never changes an answer: with hints off, the same filters give the same rows.
+    monkeypatch.setattr(fo_module, "equality_hint", lambda pred: {})
+    assert numbers(lookup) == [("usmf", "PO-150"), ("usmf", "PO-7")]
