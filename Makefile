@@ -22,7 +22,7 @@ demo: install
 
 ## Lint, then the whole suite (unit, sandbox, Dagster, end-to-end on SQLite and PostgreSQL, smoke).
 test: install postgres-up
-	$(BIN)/ruff check -q connector_pipelines connector_pipelines_tests benchmarks
+	$(BIN)/ruff check -q connector_pipelines connector_pipelines_tests benchmarks sandboxes
 	$(BIN)/python -m pytest -q -x --durations=15
 
 ## The BC ⇄ Jira and F&O ⇄ Jira flows once, through a real Dagster instance on SQLite; non-zero exit if anything is missing.
@@ -48,7 +48,7 @@ chaos: install postgres-up
 	$(BIN)/python -m benchmarks.chaos
 
 lint: install
-	$(BIN)/ruff check connector_pipelines connector_pipelines_tests benchmarks
+	$(BIN)/ruff check connector_pipelines connector_pipelines_tests benchmarks sandboxes
 
 postgres-up:
 	@if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then \
