@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from benchmarks.daemon_latency import stop_daemon
 from sandboxes.harness.scenario import (
     FO_JIRA_SENSOR,
     FO_SENSOR,
@@ -130,9 +130,4 @@ def test_daemon_on_postgres_turns_business_events_into_issues_and_done_into_one_
             failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
             assert not failed, [(r.job_name, r.run_id) for r in failed]
         finally:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait(timeout=10)
+            stop_daemon(daemon)
