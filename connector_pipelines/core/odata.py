@@ -49,14 +49,20 @@ class ODataMetadata:
     enums: dict[str, list[str]] = field(default_factory=dict)   # full name -> members
     # Entity sets reached through a containment navigation property (BC: companies({id})/vendors), by name.
     contained: dict[str, EntitySetInfo] = field(default_factory=dict)
+    _enum_properties: dict[str, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def info(self, entity_set: str) -> EntitySetInfo | None:
         return self.entity_sets.get(entity_set) or self.contained.get(entity_set)
 
     def enum_properties(self, entity_set: str) -> dict[str, str]:
-        """Property name -> enum type full name, for every enum-typed property of ``entity_set``."""
-        info = self.info(entity_set)
-        return {p: t for p, t in info.properties.items() if t in self.enums} if info else {}
+        """Property name -> enum type full name, for every enum-typed property of ``entity_set`` (worked out
+        once per set: the Business Central client asks for every record it reads)."""
+        found = self._enum_properties.get(entity_set)
+        if found is None:
+            info = self.info(entity_set)
+            found = {p: t for p, t in info.properties.items() if t in self.enums} if info else {}
+            self._enum_properties[entity_set] = found
+        return found
 
     def enum_type(self, entity_set: str, prop: str) -> str | None:
         info = self.info(entity_set)
