@@ -16,7 +16,7 @@ under a captured token gets in only as a signal, which the resolution run checks
 Every database call runs in a worker thread, so a slow database never stalls the event loop
 (``/healthz`` and refusals still answer).
 
-Adding a source (Monday, Acumatica next; F&O business events are one already) = one ``Source``: a ``verify(request,
+Adding a source (Monday next; F&O business events and Acumatica push notifications are ones already) = one ``Source``: a ``verify(request,
 raw_body) -> Verified | Rejection`` and a ``dedupe_keys(verified) -> [(key, payload)]``, appended to
 ``sources()``; the generic endpoint does the content type, size limit, rejections, storage and answers.
 """
@@ -63,6 +63,9 @@ JIRA_PATH = "/webhooks/jira"
 FO_SOURCE = "finance_operations"
 FO_PATH = "/webhooks/d365-business-events"
 FO_SECRET_HEADER = "X-Connector-Secret"
+ACUMATICA_SOURCE = "acumatica"
+ACUMATICA_PATH = "/webhooks/acumatica"
+ACUMATICA_SECRET_HEADER = "X-Connector-Secret"
 MAX_EVENTS_PER_CALL = 1000
 # BC sends at most 1,000 entries per subscription per 30 s window (a ``collection`` entry beyond,
 # API-FACTS §2.3) but one POST can batch several subscriptions.
@@ -81,6 +84,8 @@ class ReceiverSettings:
     jira_admin_webhook_secret: str | None = None  # verifies admin webhooks' X-Hub-Signature
     fo_events_secret: str | None = None           # shared secret of the F&O business-event endpoint
     fo_events_secret_header: str = FO_SECRET_HEADER
+    acumatica_push_secret: str | None = None       # Header Value of the Acumatica push notification destination
+    acumatica_push_secret_header: str = ACUMATICA_SECRET_HEADER
     max_body_bytes: int = 1_000_000
     max_bc_entries_per_call: int = MAX_BC_ENTRIES_PER_CALL
     jira_jwt_max_age_s: int = JWT_MAX_AGE_S         # a dynamic-webhook JWT older than this (by iat) is refused
@@ -89,8 +94,8 @@ class ReceiverSettings:
     @classmethod
     def from_env(cls) -> ReceiverSettings:
         """CONNECTOR_BC_CLIENT_STATE, CONNECTOR_JIRA_CLIENT_SECRET, CONNECTOR_JIRA_WEBHOOK_SECRET,
-        CONNECTOR_FO_EVENTS_SECRET (an empty value counts as unset) and optionally
-        CONNECTOR_FO_EVENTS_SECRET_HEADER, CONNECTOR_RECEIVER_MAX_BODY_BYTES, CONNECTOR_RECEIVER_MAX_BC_ENTRIES,
+        CONNECTOR_FO_EVENTS_SECRET, CONNECTOR_ACUMATICA_PUSH_SECRET (an empty value counts as unset) and
+        optionally CONNECTOR_FO_EVENTS_SECRET_HEADER, CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER, CONNECTOR_RECEIVER_MAX_BODY_BYTES, CONNECTOR_RECEIVER_MAX_BC_ENTRIES,
         CONNECTOR_JIRA_JWT_MAX_AGE_S and CONNECTOR_REPLAY_WINDOW_S."""
         env = os.environ.get
         return cls(bc_client_state=env("CONNECTOR_BC_CLIENT_STATE") or None,
@@ -98,6 +103,8 @@ class ReceiverSettings:
                    jira_admin_webhook_secret=env("CONNECTOR_JIRA_WEBHOOK_SECRET") or None,
                    fo_events_secret=env("CONNECTOR_FO_EVENTS_SECRET") or None,
                    fo_events_secret_header=env("CONNECTOR_FO_EVENTS_SECRET_HEADER") or FO_SECRET_HEADER,
+                   acumatica_push_secret=env("CONNECTOR_ACUMATICA_PUSH_SECRET") or None,
+                   acumatica_push_secret_header=env("CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER") or ACUMATICA_SECRET_HEADER,
                    max_body_bytes=int(env("CONNECTOR_RECEIVER_MAX_BODY_BYTES") or 1_000_000),
                    max_bc_entries_per_call=int(env("CONNECTOR_RECEIVER_MAX_BC_ENTRIES") or MAX_BC_ENTRIES_PER_CALL),
                    jira_jwt_max_age_s=int(env("CONNECTOR_JIRA_JWT_MAX_AGE_S") or JWT_MAX_AGE_S),
@@ -109,6 +116,8 @@ class ReceiverSettings:
                 f"jira_admin_webhook_secret={'set' if self.jira_admin_webhook_secret else None}, "
                 f"fo_events_secret={'set' if self.fo_events_secret else None}, "
                 f"fo_events_secret_header={self.fo_events_secret_header!r}, "
+                f"acumatica_push_secret={'set' if self.acumatica_push_secret else None}, "
+                f"acumatica_push_secret_header={self.acumatica_push_secret_header!r}, "
                 f"max_body_bytes={self.max_body_bytes}, max_bc_entries_per_call={self.max_bc_entries_per_call}, "
                 f"jira_jwt_max_age_s={self.jira_jwt_max_age_s}, replay_window_s={self.replay_window_s})")
 
@@ -285,6 +294,42 @@ def fo_dedupe_keys(verified: Verified) -> Items:
     return [(str(int(e["ControlNumber"])), e) for e in verified.body]
 
 
+# -- Acumatica push notifications (API-FACTS §3) ----------------------------------------------------------
+def acumatica_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified | Rejection]:
+    """The destination's Header Name / Header Value pair (a shared secret, no HMAC), compared in constant
+    time; then the notification must have the documented shape (Query, Id, Inserted/Deleted arrays)."""
+
+    def verify(request: Request, raw: bytes) -> Verified | Rejection:
+        if not settings.acumatica_push_secret:
+            # Our misconfiguration: a non-2xx makes Acumatica resend (up to 5 attempts), a 503 says why.
+            return Rejection(503, "not_configured", {"Retry-After": RETRY_AFTER_S})
+        if not same_secret(request.headers.get(settings.acumatica_push_secret_header), settings.acumatica_push_secret):
+            return Rejection(401, "bad_secret")
+        try:
+            body = parse_json(raw)
+        except MalformedJSON:
+            return Rejection(400, "malformed_body")
+        if not isinstance(body, dict) or not isinstance(body.get("Query"), str) or not body["Query"] \
+                or body.get("Id") in (None, "") or isinstance(body.get("Id"), dict | list):
+            return Rejection(400, "malformed_body")
+        rows = [*(body.get("Inserted") or []), *(body.get("Deleted") or [])]
+        if not all(isinstance(r, dict) for r in rows) or not isinstance(body.get("Inserted") or [], list) \
+                or not isinstance(body.get("Deleted") or [], list):
+            return Rejection(400, "malformed_body")
+        if len(rows) > MAX_EVENTS_PER_CALL:
+            return Rejection(413, "too_many_entries")
+        return Verified(body)
+
+    return verify
+
+
+def acumatica_dedupe_keys(verified: Verified) -> Items:
+    """``Id`` ("the unique identifier of the data transaction") plus ``Query``: a resent notification is
+    stored once; the notification as sent (it is a signal: the run re-reads the documents)."""
+    body = verified.body
+    return [(f"{body['Id']}|{body['Query']}", body)]
+
+
 def sources(settings: ReceiverSettings) -> list[Source]:
     """Every inbound source the receiver serves. A new one is one entry here."""
     return [
@@ -292,6 +337,7 @@ def sources(settings: ReceiverSettings) -> list[Source]:
                methods=("GET", "POST")),
         Source(JIRA_SOURCE, JIRA_PATH, jira_verify(settings), jira_dedupe_keys),
         Source(FO_SOURCE, FO_PATH, fo_verify(settings), fo_dedupe_keys),
+        Source(ACUMATICA_SOURCE, ACUMATICA_PATH, acumatica_verify(settings), acumatica_dedupe_keys),
     ]
 
 
@@ -324,7 +370,8 @@ def create_app(inbox: Inbox, settings: ReceiverSettings) -> Starlette:
     for name, value in (("CONNECTOR_BC_CLIENT_STATE", settings.bc_client_state),
                         ("CONNECTOR_JIRA_CLIENT_SECRET", settings.jira_app_client_secret),
                         ("CONNECTOR_JIRA_WEBHOOK_SECRET", settings.jira_admin_webhook_secret),
-                        ("CONNECTOR_FO_EVENTS_SECRET", settings.fo_events_secret)):
+                        ("CONNECTOR_FO_EVENTS_SECRET", settings.fo_events_secret),
+                        ("CONNECTOR_ACUMATICA_PUSH_SECRET", settings.acumatica_push_secret)):
         if not value:
             log.warning("%s is not set: deliveries that need it will be refused", name)
 
