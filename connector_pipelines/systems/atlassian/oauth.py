@@ -12,7 +12,8 @@ reusing an old one more than 10 minutes later revokes the whole grant (API-FACTS
 - on ``invalid_grant`` the vault is re-read once more; a fresher refresh token stored by another
   process is used; only when the stored token is the one just refused is the grant declared dead.
 
-The site (cloudId) is chosen explicitly at consent time from accessible-resources, never ``[0]``.
+That mechanism is shared with every other rotating-token provider (``core.oauth_grant``); this module
+sends Atlassian's token POSTs. The site (cloudId) is chosen explicitly at consent time from accessible-resources, never ``[0]``.
 Tokens never appear in logs, exceptions or printed output.
 """
 
@@ -28,13 +29,24 @@ import time
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
+from connector_pipelines.core.oauth_grant import (
+    InvalidGrant,
+    OAuthGrantError,
+    TokenSet,
+    VaultGrantProvider,
+    describe_token_error,
+    is_invalid_grant,
+    token_post,
+    token_set,
+    utcnow,
+)
 from connector_pipelines.core.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -46,19 +58,8 @@ CONSENT_HINT = "run `connector-pipelines jira consent` again"
 DEFAULT_CONSENT_PORT = 8765   # the consent flow's local callback: http://localhost:8765/callback
 
 
-class AtlassianAuthError(Exception):
+class AtlassianAuthError(OAuthGrantError):
     """Consent, token exchange or refresh failed in a way retrying will not fix."""
-
-
-@dataclass
-class TokenSet:
-    access_token: str
-    refresh_token: str | None
-    expires_at: datetime
-    scope: str
-
-    def __repr__(self) -> str:  # never print tokens
-        return f"TokenSet(expires_at={self.expires_at.isoformat()}, scope={self.scope!r})"
 
 
 @dataclass
@@ -69,81 +70,18 @@ class Site:
     scopes: list[str] = field(default_factory=list)
 
 
-class _InvalidGrant(Exception):
-    pass
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _client(transport: httpx.BaseTransport | None, timeout_s: float = 30.0) -> httpx.Client:
     return httpx.Client(transport=transport, timeout=timeout_s, trust_env=False)
 
 
-def _body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text[:300]
-
-
-def _describe(response: httpx.Response) -> str:
-    body = _body(response)
-    if isinstance(body, dict) and ("error" in body or "message" in body):
-        err = body.get("error") or body.get("code")
-        desc = body.get("error_description") or body.get("message") or ""
-        return f"HTTP {response.status_code} {err}: {desc}".strip(": ")
-    return f"HTTP {response.status_code}"
-
-
-def _is_invalid_grant(response: httpx.Response) -> bool:
-    body = _body(response)
-    return response.status_code in (400, 401, 403) and isinstance(body, dict) and body.get("error") == "invalid_grant"
-
-
 def _token_post(client: httpx.Client, url: str, payload: dict[str, Any], *, attempts: int = 4) -> httpx.Response:
-    """POST to the token endpoint, retrying only where the server cannot have consumed the grant.
-
-    Retried: connection failures before the request was sent, 429 and 5xx answers (the server
-    refused before rotating). A read timeout is *not* retried for refresh grants by the caller's
-    choice of ``attempts``: the token may have rotated server-side, and resending it would burn it.
-    """
-    delay = 0.5
-    for attempt in range(1, attempts + 1):
-        try:
-            response = client.post(url, json=payload, headers={"Accept": "application/json"})
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            if attempt == attempts:
-                raise AtlassianAuthError(f"cannot reach the Atlassian token endpoint {url}: {exc}") from None
-            time.sleep(delay)
-            delay *= 2
-            continue
-        if response.status_code == 429 or response.status_code >= 500:
-            if attempt == attempts:
-                return response
-            retry_after = response.headers.get("Retry-After")
-            try:
-                wait = min(30.0, float(retry_after)) if retry_after else delay
-            except ValueError:
-                wait = delay
-            time.sleep(wait)
-            delay *= 2
-            continue
-        return response
-    raise AssertionError("unreachable")
+    """POST JSON to Atlassian's token endpoint (retry rules: ``core.oauth_grant.token_post``)."""
+    return token_post(client, url, json=payload, attempts=attempts, system="the Atlassian",
+                      error=AtlassianAuthError)
 
 
 def _token_set(body: dict[str, Any], now: datetime) -> TokenSet:
-    try:
-        return TokenSet(
-            access_token=body["access_token"],
-            refresh_token=body.get("refresh_token"),
-            expires_at=now + timedelta(seconds=float(body.get("expires_in", 3600))),
-            scope=body.get("scope", ""),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise AtlassianAuthError("the Atlassian token endpoint answered without an access_token") from None
+    return token_set(body, now, system="the Atlassian", error=AtlassianAuthError)
 
 
 def authorize_url(auth_base: str, client_id: str, redirect_uri: str, scopes: list[str], state: str) -> str:
@@ -167,7 +105,7 @@ def exchange_code(auth_base: str, client_id: str, client_secret: str, code: str,
                   transport: httpx.BaseTransport | None = None) -> TokenSet:
     """Trade the authorization code for tokens (the code is single-use)."""
     with _client(transport) as client:
-        now = _utcnow()
+        now = utcnow()
         response = _token_post(client, f"{auth_base.rstrip('/')}/oauth/token", {
             "grant_type": "authorization_code",
             "client_id": client_id,
@@ -176,7 +114,7 @@ def exchange_code(auth_base: str, client_id: str, client_secret: str, code: str,
             "redirect_uri": redirect_uri,
         })
     if response.status_code != 200:
-        raise AtlassianAuthError(f"the authorization code was refused ({_describe(response)}); {CONSENT_HINT}")
+        raise AtlassianAuthError(f"the authorization code was refused ({describe_token_error(response)}); {CONSENT_HINT}")
     tokens = _token_set(response.json(), now)
     if not tokens.refresh_token:
         raise AtlassianAuthError("Atlassian issued no refresh token: the consent must include the "
@@ -191,7 +129,7 @@ def accessible_resources(api_base: str, access_token: str, *,
         response = client.get(f"{api_base.rstrip('/')}/oauth/token/accessible-resources",
                               headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"})
     if response.status_code != 200:
-        raise AtlassianAuthError(f"accessible-resources failed ({_describe(response)})")
+        raise AtlassianAuthError(f"accessible-resources failed ({describe_token_error(response)})")
     return [Site(id=s["id"], name=s.get("name", ""), url=s["url"], scopes=list(s.get("scopes") or []))
             for s in response.json()]
 
@@ -221,56 +159,30 @@ def choose_site(sites: list[Site], site_url: str | None) -> Site:
     return sites[0]
 
 
-class AtlassianTokenProvider:
+class AtlassianTokenProvider(VaultGrantProvider):
     """Hands out Atlassian access tokens backed by the vault (satisfies ``core.http.TokenProvider``).
 
+    The lock / re-read / invalid_grant / sibling-refresh mechanism is ``core.oauth_grant.VaultGrantProvider``;
+    this class sends Atlassian's refresh POST and knows its credential's extra fields (cloudId, site).
     ``clock`` (optional, keyword-only) replaces ``datetime.now(UTC)`` for tests that move time.
     """
+
+    error = AtlassianAuthError
 
     def __init__(self, vault: Vault, credential_name: str, client_id: str, client_secret: str,
                  auth_base: str = DEFAULT_AUTH_BASE, *, transport: httpx.BaseTransport | None = None,
                  refresh_margin_s: float = 300, clock: Callable[[], datetime] | None = None) -> None:
-        self.vault = vault
-        self.credential_name = credential_name
+        super().__init__(vault, credential_name, refresh_margin_s=refresh_margin_s, clock=clock)
         self.client_id = client_id
         self._client_secret = client_secret
         self.auth_base = auth_base.rstrip("/")
-        self.refresh_margin = timedelta(seconds=refresh_margin_s)
-        self._now = clock or _utcnow
         self._http = _client(transport)
-        self._lock = threading.Lock()
-        self._cached: tuple[str, datetime] | None = None
-        self._invalid: dict[str, None] = {}  # insertion-ordered, bounded
-        self.refreshes = 0
 
     def __repr__(self) -> str:
         return f"AtlassianTokenProvider(credential={self.credential_name!r}, client_id={self.client_id!r})"
 
-    # -- TokenProvider ----------------------------------------------------------------------------
-    def get_token(self) -> str:
-        with self._lock:
-            if self._cached and self._usable_token(*self._cached):
-                return self._cached[0]
-            value = self._load(self.vault.get(self.credential_name))
-            if self._usable(value):
-                return self._remember(value)
-            return self._refresh(force=False)
-
-    def invalidate(self, token: str) -> None:
-        with self._lock:
-            self._invalid[token] = None
-            while len(self._invalid) > 64:
-                self._invalid.pop(next(iter(self._invalid)))
-            if self._cached and self._cached[0] == token:
-                self._cached = None
-
     def close(self) -> None:
         self._http.close()
-
-    def refresh(self) -> str:
-        """Rotate now, whatever the access token's age (keeps a quiet grant inside the 90-day window)."""
-        with self._lock:
-            return self._refresh(force=True)
 
     def cloud_id(self) -> str:
         value = self._load(self.vault.get(self.credential_name))
@@ -282,58 +194,19 @@ class AtlassianTokenProvider:
     def site_url(self) -> str | None:
         return self._load(self.vault.get(self.credential_name)).get("site_url")
 
-    # -- internals --------------------------------------------------------------------------------
+    # -- VaultGrantProvider hooks -----------------------------------------------------------------
     def _load(self, value: Any) -> dict[str, Any]:
-        if value is None:
-            raise AtlassianAuthError(f"no Atlassian credential {self.credential_name!r} in the vault; {CONSENT_HINT}")
-        if not isinstance(value, dict) or not value.get("refresh_token"):
-            raise AtlassianAuthError(f"credential {self.credential_name!r} is not an Atlassian grant; {CONSENT_HINT}")
+        if not self._holds_grant(value):
+            raise self._no_grant_error(value)
         return value
 
-    def _usable_token(self, token: str | None, expires_at: datetime | None) -> bool:
-        return bool(token) and token not in self._invalid and expires_at is not None \
-            and expires_at - self._now() > self.refresh_margin
+    def _no_grant_error(self, value: Any) -> Exception:
+        if value is None:
+            return AtlassianAuthError(f"no Atlassian credential {self.credential_name!r} in the vault; {CONSENT_HINT}")
+        return AtlassianAuthError(f"credential {self.credential_name!r} is not an Atlassian grant; {CONSENT_HINT}")
 
-    def _usable(self, value: dict[str, Any]) -> bool:
-        return self._usable_token(value.get("access_token"), _parse_dt(value.get("expires_at")))
-
-    def _remember(self, value: dict[str, Any]) -> str:
-        self._cached = (value["access_token"], _parse_dt(value["expires_at"]))
-        return value["access_token"]
-
-    def _refresh(self, *, force: bool) -> str:
-        refused: str | None = None
-        for _ in range(2):
-            with self.vault.locked(self.credential_name) as cred:
-                value = self._load(cred.value)
-                if refused is not None:
-                    if value["refresh_token"] == refused:
-                        break  # nobody stored a fresher token: the grant is dead
-                    # A sibling stored a newer refresh token (and maybe a fresh access token).
-                    if self._usable(value):
-                        return self._remember(value)
-                elif not force and self._usable(value):
-                    return self._remember(value)  # a sibling refreshed while we waited for the lock
-                sent = value["refresh_token"]
-                try:
-                    tokens = self._post_refresh(sent)
-                except _InvalidGrant:
-                    refused = sent
-                    continue  # leave the transaction, then re-read the vault
-                new_value = dict(value)
-                new_value.update(
-                    access_token=tokens.access_token,
-                    refresh_token=tokens.refresh_token or sent,
-                    expires_at=tokens.expires_at.isoformat(),
-                    refreshed_at=self._now().isoformat(),
-                )
-                if tokens.scope:
-                    new_value["scopes"] = tokens.scope.split()
-                cred.set(new_value)
-            self.refreshes += 1
-            return self._remember(new_value)
-        self._cached = None
-        raise AtlassianAuthError(
+    def _dead_grant_error(self) -> Exception:
+        return AtlassianAuthError(
             f"Atlassian refused the refresh token of credential {self.credential_name!r} (invalid_grant: the "
             f"grant was revoked, expired after 90 days unused, or the rotated token was lost); {CONSENT_HINT}"
         )
@@ -346,25 +219,12 @@ class AtlassianTokenProvider:
             "client_secret": self._client_secret,
             "refresh_token": refresh_token,
         })
-        if _is_invalid_grant(response):
-            log.warning("Atlassian refused the refresh token of %s (invalid_grant); re-reading the vault",
-                        self.credential_name)
-            raise _InvalidGrant()
+        if is_invalid_grant(response):
+            raise InvalidGrant()
         if response.status_code != 200:
-            raise AtlassianAuthError(f"refreshing credential {self.credential_name!r} failed ({_describe(response)})")
+            raise AtlassianAuthError(f"refreshing credential {self.credential_name!r} failed "
+                                     f"({describe_token_error(response)})")
         return _token_set(response.json(), now)
-
-
-def _parse_dt(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 # -- consent ----------------------------------------------------------------------------------------
@@ -426,7 +286,7 @@ def run_consent_flow(vault: Vault, credential_name: str, client_id: str, client_
                 "site_url": site.url,
                 "scopes": tokens.scope.split() if tokens.scope else list(scopes),
                 "client_id": client_id,
-                "consented_at": _utcnow().isoformat(),
+                "consented_at": utcnow().isoformat(),
             }
             with vault.locked(credential_name) as cred:
                 cred.set(value)
