@@ -36,6 +36,7 @@ from connector_pipelines.components.inbox_sensor import (
 from connector_pipelines.core.failures import RetryBudget, describe, is_transient
 from connector_pipelines.core.inbox import InboxRow
 from connector_pipelines.core.memory import batch_heap
+from connector_pipelines.integrations import sources
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
 from connector_pipelines.integrations.resolution import ResolutionProcessor
@@ -62,17 +63,11 @@ __all__ = ["InboxBatchConfig", "IntegrationPairComponent", "build_inbox_sensor",
 # runtime helpers: resources -> adapters
 # ------------------------------------------------------------------------------------------------
 def make_source(integration: IntegrationDefinition, resources: Any):
-    if integration.source == "business_central":
-        from connector_pipelines.integrations.sources.business_central import BusinessCentralSource
-
-        bc = resources.business_central
-        return BusinessCentralSource(bc.client(), integration.company, bc.web_client_url)
-    if integration.source == "finance_operations":
-        from connector_pipelines.integrations.sources.finance_operations import FinanceOperationsSource
-
-        fo = resources.finance_operations
-        return FinanceOperationsSource(fo.client(), integration.company, fo.environment_url)
-    raise dg.Failure(f"no source adapter for {integration.source!r}", allow_retries=False)
+    """The source adapter from the registry (integrations.sources.ADAPTERS); an unknown source fails the step."""
+    try:
+        return sources.make_source(integration, resources)
+    except sources.UnknownSource as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
 
 
 def make_writer(integration: IntegrationDefinition, resources: Any, run_id: str) -> JiraIssueWriter:

@@ -70,9 +70,12 @@ class TargetField(BaseModel):
     kind: FieldKind = "text"
 
 
-Resolution = Literal["post_purchase_invoice", "unblock_vendor", "record_outcome", "workflow_action"]
+# What Done in Jira does at the source. ``source_action`` (call the document's action, e.g. an F&O bound
+# OData action or Acumatica's ReleaseBill) and ``update_fields`` (write fields, e.g. take a purchase order
+# off hold) are not idempotent: both need a ``state_check`` and act only while the document is still due.
+Resolution = Literal["post_purchase_invoice", "unblock_vendor", "record_outcome", "source_action", "update_fields"]
 
-SourceSystem = Literal["business_central", "finance_operations"]
+SourceSystem = Literal["business_central", "finance_operations", "acumatica"]
 
 
 class SourceCapabilities(BaseModel):
@@ -92,6 +95,9 @@ SOURCE_CAPABILITIES: dict[str, SourceCapabilities] = {
     # an administrator configures in F&O (nothing to renew). A window = the events received in it.
     "finance_operations": SourceCapabilities(label="Dynamics 365 Finance & Operations",
                                              windowed_polling=False, subscriptions=False),
+    # Acumatica: LastModifiedDateTime on Bill, Check, PurchaseOrder, Vendor (endpoint 24.200.001); push
+    # notifications are an accelerator an administrator configures in Acumatica (nothing to renew).
+    "acumatica": SourceCapabilities(label="Acumatica", windowed_polling=True, subscriptions=False),
 }
 
 
@@ -188,18 +194,28 @@ class EntitySync(BaseModel):
     project_key: str | None = Field(None, description="Jira project for this entity (default: target.project_key)")
     # -- event-driven sources (F&O business events) ---------------------------------------------------
     business_event: str | None = Field(None, description="F&O BusinessEventId announcing a document of this set")
+    push_query: str | None = Field(None, description=(
+        "Acumatica push notification Query (the generic inquiry or built-in definition) announcing changed "
+        "documents of this set; polling still catches up"))
     event_keys: dict[str, str] = Field(default_factory=dict, description=(
-        "Entity field <- business-event payload field: the fields that find the document over OData "
-        "(dataAreaId comes from the event's legal entity)"))
+        "Entity field <- event / notification row field: the fields that find the document through the API "
+        "(F&O: dataAreaId comes from the event's legal entity; Acumatica: default = the entity's key fields, "
+        "same names)"))
     lines: LineSummary | None = None
     menu_item: str | None = Field(None, description="F&O display menu item for the link back to the record")
     catch_up: CatchUp | None = Field(None, description=(
         "Event-only entities: the read that finds the documents an event should have announced"))
+    state: str | None = Field(None, description=(
+        "Template of the document's state as a person reads it, e.g. '{Status}': when it changes on a "
+        "document with an issue, the issue is updated and gets one comment saying so"))
     # -- resolution settings ---------------------------------------------------------------------------
-    state_check: StateCheck | None = Field(None, description="workflow_action: act only while the field is due")
-    workflow_action: str | None = Field(None, description=(
-        "workflow_action: the bound OData action (Microsoft.Dynamics.DataEntities.<name>) that advances "
-        "the document's workflow"))
+    state_check: StateCheck | None = Field(None, description=(
+        "source_action / update_fields: act only while this field says the document is due"))
+    action: str | None = Field(None, description=(
+        "source_action: the document's action at the source (F&O: the bound OData action "
+        "Microsoft.Dynamics.DataEntities.<name>; Acumatica: an action of the endpoint, e.g. ReleaseBill)"))
+    updates: dict[str, Any] = Field(default_factory=dict, description=(
+        "update_fields: field -> value written to the document (e.g. Hold: false)"))
     outcome_field: str | None = Field(None, description=(
         "record_outcome: a writable text field of the document that receives the Jira outcome"))
 
@@ -220,9 +236,14 @@ class EntitySync(BaseModel):
                              "its documents without the events, so a lost event is noticed) or catch_up.unavailable")
         if self.business_event and not self.event_keys:
             raise ValueError(f"entity '{self.name}': business_event needs event_keys (entity field <- event field)")
-        if self.resolution == "workflow_action" and not (self.workflow_action and self.state_check):
-            raise ValueError(f"entity '{self.name}': resolution workflow_action needs workflow_action and "
+        if self.resolution == "source_action" and not (self.action and self.state_check):
+            raise ValueError(f"entity '{self.name}': resolution source_action needs action and "
                              "state_check (the action is not idempotent: read the state first)")
+        if self.resolution == "update_fields" and not (self.updates and self.state_check):
+            raise ValueError(f"entity '{self.name}': resolution update_fields needs updates and "
+                             "state_check (the write is not idempotent: read the state first)")
+        if self.push_query and self.business_event:
+            raise ValueError(f"entity '{self.name}': one announcement per entity: business_event or push_query")
         return self
 
     def is_exception(self, record: dict[str, Any], now: datetime | None = None) -> bool:
@@ -230,7 +251,7 @@ class EntitySync(BaseModel):
 
     def template_fields(self) -> set[str]:
         names: set[str] = set()
-        for tpl in [self.summary, *(f.template for f in self.fields)]:
+        for tpl in [self.summary, *(f.template for f in self.fields), *([self.state] if self.state else [])]:
             names |= {n for _, n, _, _ in string.Formatter().parse(tpl) if n}
         return names | set(self.context) | {r.field for r in self.exception}
 
@@ -271,7 +292,7 @@ class PollingSettings(BaseModel):
 
 
 class IntegrationDefinition(BaseModel):
-    """bc_jira, d365_jira, ...: one source, one target, the entities between them."""
+    """bc_jira, d365_jira, acumatica_jira, ...: one source, one target, the entities between them."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -297,6 +318,9 @@ class IntegrationDefinition(BaseModel):
         events = [e.business_event for e in self.entities if e.business_event]
         if len(events) != len(set(events)):
             raise ValueError(f"one business event may announce one entity only in '{self.name}': {events}")
+        queries = [e.push_query for e in self.entities if e.push_query]
+        if len(queries) != len(set(queries)):
+            raise ValueError(f"one push notification query may announce one entity only in '{self.name}': {queries}")
         return self
 
     @property

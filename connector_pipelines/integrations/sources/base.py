@@ -6,11 +6,28 @@ Dagster or of the target; the sync engine and the Dagster factories only talk to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from connector_pipelines.integrations.definition import EntitySync
+from connector_pipelines.integrations.definition import EntitySync, ExceptionRule
+
+
+def pushdown_filter(rules: list[ExceptionRule], literal: Callable[[str, Any], str]) -> str | None:
+    """The exception rules an OData-style ``$filter`` can express, for the server to apply (the rest — and
+    all of them again — run client-side). ``literal(field, value)`` renders a value the way the source's
+    API spells it (BC enum member names, F&O typed enum literals, Acumatica strings); ``in`` becomes an
+    OR of ``eq`` (neither F&O nor Acumatica takes the ``in`` operator), ``not_in`` an AND of ``ne``."""
+    clauses = []
+    for r in rules:
+        if r.op in ("eq", "ne"):
+            clauses.append(f"{r.field} {r.op} {literal(r.field, r.value)}")
+        elif r.op == "in" and r.value:
+            clauses.append("(" + " or ".join(f"{r.field} eq {literal(r.field, v)}" for v in r.value) + ")")
+        elif r.op == "not_in" and r.value:
+            clauses.append("(" + " and ".join(f"{r.field} ne {literal(r.field, v)}" for v in r.value) + ")")
+    return " and ".join(clauses) or None
 
 
 @dataclass(frozen=True)

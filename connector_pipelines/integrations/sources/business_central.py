@@ -7,8 +7,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
-from connector_pipelines.integrations.definition import EntitySync, ExceptionRule
-from connector_pipelines.integrations.sources.base import ChangeSet, ResolutionOutcome, SourceRecord
+from connector_pipelines.integrations.definition import EntitySync, ExceptionRule, IntegrationDefinition
+from connector_pipelines.integrations.sources.base import (
+    ChangeSet,
+    ResolutionOutcome,
+    SourceRecord,
+    pushdown_filter,
+)
 from connector_pipelines.systems.business_central.client import BusinessCentralClient, odata_literal
 
 # Statuses in which a draft purchase invoice can still be posted (captions: the client translates member names).
@@ -19,17 +24,8 @@ __all__ = ["BusinessCentralSource", "odata_filter", "odata_literal"]
 
 def odata_filter(rules: list[ExceptionRule],
                  literal: Callable[[str, Any], str] = lambda _field, value: odata_literal(value)) -> str | None:
-    """Push the exception rules that OData can express down to the server (the rest run client-side).
-    ``literal(field, value)`` renders a value (the client's, which spells enum members as BC does)."""
-    clauses = []
-    for r in rules:
-        if r.op in ("eq", "ne"):
-            clauses.append(f"{r.field} {r.op} {literal(r.field, r.value)}")
-        elif r.op == "in" and r.value:
-            clauses.append("(" + " or ".join(f"{r.field} eq {literal(r.field, v)}" for v in r.value) + ")")
-        elif r.op == "not_in" and r.value:
-            clauses.append("(" + " and ".join(f"{r.field} ne {literal(r.field, v)}" for v in r.value) + ")")
-    return " and ".join(clauses) or None
+    """Push the exception rules that OData can express down to BC (``literal`` spells enum members as BC does)."""
+    return pushdown_filter(rules, literal)
 
 
 class BusinessCentralSource:
@@ -174,3 +170,8 @@ def _collection_since(resource: str) -> datetime | None:
             token = query.split(marker, 1)[1].split()[0].split("&", 1)[0].strip("')")
             return _parse_dt(token)
     return None
+
+
+def from_resources(integration: IntegrationDefinition, resource: Any) -> BusinessCentralSource:
+    """The adapter for one run (integrations.sources.ADAPTERS): the resource's client, the definition's company."""
+    return BusinessCentralSource(resource.client(), integration.company, resource.web_client_url)

@@ -12,7 +12,7 @@ return flow advances the document's workflow or records the outcome on it.
 - Write-backs read the current record first. F&O has no public API that completes or resubmits a
   workflow work item; the closest documented mechanism is a bound OData action on the data entity
   (``[SysODataActionAttribute]``, FO-docs odata.md "Actions"), which the customer's F&O team deploys
-  (docs/finance_operations.md). ``workflow_action`` calls it only while ``state_check`` says the step is
+  (docs/finance_operations.md). ``resolution: source_action`` calls it only while ``state_check`` says the step is
   due; ``record_outcome`` PATCHes a writable text field (``outcome_field``) when one is configured.
 """
 
@@ -23,8 +23,13 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from connector_pipelines.core.http import ApiError
-from connector_pipelines.integrations.definition import EntitySync, ExceptionRule
-from connector_pipelines.integrations.sources.base import ChangeSet, ResolutionOutcome, SourceRecord
+from connector_pipelines.integrations.definition import EntitySync, ExceptionRule, IntegrationDefinition
+from connector_pipelines.integrations.sources.base import (
+    ChangeSet,
+    ResolutionOutcome,
+    SourceRecord,
+    pushdown_filter,
+)
 from connector_pipelines.systems.finance_operations.client import FinanceOperationsClient
 from connector_pipelines.systems.finance_operations.models import BusinessEvent
 
@@ -120,20 +125,8 @@ class FinanceOperationsSource:
         """The rules OData can express, with enum literals typed from $metadata (F&O compares enums
         only as ``Microsoft.Dynamics.DataEntities.<Enum>'<Value>'``, and only with eq/ne)."""
         metadata = self.client.metadata()
-        clauses = []
-        for r in rules:
-            enum = metadata.enum_type(entity_set, r.field)
-
-            def lit(v: Any, enum: str | None = enum) -> str:
-                return FinanceOperationsClient.literal(v, enum)
-
-            if r.op in ("eq", "ne"):
-                clauses.append(f"{r.field} {r.op} {lit(r.value)}")
-            elif r.op == "in" and r.value:   # F&O refuses the `in` operator: an OR of eq
-                clauses.append("(" + " or ".join(f"{r.field} eq {lit(v)}" for v in r.value) + ")")
-            elif r.op == "not_in" and r.value:
-                clauses.append("(" + " and ".join(f"{r.field} ne {lit(v)}" for v in r.value) + ")")
-        return " and ".join(clauses) or None
+        return pushdown_filter(rules, lambda field, value: FinanceOperationsClient.literal(
+            value, metadata.enum_type(entity_set, field)))
 
     def changes_from_notifications(self, entities: list[EntitySync], payloads: list[dict[str, Any]]) -> ChangeSet:
         changes = ChangeSet()
@@ -186,25 +179,25 @@ class FinanceOperationsSource:
             return ResolutionOutcome("not_applicable", f"{label} is no longer readable in F&O; nothing was changed")
         note = (note or "resolved in Jira")[:NOTE_LIMIT]
         keys = self._entity_keys(entity, current)
-        if entity.resolution == "workflow_action" and entity.state_check and entity.workflow_action:
+        if entity.resolution == "source_action" and entity.state_check and entity.action:
             check = entity.state_check
             state = current.get(check.field)
             if state in check.already:
                 return ResolutionOutcome("already", f"{label}: {check.field} is {state}; the workflow already moved on")
             if state not in check.due:
                 return ResolutionOutcome("not_applicable", f"{label}: {check.field} is {state!r}, not one of "
-                                                           f"{check.due}; {entity.workflow_action} was not called")
+                                                           f"{check.due}; {entity.action} was not called")
             try:
-                self.client.invoke_action(entity.entity_set, keys, entity.workflow_action, {"Comment": note})
+                self.client.invoke_action(entity.entity_set, keys, entity.action, {"Comment": note})
             except ApiError as exc:
                 if exc.status == 404:
                     return ResolutionOutcome("not_applicable", (
-                        f"{label}: the OData action {entity.workflow_action} is not deployed on {entity.entity_set} "
+                        f"{label}: the OData action {entity.action} is not deployed on {entity.entity_set} "
                         "in this F&O environment (a customer extension; see docs/finance_operations.md)"))
                 if exc.status == 400:
-                    return ResolutionOutcome("not_applicable", f"{label}: F&O refused {entity.workflow_action}: {exc}")
+                    return ResolutionOutcome("not_applicable", f"{label}: F&O refused {entity.action}: {exc}")
                 raise
-            return ResolutionOutcome("acted", f"{label}: {entity.workflow_action} called in F&O "
+            return ResolutionOutcome("acted", f"{label}: {entity.action} called in F&O "
                                               f"({check.field} was {state})")
         if entity.resolution == "record_outcome":
             if not entity.outcome_field:
@@ -223,3 +216,8 @@ class FinanceOperationsSource:
 
     def api_calls(self) -> int:
         return self.client.http.calls
+
+
+def from_resources(integration: IntegrationDefinition, resource: Any) -> FinanceOperationsSource:
+    """The adapter for one run (integrations.sources.ADAPTERS): the resource's client, the definition's legal entity."""
+    return FinanceOperationsSource(resource.client(), integration.company, resource.environment_url)
