@@ -62,6 +62,7 @@ class WriteReport:
     skipped: int = 0
     failed: int = 0
     duplicates: int = 0
+    state_comments: int = 0
     links: dict[str, str] = field(default_factory=dict)   # external id -> issue URL
     failures: dict[str, str] = field(default_factory=dict)  # external id -> error
     # external id -> when it is tried again (transient failures, deferred uncertain creates)
@@ -75,6 +76,7 @@ class WriteReport:
         self.skipped += other.skipped
         self.failed += other.failed
         self.duplicates += other.duplicates
+        self.state_comments += other.state_comments
         self.links.update(other.links)
         self.failures.update(other.failures)
         self.retry_at.update(other.retry_at)
@@ -91,7 +93,7 @@ class WriteReport:
         return {"created": self.created, "updated": self.updated, "skipped": self.skipped,
                 "failed": self.failed, "failed_will_retry": len([k for k in self.failures if k in self.retry_at]),
                 "deferred_search_lag": len(self.deferred), "left_to_other_run": len(self.left_to_others),
-                "duplicates_found": self.duplicates}
+                "duplicates_found": self.duplicates, "state_change_comments": self.state_comments}
 
 
 @dataclass
@@ -156,8 +158,13 @@ class JiraIssueWriter:
 
     def _plan(self, entity: EntitySync, record: SourceRecord) -> _Planned:
         fields = self.desired_fields(entity, record)
-        fingerprint = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
-        context = {"document": record.data.get("number") or record.record_id, "entity": entity.name}
+        context = {"document": record.number or record.data.get("number") or record.record_id, "entity": entity.name}
+        hashed: Any = fields
+        if entity.state:
+            # The state is part of what was written: a change of state alone is a change to write (and comment).
+            context["state"] = render(entity.state, record.data)
+            hashed = [fields, context["state"]]
+        fingerprint = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
         return _Planned(record, fields, fingerprint, context)
 
     # -- the write path -----------------------------------------------------------------------------
@@ -228,7 +235,7 @@ class JiraIssueWriter:
                 to_create[key] = p
 
         attempts = {k: e.attempts for k, e in known.items()}
-        self._update(entity, updates, report, attempts)
+        self._update(entity, updates, report, attempts, _states(known))
         self._create(entity, to_create, report, attempts)
         self._defer(entity, {k: (to_lookup[k], t) for k, t in deferred.items()}, report)
 
@@ -274,17 +281,29 @@ class JiraIssueWriter:
         return row
 
     def _update(self, entity: EntitySync, updates: dict[str, tuple[str, _Planned]], report: WriteReport,
-                attempts: dict[str, int]) -> None:
-        """``attempts``: the ledger's attempt count per key before this write."""
+                attempts: dict[str, int], previous_states: dict[str, str] | None = None,
+                note: str = "") -> None:
+        """``attempts``: the ledger's attempt count per key before this write; ``previous_states``: the
+        document state the ledger last recorded per key (entities with a ``state``): a change gets one
+        comment, recorded with the update, so re-reading the same state comments nothing."""
         if not updates:
             return
         done, failed = [], []
         for key, (issue_key, p) in updates.items():
             fields = {k: v for k, v in p.fields.items() if k not in ("project", "issuetype")}
+            before, after = (previous_states or {}).get(key), p.context.get("state")
             try:
                 self.jira.edit_issue(issue_key, fields)
+                if before is not None and after is not None and before != after:
+                    self.jira.add_comment(issue_key, adf.doc(adf.paragraph(adf.text(
+                        f"{entity.document_label} {p.context['document']} changed in "
+                        f"{self.integration.capabilities.label}: {before or '-'} → {after or '-'}{note}"))))
+                    report.state_comments += 1
             except (ApiError, httpx.TransportError) as exc:
-                failed.append(self._fail(entity, key, p, "update", exc, attempts.get(key, 0) + 1, report))
+                row = self._fail(entity, key, p, "update", exc, attempts.get(key, 0) + 1, report)
+                if before is not None:   # the change is not written yet: its retry still comments it
+                    row["context"] = {**p.context, "state": before}
+                failed.append(row)
                 continue
             report.updated += 1
             url = self.jira.browse_url(issue_key)
@@ -347,6 +366,32 @@ class JiraIssueWriter:
         self.ledger.defer(self.integration.name, rows, self.run_id)
 
     # -- records that need no issue any more ------------------------------------------------------
+    def follow(self, entity: EntitySync, records: list[SourceRecord]) -> WriteReport:
+        """Records that are no longer exceptions but have an issue (entities with a ``state``): the issue's
+        fields are brought up to date and the change of state is commented once; nothing is created.
+        Records without an issue cost one ledger read and no Jira call."""
+        report = WriteReport()
+        if not entity.state or not records:
+            return report
+        unique = {r.external_id: r for r in records}
+        with_issue = {k: e for k, e in self.ledger.get_many(self.integration.name, unique).items()
+                      if e.state == DONE and e.target_key}
+        planned = {k: self._plan(entity, unique[k]) for k in with_issue}
+        planned = {k: p for k, p in planned.items() if p.fingerprint != with_issue[k].fingerprint}
+        if not planned:
+            return report
+
+        def work(claimed: list[str]) -> None:
+            known = self.ledger.get_many(self.integration.name, claimed)   # current, under the claim
+            updates = {k: (known[k].target_key, planned[k]) for k in claimed
+                       if known.get(k) and known[k].state == DONE and known[k].target_key
+                       and known[k].fingerprint != planned[k].fingerprint}
+            self._update(entity, updates, report, {k: e.attempts for k, e in known.items()}, _states(known),
+                         note=" (no longer an exception)")
+
+        self._claimed(list(planned), report, work)
+        return report
+
     def settle(self, entity: EntitySync, keys: list[str], why: str) -> WriteReport:
         """Ledger rows of records that are no longer exceptions (or gone): an uncertain intent is first
         verified in Jira (an issue found is recorded, so reconciliation and resolution know it); the
@@ -382,6 +427,11 @@ class JiraIssueWriter:
 
         self._claimed(keys, report, work)
         return report
+
+
+def _states(entries: dict[str, LedgerEntry]) -> dict[str, str]:
+    """The document state each ledger row last recorded (rows written without a ``state`` have none)."""
+    return {k: e.context["state"] for k, e in entries.items() if isinstance(e.context, dict) and "state" in e.context}
 
 
 __all__ = ["JiraConfigError", "JiraIssueWriter", "WriteReport"]

@@ -51,10 +51,14 @@ class SyncReport:
 
 
 def _upsert_exceptions(writer: JiraIssueWriter, entity: EntitySync, records: list[SourceRecord]) -> SyncReport:
+    """Open or update an issue per exception; for entities with a ``state``, records that stopped being
+    exceptions keep their issue current (fields and one comment per change of state)."""
     exceptions = [r for r in records if entity.is_exception(r.data)]
     report = SyncReport(read=len(records), not_exceptions=len(records) - len(exceptions))
     if exceptions:
         report.write = writer.upsert(entity, exceptions)
+    if entity.state and len(exceptions) < len(records):
+        report.write.merge(writer.follow(entity, [r for r in records if not entity.is_exception(r.data)]))
     return report
 
 

@@ -32,6 +32,7 @@ from connector_pipelines.systems.jira.client import JiraClient
 from connector_pipelines.systems.jira.errors import JiraConfigError
 from sandboxes.common import SandboxServer
 from sandboxes.jira import JiraSandbox
+from sandboxes.jira.adf import adf_text
 
 DEFS_YAML = Path(__file__).resolve().parents[2] / "connector_pipelines" / "defs" / "bc_jira" / "defs.yaml"
 CLOUD = "33333333-aaaa-bbbb-cccc-000000000003"
@@ -598,3 +599,85 @@ def test_a_retry_of_records_no_longer_exceptions_verifies_uncertain_creates_then
     assert settled["fake:vendors:never"].state == DONE and settled["fake:vendors:never"].target_key is None
     assert settled["fake:vendors:never"].context["settled"] == "no longer an exception"
     assert len(h.issues()) == 1 and h.ledger.due_for_retry("bc_jira") == []
+
+
+# -- a document's state: one comment per change, none on re-reads ------------------------------------------
+def stateful(h: Harness) -> EntitySync:
+    """blocked_vendors with a declared state: the value of ``blocked``."""
+    return h.entity().model_copy(update={"state": "Blocked: {blocked}"})
+
+
+def comments(h: Harness, key: str) -> list[str]:
+    return [adf_text(c.body).strip() for c in h.sandbox.sites[CLOUD].issue(key).comments]
+
+
+def test_a_change_of_state_is_one_update_and_one_comment_and_re_reads_comment_nothing(h: Harness):
+    entity = stateful(h)
+    h.vendor("1", blocked="All")
+    writer = h.writer()
+    writer.upsert(entity, h.source.all(entity))
+    key = h.ledger.get("bc_jira", "fake:vendors:1").target_key
+    assert comments(h, key) == []            # a new issue is not a change of state
+
+    h.vendor("1", blocked="Payment")
+    h.reset_calls()
+    report = writer.upsert(entity, h.source.all(entity))
+    assert (report.updated, report.state_comments) == (1, 1)
+    assert h.calls(EDIT) == 1 and h.calls(COMMENT) == 1
+    assert comments(h, key) == ["Vendor V1 changed in Business Central: Blocked: All → Blocked: Payment"]
+
+    h.reset_calls()
+    for _ in range(3):                        # the same state read again: no write, no comment
+        assert writer.upsert(entity, h.source.all(entity)).skipped == 1
+    assert h.sandbox.calls_total == 0 and len(comments(h, key)) == 1
+
+
+def test_a_field_change_without_a_change_of_state_updates_without_a_comment(h: Harness):
+    entity = stateful(h)
+    h.vendor("1", blocked="All")
+    writer = h.writer()
+    writer.upsert(entity, h.source.all(entity))
+    h.vendor("1", blocked="All", name="Renamed")
+    report = writer.upsert(entity, h.source.all(entity))
+    assert (report.updated, report.state_comments) == (1, 0)
+    assert h.calls(COMMENT) == 0
+
+
+def test_a_document_that_stops_being_an_exception_keeps_its_issue_current_once(h: Harness):
+    from connector_pipelines.integrations.sync import sync_window
+
+    entity = stateful(h)
+    h.vendor("1", blocked="All")
+    h.vendor("2", blocked=" ")                # never an exception: no issue, no Jira call for it
+    writer = h.writer()
+    sync_window(h.source, writer, entity, datetime.now(), datetime.now())
+    key = h.ledger.get("bc_jira", "fake:vendors:1").target_key
+
+    h.vendor("1", blocked=" ")                # unblocked in the ERP
+    h.reset_calls()
+    report = sync_window(h.source, writer, entity, datetime.now(), datetime.now())
+    assert report.not_exceptions == 2 and report.write.updated == 1 and report.write.state_comments == 1
+    assert h.calls(EDIT) == 1 and h.calls(COMMENT) == 1 and h.calls(SEARCH) == 0
+    assert comments(h, key) == [("Vendor V1 changed in Business Central: Blocked: All → Blocked: "
+                                 "(no longer an exception)")]
+    h.reset_calls()
+    sync_window(h.source, writer, entity, datetime.now(), datetime.now())
+    assert h.sandbox.calls_total == 0 and len(comments(h, key)) == 1
+
+
+def test_a_failed_state_update_keeps_the_old_state_so_its_retry_still_comments(h: Harness, monkeypatch):
+    entity = stateful(h)
+    h.vendor("1", blocked="All")
+    writer = h.writer()
+    writer.upsert(entity, h.source.all(entity))
+    key = h.ledger.get("bc_jira", "fake:vendors:1").target_key
+    h.vendor("1", blocked="Payment")
+    real = h.jira.add_comment
+    monkeypatch.setattr(h.jira, "add_comment", lambda *a, **k: (_ for _ in ()).throw(
+        ApiError("jira", "POST", "/comment", 503, {})))
+    assert writer.upsert(entity, h.source.all(entity)).failed == 1
+    assert h.ledger.get("bc_jira", "fake:vendors:1").context["state"] == "Blocked: All"
+    monkeypatch.setattr(h.jira, "add_comment", real)
+    report = writer.upsert(entity, h.source.all(entity))
+    assert report.state_comments == 1 and comments(h, key) == [
+        "Vendor V1 changed in Business Central: Blocked: All → Blocked: Payment"]

@@ -39,6 +39,7 @@ class SourceRecord:
     record_id: str
     data: dict[str, Any]
     url: str | None = None
+    number: str | None = None     # what a person calls the document (default: the record's ``number`` field)
 
 
 @dataclass
