@@ -168,6 +168,14 @@ class OpenApiValidator:
                 self._validators[key] = v
             return v
 
+    def schema_errors(self, pointer: str, instance: Any, root: str = "response", limit: int = 5) -> list[str]:
+        """Errors of ``instance`` against the schema at a JSON pointer of the spec (``/components/schemas/X``);
+        the compiled validator is cached per pointer. [] when it matches."""
+        validator = self._validator(("schema", pointer), pointer)
+        if validator.is_valid(instance):
+            return []
+        return _best_errors(validator, instance, root, limit)
+
     # -- requests -----------------------------------------------------------------------------------
     def validate_request(
         self,
