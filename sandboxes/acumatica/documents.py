@@ -90,8 +90,9 @@ class Rules:
                 if touched:
                     raise EntityError(entity, existing, {touched[0]: RELEASED_EDIT})
         shapes = shape(entity)
+        computed = COMPUTED if document else {"LastModifiedDateTime", "CreatedDateTime"}
         for name, value in changes.items():
-            if name in COMPUTED or name == "id":
+            if name in computed or name == "id":
                 continue
             if existing is not None and name in table.key_fields:
                 continue
