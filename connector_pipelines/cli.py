@@ -95,6 +95,21 @@ def cmd_ping(_args: argparse.Namespace) -> int:
         results.append(_check("entra id (f&o)", fo_token))
         results.append(_check("dynamics 365 f&o odata", fo_read))
 
+    acu = res.get("acumatica")
+    if acu is None:
+        results.append(_line(False, "acumatica", "not configured (CONNECTOR_ACUMATICA_* variables missing)"))
+    else:
+        def acu_read() -> str:
+            client = acu.client(store.vault())
+            try:
+                found = client.ping()
+            finally:
+                client.close()
+            return (f"endpoint {client.endpoint} on {acu.instance_url} (tenant {acu.tenant or '-'}, "
+                    f"{acu.auth_mode} sign-in){'; a vendor read' if found.get('vendor') else ''}")
+
+        results.append(_check("acumatica api", acu_read))
+
     jira = res.get("jira")
     if jira is None:
         results.append(_line(False, "jira", "not configured (CONNECTOR_JIRA_* variables missing)"))
@@ -198,7 +213,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     return status
 
 
-PAIR_SOURCES = {"bc_jira": "business_central", "d365_jira": "finance_operations"}
+PAIR_SOURCES = {"bc_jira": "business_central", "d365_jira": "finance_operations", "acumatica_jira": "acumatica"}
 JIRA_SCOPES = "read:jira-work write:jira-work read:jira-user manage:jira-webhook offline_access"
 
 
@@ -239,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("replay", "make dead letters due again now, with a fresh retry budget")):
         cmd = ibs.add_parser(name, help=text)
         cmd.add_argument("integration", help="e.g. bc_jira")
-        cmd.add_argument("--source", help="business_central, finance_operations or jira (default: the pair's two)")
+        cmd.add_argument("--source", help="business_central, finance_operations, acumatica or jira (default: the pair's two)")
         if name == "replay":
             cmd.add_argument("--ids", help="comma-separated inbox row ids (default: every dead letter)")
         else:

@@ -162,6 +162,69 @@ class FinanceOperationsResource(dg.ConfigurableResource):
             self._client = None
 
 
+class AcumaticaResource(dg.ConfigurableResource):
+    """Acumatica's contract-based REST API (docs/acumatica.md): one instance, tenant and pinned endpoint.
+
+    ``auth_mode`` ``oauth``: a connected application (``client_id`` = ``GUID@Tenant``); the grant with its
+    rotating refresh token lives in the vault (``credential_name``), obtained with the password grant from
+    ``username``/``password`` when the vault has none. ``cookie``: a signed-in session (``/entity/auth/login``).
+    Secrets (client secret, password) are bound as ``dg.EnvVar``.
+    """
+
+    instance_url: str = Field(description="https://<host>/<site> (no /entity)")
+    tenant: str | None = Field(default=None, description="Tenant (company) name; part of client_id for OAuth")
+    endpoint_name: str = "Default"
+    endpoint_version: str = "24.200.001"
+    auth_mode: str = Field(default="oauth", description="oauth | cookie")
+    client_id: str | None = Field(default=None, description="Connected application: GUID@Tenant")
+    client_secret: str | None = Field(default=None, description="Bind as dg.EnvVar: never a literal", repr=False)
+    username: str | None = None
+    password: str | None = Field(default=None, description="Bind as dg.EnvVar: never a literal", repr=False)
+    credential_name: str = "acumatica:default"
+    max_concurrent: int = Field(default=4, description="Concurrent requests, within the licence's cap")
+    ca_bundle: str | None = Field(default=None, description="Extra CA bundle (PEM) for TLS to the instance")
+
+    _client: Any = PrivateAttr(default=None)
+    _auth: Any = PrivateAttr(default=None)
+
+    def sign_in(self, vault: Vault):
+        """The token provider (oauth) or cookie session (cookie) this resource signs in with."""
+        from connector_pipelines.systems.acumatica.auth import AcumaticaCookieSession, AcumaticaTokenProvider
+
+        verify = self.ca_bundle or True
+        if self.auth_mode == "cookie":
+            if not (self.username and self.password):
+                raise MissingSetting("auth_mode cookie needs CONNECTOR_ACUMATICA_USERNAME and _PASSWORD")
+            return AcumaticaCookieSession(self.instance_url, self.username, self.password, company=self.tenant,
+                                          verify=verify)
+        if self.auth_mode != "oauth":
+            raise MissingSetting(f"CONNECTOR_ACUMATICA_AUTH_MODE must be oauth or cookie, not {self.auth_mode!r}")
+        if not (self.client_id and self.client_secret):
+            raise MissingSetting("auth_mode oauth needs CONNECTOR_ACUMATICA_CLIENT_ID and _CLIENT_SECRET")
+        return AcumaticaTokenProvider(vault, self.credential_name, self.instance_url, self.client_id,
+                                      self.client_secret, username=self.username, password=self.password,
+                                      verify=verify)
+
+    def client(self, vault: Vault):
+        """This run's client (built on first use, signed out / closed when the run ends)."""
+        if self._client is None:
+            from connector_pipelines.systems.acumatica.client import AcumaticaClient
+
+            self._auth = self.sign_in(vault)
+            self._client = AcumaticaClient.connect(
+                self.instance_url, endpoint_name=self.endpoint_name, endpoint_version=self.endpoint_version,
+                tenant=self.tenant, auth=self._auth, max_concurrent=self.max_concurrent,
+                verify=self.ca_bundle or True)
+        return self._client
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        for attr in ("_client", "_auth"):
+            value = getattr(self, attr)
+            if value is not None:
+                _close(value)
+                setattr(self, attr, None)
+
+
 class JiraResource(dg.ConfigurableResource):
     """Jira Cloud REST v3 as an OAuth 2.0 (3LO) app; the rotating refresh token lives in the vault."""
 
@@ -254,6 +317,20 @@ def resources_from_env(for_dagster: bool = True) -> dict[str, dg.ConfigurableRes
             environment_url=required("CONNECTOR_FO_ENVIRONMENT_URL"),
             scope=os.environ.get("CONNECTOR_FO_SCOPE") or None,
             authority_host=os.environ.get("CONNECTOR_ENTRA_AUTHORITY_HOST", "https://login.microsoftonline.com"),
+            ca_bundle=os.environ.get("CONNECTOR_CA_BUNDLE"),
+        ),
+        "acumatica": lambda: AcumaticaResource(
+            instance_url=required("CONNECTOR_ACUMATICA_URL"),
+            tenant=os.environ.get("CONNECTOR_ACUMATICA_TENANT") or None,
+            endpoint_name=os.environ.get("CONNECTOR_ACUMATICA_ENDPOINT", "Default"),
+            endpoint_version=os.environ.get("CONNECTOR_ACUMATICA_ENDPOINT_VERSION", "24.200.001"),
+            auth_mode=os.environ.get("CONNECTOR_ACUMATICA_AUTH_MODE", "oauth"),
+            client_id=os.environ.get("CONNECTOR_ACUMATICA_CLIENT_ID") or None,
+            client_secret=optional_secret("CONNECTOR_ACUMATICA_CLIENT_SECRET"),
+            username=os.environ.get("CONNECTOR_ACUMATICA_USERNAME") or None,
+            password=optional_secret("CONNECTOR_ACUMATICA_PASSWORD"),
+            credential_name=os.environ.get("CONNECTOR_ACUMATICA_CREDENTIAL", "acumatica:default"),
+            max_concurrent=int(os.environ.get("CONNECTOR_ACUMATICA_MAX_CONCURRENT") or 4),
             ca_bundle=os.environ.get("CONNECTOR_CA_BUNDLE"),
         ),
         "jira": lambda: JiraResource(

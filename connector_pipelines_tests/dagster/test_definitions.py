@@ -53,7 +53,10 @@ BC = Pair("bc_jira", "business_central",
 FO = Pair("d365_jira", "finance_operations",
           ("vendor_invoices_posted", "purchase_orders_confirmed", "purchase_orders_rejected_in_workflow"),
           "team:accounts-payable", polls=False, subscriptions=False)
-PAIRS = [BC, FO]
+ACU = Pair("acumatica_jira", "acumatica",
+           ("bills_needing_attention", "vendor_payments_needing_attention", "purchase_orders_needing_attention"),
+           "team:accounts-payable", polls=True, subscriptions=False)
+PAIRS = [BC, FO, ACU]
 SOURCES = [p.source for p in PAIRS]
 ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))
 INBOX_KEYS = {dg.AssetKey(["inbox", s]) for s in [*SOURCES, "jira"]}
@@ -146,6 +149,9 @@ def test_schedules_by_name_target_and_default_status(repo):
     assert schedules["bc_jira__poll_schedule"].execution_timezone == "UTC"
     # F&O is pushed (business events): no poll schedule, no subscription to renew
     assert "d365_jira__poll_schedule" not in schedules and "d365_jira__subscription_renewal_schedule" not in schedules
+    # Acumatica is polled (push notifications only accelerate it, configured in Acumatica: nothing to renew)
+    assert schedules["acumatica_jira__poll_schedule"].cron_schedule == "*/15 * * * *"
+    assert "acumatica_jira__subscription_renewal_schedule" not in schedules
 
 
 @pytest.mark.parametrize(("pair", "entity"), ENTITIES, ids=[f"{p.name}-{e}" for p, e in ENTITIES])

@@ -7,11 +7,12 @@ def test_ping_reports_every_connection_ok(world, capsys):
     assert cli.main(["ping"]) == 0
     out = capsys.readouterr().out
     for what in ("database", "vault", "entra id (business central)", "business central api", "entra id (f&o)",
-                 "dynamics 365 f&o odata", "atlassian oauth", "jira cloud api"):
+                 "dynamics 365 f&o odata", "acumatica api", "atlassian oauth", "jira cloud api"):
         assert f"OK    {what}" in out, out
-    assert "CRONUS USA, Inc." in out and "8 ok, 0 failed" in out
+    assert "CRONUS USA, Inc." in out and "9 ok, 0 failed" in out
+    assert "endpoint Default/24.200.001" in out
     assert "https://contoso-prod.operations.dynamics.com/.default" in out  # F&O's own scope: env host + /.default
-    for secret in ("bc_client_secret", "fo_client_secret"):
+    for secret in ("bc_client_secret", "fo_client_secret", "acumatica_client_secret", "acumatica_password"):
         assert world.stack.secrets[secret] not in out
 
 
@@ -22,6 +23,15 @@ def test_ping_names_what_fails_without_leaking_the_secret(world, capsys, monkeyp
     assert "FAIL  entra id (business central)" in out and "AADSTS7000215" in out
     assert "OK    jira cloud api" in out
     assert "wrong-secret-value" not in out
+
+
+def test_ping_names_the_endpoint_versions_an_acumatica_instance_has(world, capsys, monkeypatch):
+    monkeypatch.setenv("CONNECTOR_ACUMATICA_ENDPOINT_VERSION", "23.200.001")
+    assert cli.main(["ping"]) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "acumatica api" in x)
+    assert line.lstrip().startswith("FAIL") and "23.200.001" in line and "Default/24.200.001" in line, line
+    assert "OK    jira cloud api" in out
 
 
 def test_vault_cli_lists_names_never_values(world, capsys):

@@ -1,5 +1,5 @@
 """The whole sandbox world on loopback ports: Entra ID (TLS), Business Central, Dynamics 365 F&O,
-Atlassian auth, Jira Cloud, and the product's receiver (plain HTTP, plus TLS for F&O's HTTPS-only
+Acumatica, Atlassian auth, Jira Cloud, and the product's receiver (plain HTTP, plus TLS for F&O's HTTPS-only
 business-event endpoint) — plus the environment that points the product at them.
 
 Used by ``make sandbox``, ``make demo``, the smoke run, the end-to-end tests and the benchmarks.
@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from connector_pipelines.systems.atlassian.oauth import DEFAULT_CONSENT_PORT
+from sandboxes.acumatica import AcumaticaSandbox
 from sandboxes.atlassian_auth import AtlassianAuthSandbox
 from sandboxes.business_central import BusinessCentralSandbox
 from sandboxes.common import SandboxServer
@@ -48,6 +49,16 @@ FO_EVENTS = ("VendorInvoicePostedBusinessEvent", "PurchaseOrderConfirmedBusiness
              "PurchaseOrderWorkflowRejectedBusinessEvent")
 FO_SECRET_HEADER = "X-Connector-Secret"
 FO_ENDPOINT = "connector-pipelines"
+# Acumatica: one tenant, a connected application (client id GUID@Tenant) and an API user; push notifications
+# of three queries (one per document set of acumatica_jira) go to the receiver with a header secret.
+ACU_TENANT = "Company"
+ACU_CLIENT_GUID = "4f1c2b3a-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+ACU_USER = "connector"
+ACU_PROJECT = "ACU"
+ACU_SECRET_HEADER = "X-Connector-Secret"
+ACU_PUSH = (("ConnectorBills", "Bill", ["Type", "ReferenceNbr", "Status"]),
+            ("ConnectorChecks", "Check", ["Type", "ReferenceNbr", "Status"]),
+            ("ConnectorPurchaseOrders", "PurchaseOrder", ["Type", "OrderNbr", "Status"]))
 
 
 @dataclass
@@ -64,6 +75,7 @@ class Stack:
     fo: FinanceOperationsSandbox | None = None
     tls: Any = None
     meter: Any = None   # a control.InFlightMeter over every vendor sandbox (start_stack(metered=True))
+    acumatica: AcumaticaSandbox | None = None
 
     @property
     def urls(self) -> dict[str, str]:
@@ -82,6 +94,10 @@ class Stack:
                                    "scope": FO_SCOPE, "legal_entity": LEGAL_ENTITY},
             "atlassian_auth": {"auth_url": self.urls["atlassian_auth"], "client_id": JIRA_CLIENT_ID,
                                "client_secret": self.secrets["jira_client_secret"]},
+            "acumatica": {"instance_url": self.urls.get("acumatica"), "tenant": ACU_TENANT,
+                          "client_id": self.env.get("CONNECTOR_ACUMATICA_CLIENT_ID"),
+                          "client_secret": self.secrets["acumatica_client_secret"], "username": ACU_USER,
+                          "password": self.secrets["acumatica_password"], "endpoint": "Default/24.200.001"},
             "jira": {"api_url": self.urls["jira"], "cloud_id": CLOUD_ID, "site_url": SITE_URL, "project": PROJECT,
                      "people_ui": f"{self.urls['jira']}/_sandbox/"},
             "receiver": {"url": self.urls.get("receiver"), "tls_url": self.urls.get("receiver_tls")},
@@ -92,7 +108,7 @@ class Stack:
         os.environ.update(self.env)
 
     def stop(self) -> None:
-        for attr in ("bc", "jira", "fo"):
+        for attr in ("bc", "jira", "fo", "acumatica"):
             stopper = getattr(getattr(self, attr), "stop_auto_delivery", None)
             if stopper:
                 stopper()
@@ -105,6 +121,8 @@ class Stack:
         self.bc.deliver_notifications()
         if self.fo is not None:
             self.fo.deliver_events()
+        if self.acumatica is not None:
+            self.acumatica.deliver_notifications()
         self.jira.deliver_pending()
 
 
@@ -123,7 +141,9 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     tls = make_tls(workdir / "tls")
     creds = {"bc_client_secret": secrets.token_urlsafe(24), "jira_client_secret": secrets.token_urlsafe(24),
              "bc_client_state": secrets.token_urlsafe(24), "jira_webhook_secret": secrets.token_urlsafe(24),
-             "fo_client_secret": secrets.token_urlsafe(24), "fo_events_secret": secrets.token_urlsafe(24)}
+             "fo_client_secret": secrets.token_urlsafe(24), "fo_events_secret": secrets.token_urlsafe(24),
+             "acumatica_client_secret": secrets.token_urlsafe(24), "acumatica_password": secrets.token_urlsafe(18),
+             "acumatica_push_secret": secrets.token_urlsafe(24)}
 
     entra = EntraSandbox()
     entra.register_app(TENANT, BC_CLIENT_ID, creds["bc_client_secret"], [BC_SCOPE])
@@ -136,17 +156,21 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     for area in (LEGAL_ENTITY, "demf"):
         fo.add_legal_entity(area)
     fo.deploy_workflow_resubmit("SubmitToWorkflow")   # the customer's extension (docs/finance_operations.md)
+    acumatica = AcumaticaSandbox(tenant=ACU_TENANT, endpoint_versions=("24.200.001",))
+    acu_client_id = acumatica.register_connected_app(ACU_CLIENT_GUID, creds["acumatica_client_secret"])
+    acumatica.add_user(ACU_USER, creds["acumatica_password"])
     atlassian = AtlassianAuthSandbox()
     atlassian.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"], [consent_redirect(consent_port)])
     jira = JiraSandbox(token_validator=atlassian.validate_access_token)
     jira.add_site(CLOUD_ID, "acme-finance", SITE_URL)
     jira.add_project(CLOUD_ID, PROJECT, "Finance Operations")
     jira.add_project(CLOUD_ID, AP_PROJECT, "Accounts Payable")
+    jira.add_project(CLOUD_ID, ACU_PROJECT, "Accounts Payable (Acumatica)")
     for name, kind in CUSTOM_FIELDS:
         jira.add_custom_field(CLOUD_ID, name, kind)
     jira.add_user(CLOUD_ID, ACCOUNT_ID, "Avery Accounts")
     jira.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"])
-    for s in (entra, bc, fo, atlassian, jira):
+    for s in (entra, bc, fo, acumatica, atlassian, jira):
         s.faults.latency_s = latency_s
 
     meter = None
@@ -163,6 +187,7 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
                                ssl_keyfile=tls.server_key).start(),
         "business_central": SandboxServer(app(bc, "bc"), port=ports.get("business_central", 0)).start(),
         "finance_operations": SandboxServer(app(fo, "fo"), port=ports.get("finance_operations", 0)).start(),
+        "acumatica": SandboxServer(app(acumatica, "acumatica"), port=ports.get("acumatica", 0)).start(),
         "atlassian_auth": SandboxServer(app(atlassian, "atlassian"), port=ports.get("atlassian_auth", 0)).start(),
         "jira": SandboxServer(app(jira, "jira"), port=ports.get("jira", 0)).start(),
     }
@@ -191,10 +216,18 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         "CONNECTOR_FO_SCOPE": FO_SCOPE,
         "CONNECTOR_FO_EVENTS_SECRET": creds["fo_events_secret"],
         "CONNECTOR_FO_EVENTS_SECRET_HEADER": FO_SECRET_HEADER,
+        "CONNECTOR_ACUMATICA_URL": servers["acumatica"].base_url,
+        "CONNECTOR_ACUMATICA_TENANT": ACU_TENANT,
+        "CONNECTOR_ACUMATICA_CLIENT_ID": acu_client_id,
+        "CONNECTOR_ACUMATICA_CLIENT_SECRET": creds["acumatica_client_secret"],
+        "CONNECTOR_ACUMATICA_USERNAME": ACU_USER,
+        "CONNECTOR_ACUMATICA_PASSWORD": creds["acumatica_password"],
+        "CONNECTOR_ACUMATICA_PUSH_SECRET": creds["acumatica_push_secret"],
+        "CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER": ACU_SECRET_HEADER,
     }
     if database_url:
         env["CONNECTOR_DATABASE_URL"] = database_url
-    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env, fo, tls, meter)
+    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env, fo, tls, meter, acumatica)
     if receiver:
         start_receiver(stack, port=receiver_port)
     return stack
@@ -210,7 +243,9 @@ def start_receiver(stack: Stack, port: int = 0) -> SandboxServer:
                                 jira_app_client_secret=stack.secrets["jira_client_secret"],
                                 jira_admin_webhook_secret=stack.secrets["jira_webhook_secret"],
                                 fo_events_secret=stack.secrets["fo_events_secret"],
-                                fo_events_secret_header=FO_SECRET_HEADER)
+                                fo_events_secret_header=FO_SECRET_HEADER,
+                                acumatica_push_secret=stack.secrets["acumatica_push_secret"],
+                                acumatica_push_secret_header=ACU_SECRET_HEADER)
     engine = get_engine(stack.env.get("CONNECTOR_DATABASE_URL"))
     app = create_app(Inbox(engine), settings)
     server = SandboxServer(app, port=port).start()
@@ -227,6 +262,11 @@ def start_receiver(stack: Stack, port: int = 0) -> SandboxServer:
                               verify=str(stack.tls.ca_bundle))
         for event in FO_EVENTS:
             stack.fo.activate(event, FO_ENDPOINT, legal_entity=LEGAL_ENTITY)
+    if stack.acumatica is not None:
+        for query, entity, fields in ACU_PUSH:
+            stack.acumatica.add_push_destination(query, f"{server.base_url}/webhooks/acumatica", query=query,
+                                                 entity=entity, fields=fields, header_name=ACU_SECRET_HEADER,
+                                                 header_value=stack.secrets["acumatica_push_secret"])
     return server
 
 

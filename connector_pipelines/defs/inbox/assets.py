@@ -13,3 +13,7 @@ finance_operations_inbox = dg.AssetSpec(
     owners=["team:accounts-payable"],
     description="Verified Dynamics 365 F&O business events (stubs, deduplicated on ControlNumber) waiting for "
                 "the F&O inbox sensor.")
+acumatica_inbox = dg.AssetSpec(
+    ["inbox", "acumatica"], group_name="inboxes", kinds={"acumatica"}, owners=["team:accounts-payable"],
+    description="Verified Acumatica push notifications (deduplicated on Id + Query; signals only: the run re-reads "
+                "the documents) waiting for the Acumatica inbox sensor.")

@@ -1,9 +1,10 @@
 """Source adapters: how an integration reads exceptions from (and acts back on) one ERP.
 
 ``ADAPTERS`` is the one registry from a definition's ``source`` to the adapter that serves it: each
-entry builds the adapter from the run's resources (the resource key is the source's name). A new ERP
-is one module here with a ``from_resources(integration, resources)`` and one line below; nothing
-else in the factory or the sync engine names a system.
+entry builds the adapter from the run's resources (the source's own resource is keyed by the source's
+name; an adapter may also use the store, e.g. for a vault-held grant). A new ERP is one module here with
+a ``from_resources(integration, resources)`` and one line below; nothing else in the factory or the sync
+engine names a system.
 """
 
 from __future__ import annotations
@@ -33,4 +34,4 @@ def make_source(integration: IntegrationDefinition, resources: Any) -> SourceAda
     module = ADAPTERS.get(integration.source)
     if module is None:
         raise UnknownSource(f"no source adapter for {integration.source!r} (known: {', '.join(sorted(ADAPTERS))})")
-    return import_module(module).from_resources(integration, getattr(resources, integration.source))
+    return import_module(module).from_resources(integration, resources)

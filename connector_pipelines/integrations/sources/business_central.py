@@ -172,6 +172,7 @@ def _collection_since(resource: str) -> datetime | None:
     return None
 
 
-def from_resources(integration: IntegrationDefinition, resource: Any) -> BusinessCentralSource:
+def from_resources(integration: IntegrationDefinition, resources: Any) -> BusinessCentralSource:
     """The adapter for one run (integrations.sources.ADAPTERS): the resource's client, the definition's company."""
+    resource = resources.business_central
     return BusinessCentralSource(resource.client(), integration.company, resource.web_client_url)

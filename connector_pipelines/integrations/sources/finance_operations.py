@@ -218,6 +218,7 @@ class FinanceOperationsSource:
         return self.client.http.calls
 
 
-def from_resources(integration: IntegrationDefinition, resource: Any) -> FinanceOperationsSource:
+def from_resources(integration: IntegrationDefinition, resources: Any) -> FinanceOperationsSource:
     """The adapter for one run (integrations.sources.ADAPTERS): the resource's client, the definition's legal entity."""
+    resource = resources.finance_operations
     return FinanceOperationsSource(resource.client(), integration.company, resource.environment_url)
