@@ -11,7 +11,9 @@ Mount ``AcumaticaSandbox(...).app`` at the instance root. Routes:
 - ``/entity/auth/login``, ``/entity/auth/logout``, ``/identity/...``: see ``auth.py``.
 
 Every request under an endpoint is validated against the OpenAPI document (query parameters, JSON body); what it
-rejects gets an ``HttpError`` body (400 where the operation documents 400, else 500). Every JSON response is
+rejects gets an ``HttpError`` body (400 where the operation documents 400, else 500). One leniency: ``{"value":
+null}`` is taken (it clears the field) although the generated schemas type ``value`` as non-null: the contract's
+fields are .NET nullables and Acumatica's own Postman examples send it. Every JSON response is
 validated too: against the documented schema for its status, or against ``HttpError`` for the error statuses the
 spec leaves out (404, 429, 501); a mismatch raises ``ResponseValidationError`` (a sandbox bug). List responses are
 validated record by record, each serialized record once per version and shape (cached).
@@ -583,7 +585,7 @@ class AcumaticaSandbox:
                 err.op_path = op_path or path  # type: ignore[attr-defined]
                 raise err from None
         try:
-            self.spec.validate_request(method, path, query, body, has_body=has_body)
+            self.spec.validate_request(method, path, query, _without_null_values(body), has_body=has_body)
         except RequestValidationError as exc:
             model_state = {k: [v] for k, v in exc.field_errors.items()}
             if exc.messages:
@@ -770,6 +772,16 @@ class AcumaticaSandbox:
             if op["failure"] is not None:
                 raise AcumaticaError(500, "An error has occurred.", op["failure"], "PX.Data.PXException")
             return Response(status_code=204, headers={"Location": op["location"]})
+
+
+def _without_null_values(node: Any) -> Any:
+    """The body as validated: ``{"value": null}`` -> ``{}``. The generated schemas type ``value`` as non-null, but the
+    contract's fields are .NET nullables and Acumatica's own examples send ``{"value": null}`` (it clears the field)."""
+    if isinstance(node, dict):
+        return {k: _without_null_values(v) for k, v in node.items() if not (k == "value" and v is None)}
+    if isinstance(node, list):
+        return [_without_null_values(v) for v in node]
+    return node
 
 
 def _csv(values: list[str] | None) -> list[str]:
