@@ -135,3 +135,36 @@ def fo_external_ids(seeded: dict[str, dict[str, Any]], area: str = LEGAL_ENTITY)
                 f"fo:purchase_orders_confirmed:{area}:{seeded['confirmed_po']['PurchaseOrderNumber']}",
             "purchase order rejected in workflow":
                 f"fo:purchase_orders_rejected_in_workflow:{area}:{seeded['rejected_po']['PurchaseOrderNumber']}"}
+
+
+# -- Acumatica: bills, a vendor payment and a purchase order that need a person ------------------------------
+ACU_SENSOR = "acumatica_jira__acumatica_inbox_sensor"
+ACU_JIRA_SENSOR = "acumatica_jira__jira_inbox_sensor"
+ACU_ENTITIES = {"Bill": "bills_needing_attention", "Check": "vendor_payments_needing_attention",
+                "PurchaseOrder": "purchase_orders_needing_attention"}
+
+
+def seed_acumatica_documents(stack: Stack) -> dict[str, dict[str, Any]]:
+    """A held bill, an unbalanced one (its lines miss 200.00), a held vendor payment, a held purchase order
+    and a balanced bill (not an exception)."""
+    acu = stack.acumatica
+    assert acu is not None
+    acu.add_vendor(VendorID="V-FAB", VendorName="Fabrikam Supplies")
+    return {
+        "held_bill": acu.add_bill(vendor="V-FAB", amount=1250.0, VendorRef="FAB-INV-881", Description="Packaging"),
+        "unbalanced_bill": acu.add_bill(vendor="V-FAB", amount=700.0, lines=[500.0], VendorRef="FAB-INV-882"),
+        "balanced_bill": acu.add_bill(vendor="V-FAB", amount=90.0, hold=False, VendorRef="FAB-INV-883"),
+        "held_check": acu.add_check(vendor="V-FAB", amount=640.0),
+        "held_order": acu.add_purchase_order(vendor="V-FAB", lines=[400.0, 180.0]),
+    }
+
+
+def acumatica_external_id(entity: str, doc: dict[str, Any]) -> str:
+    number = doc["OrderNbr"] if entity == "PurchaseOrder" else doc["ReferenceNbr"]
+    return f"acu:{entity}:{doc['Type']}/{number}"
+
+
+def poll_acumatica(driver: DagsterDriver, when: datetime | None = None):
+    """What acumatica_jira's poll schedule does: materialize the current hour's window of every entity."""
+    key = driver.current_partition(["acumatica", "bills_needing_attention"], when or datetime.now(UTC))
+    return driver.run_job("acumatica_jira__poll_job", partition_key=key)
