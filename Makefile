@@ -38,6 +38,7 @@ bench: install postgres-up
 	@status=0; \
 	$(BIN)/python -m benchmarks.bc_jira || status=1; \
 	$(BIN)/python -m benchmarks.fo_jira || status=1; \
+	$(BIN)/python -m benchmarks.acumatica_jira || status=1; \
 	$(BIN)/python -m benchmarks.backlog || status=1; \
 	$(BIN)/python -m benchmarks.daemon_latency || status=1; \
 	exit $$status

@@ -87,8 +87,16 @@ def control_app(stack) -> Starlette:
     from sandboxes.harness import scenario as sc
 
     def vendors() -> dict[str, Any]:
-        return {"entra": stack.entra, "bc": stack.bc, "fo": stack.fo, "atlassian": stack.atlassian,
-                "jira": stack.jira}
+        return {"entra": stack.entra, "bc": stack.bc, "fo": stack.fo, "acumatica": stack.acumatica,
+                "atlassian": stack.atlassian, "jira": stack.jira}
+
+    def total_calls(s) -> int | None:
+        total = getattr(s, "calls_total", None)
+        return s.calls if total is None and isinstance(getattr(s, "calls", None), int) else total
+
+    def call_routes(s) -> dict[str, int]:
+        counter = s.calls if not isinstance(getattr(s, "calls", None), int) else getattr(s, "calls_by_path", {})
+        return {(f"{k[0]} {k[1]}" if isinstance(k, tuple) else str(k)): n for k, n in counter.items()}
 
     async def body(request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -101,9 +109,8 @@ def control_app(stack) -> Starlette:
         return JSONResponse({"latency_ms": ms})
 
     async def stats(request: Request) -> JSONResponse:
-        calls = {name: getattr(s, "calls_total", None) for name, s in vendors().items()}
-        routes = {name: {f"{m} {t}": n for (m, t), n in s.calls.items()} for name, s in vendors().items()
-                  if hasattr(s, "calls")}
+        calls = {name: total_calls(s) for name, s in vendors().items()}
+        routes = {name: call_routes(s) for name, s in vendors().items() if hasattr(s, "calls")}
         return JSONResponse({"calls": calls, "routes": routes,
                              "meter": stack.meter.snapshot() if stack.meter else None})
 
@@ -178,8 +185,25 @@ def control_app(stack) -> Starlette:
     def fo_deliver() -> dict[str, Any]:
         return {"delivered": stack.fo.deliver_events()}
 
+    def acu_bills(prefix: str, n: int, hours_ago: float = 0) -> dict[str, Any]:
+        """``n`` held bills, last modified ``hours_ago`` hours ago by the sandbox's clock (a past window). Their
+        push notifications stay queued until ``acu_deliver``."""
+        acu = stack.acumatica
+        acu.add_vendor(VendorID=f"{prefix}V", VendorName="Bench Vendor")
+        acu.clock.advance(hours=-hours_ago)
+        try:
+            bills = [acu.add_bill(vendor=f"{prefix}V", amount=100.0 + i, VendorRef=f"{prefix}-{i:05d}")
+                     for i in range(n)]
+        finally:
+            acu.clock.advance(hours=hours_ago)
+        return {"keys": [[b["Type"], b["ReferenceNbr"]] for b in bills],
+                "first_modified": bills[0]["LastModifiedDateTime"], "last_modified": bills[-1]["LastModifiedDateTime"]}
+
+    def acu_deliver() -> dict[str, Any]:
+        return {"delivered": stack.acumatica.deliver_notifications()}
+
     actions = {"bc_invoices": bc_invoices, "bc_deliver": bc_deliver, "fo_seed": fo_seed, "fo_fire": fo_fire,
-               "fo_deliver": fo_deliver}
+               "fo_deliver": fo_deliver, "acu_bills": acu_bills, "acu_deliver": acu_deliver}
     routes = [Route("/latency", latency, methods=["POST"]), Route("/stats", stats),
               Route("/meter/reset", reset_meter, methods=["POST"]), Route("/issues", issues),
               Route("/healthz", lambda request: JSONResponse({"status": "ok"}))]
