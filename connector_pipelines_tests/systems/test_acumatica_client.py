@@ -272,6 +272,21 @@ def test_random_departures_between_pages_never_lose_a_remaining_row():
         assert got == sorted(got)                                    # in the listing's (key) order
 
 
+def test_an_action_status_location_off_the_instance_is_not_followed():
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(202, headers={"Location": "https://elsewhere.example/entity/Default/24.200.001/Bill/"
+                                                        "ReleaseBill/status/1"})
+
+    client = AcumaticaClient.connect(INSTANCE, auth=StaticTokens(), transport=httpx.MockTransport(handler))
+    with pytest.raises(AcumaticaActionError, match="points off the instance"):
+        client.invoke_action("Bill", "ReleaseBill", {"Type": "Bill", "ReferenceNbr": "1"}, poll_interval_s=0.001)
+    assert seen == [f"{INSTANCE}/entity/Default/24.200.001/Bill/ReleaseBill"]   # the bearer token stayed home
+    client.close()
+
+
 # ================================================================================================
 # against the Acumatica sandbox
 # ================================================================================================
@@ -508,6 +523,7 @@ def test_invoke_action_answered_204_at_once_and_refusals(client, sb):
     assert info.value.status == 404
     with pytest.raises(AcumaticaActionError, match="No entity satisfies the condition"):
         client.invoke_action("Bill", "ReleaseBill", {"Type": "Bill", "ReferenceNbr": "999999"})
+    assert sb.action_calls("Bill", "ReleaseBill") == 3   # each refusal (HTTP 500) sent once, never re-sent
 
 
 def test_invoke_action_times_out(client, sb):

@@ -119,8 +119,9 @@ class AcumaticaTokenProvider(VaultGrantProvider):
 
     def _dead_grant_error(self) -> Exception:
         return AcumaticaAuthError(
-            f"Acumatica refused the refresh token of credential {self.credential_name!r} (invalid_grant: revoked, "
-            "expired or lost) and no username/password is configured to obtain a new grant")
+            f"Acumatica cannot renew the grant of credential {self.credential_name!r}: its refresh token was refused "
+            "(invalid_grant: revoked, expired or lost) or it has none, and no username/password is configured to "
+            "obtain a new grant")
 
     def _post(self, form: dict[str, str]) -> httpx.Response:
         return token_post(self._http, self.token_url, data=form, system="the Acumatica", error=AcumaticaAuthError)
