@@ -12,7 +12,9 @@ subset of Draft 4, e.g. boolean ``exclusiveMaximum``). ``$ref``s such as ``#/com
 resolve inside the whole spec document through a ``referencing`` registry. OpenAPI 3.0's
 ``nullable: true`` is translated once, when the validator is built: the type list gains ``"null"``
 (an ``enum`` gains ``None``; a schema with no ``type`` becomes ``anyOf [schema, {type: null}]``).
-Compiled validators are cached per operation, location and status.
+Compiled validators are cached per operation, location and status. With ``fast=True`` a schema is first checked
+with a fastjsonschema function compiled from the same (translated) document, formats ignored as jsonschema ignores
+them here; only an instance it rejects goes through jsonschema, which words the errors (and has the last word).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import fastjsonschema
 import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
 SPEC_URI = "urn:connector-pipelines:openapi-spec"
+_MISSING = object()
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
 
@@ -108,8 +112,11 @@ def _best_errors(validator: jsonschema.protocols.Validator, instance: Any, root:
 class OpenApiValidator:
     """Validation against one OpenAPI 3.0 document (loaded JSON)."""
 
-    def __init__(self, spec: Mapping[str, Any]):
+    def __init__(self, spec: Mapping[str, Any], *, fast: bool = False):
         self._raw = spec
+        self._fast = fast
+        self._fast_checks: dict[str, Any] = {}
+        self._found: dict[tuple[str, str], Operation | None] = {}
         self._doc = translate_nullable(copy.deepcopy(dict(spec)))
         resource = Resource(contents=self._doc, specification=DRAFT4)
         self._registry: Registry = Registry().with_resource(SPEC_URI, resource)
@@ -126,7 +133,21 @@ class OpenApiValidator:
 
     # -- operations ---------------------------------------------------------------------------------
     def find_operation(self, method: str, path: str) -> Operation | None:
-        """The operation for a concrete path (no query string), or None if the spec has no such route."""
+        """The operation for a concrete path (no query string), or None if the spec has no such route.
+
+        Answers are memoized per (method, path) (bounded): matching scans every path template."""
+        key = (method.lower(), path)
+        hit = self._found.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit
+        op = self._find_operation(method, path)
+        with self._lock:
+            if len(self._found) >= 4096:
+                self._found.clear()
+            self._found[key] = op
+        return op
+
+    def _find_operation(self, method: str, path: str) -> Operation | None:
         m = method.lower()
         path = path.rstrip("/") or "/"
         for _n, _lit, regex, template, names in self._routes:
@@ -168,9 +189,27 @@ class OpenApiValidator:
                 self._validators[key] = v
             return v
 
+    def _fast_valid(self, pointer: str, instance: Any) -> bool:
+        """With ``fast``: True when the compiled fastjsonschema check accepts ``instance`` (False: ask jsonschema)."""
+        if not self._fast:
+            return False
+        with self._lock:
+            check = self._fast_checks.get(pointer)
+            if check is None:
+                root = {**self._doc, "$schema": "http://json-schema.org/draft-04/schema#", "$ref": "#" + pointer}
+                check = fastjsonschema.compile(root, use_formats=False)
+                self._fast_checks[pointer] = check
+        try:
+            check(instance)
+        except fastjsonschema.JsonSchemaException:
+            return False
+        return True
+
     def schema_errors(self, pointer: str, instance: Any, root: str = "response", limit: int = 5) -> list[str]:
         """Errors of ``instance`` against the schema at a JSON pointer of the spec (``/components/schemas/X``);
         the compiled validator is cached per pointer. [] when it matches."""
+        if self._fast_valid(pointer, instance):
+            return []
         validator = self._validator(("schema", pointer), pointer)
         if validator.is_valid(instance):
             return []
@@ -219,8 +258,9 @@ class OpenApiValidator:
             elif media and "schema" in media:
                 ctype = "application/json" if "application/json" in content else next(iter(content))
                 pointer = op.pointer + "/requestBody/content/" + _escape_pointer(ctype) + "/schema"
-                validator = self._validator((op.method, op.template, "request"), pointer)
-                messages.extend(_best_errors(validator, body, "body"))
+                if not self._fast_valid(pointer, body):
+                    validator = self._validator((op.method, op.template, "request"), pointer)
+                    messages.extend(_best_errors(validator, body, "body"))
         if messages or field_errors:
             raise RequestValidationError(messages, field_errors)
         return op
@@ -255,6 +295,8 @@ class OpenApiValidator:
                                           f"(documented: {sorted(responses)})")
         pointer = self.response_schema_pointer(op, status)
         if pointer is None:
+            return
+        if self._fast_valid(pointer, body):
             return
         validator = self._validator((op.method, op.template, "response", str(status)), pointer)
         errors = _best_errors(validator, body, "response")

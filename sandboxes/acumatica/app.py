@@ -117,7 +117,7 @@ def validator() -> OpenApiValidator:
     global _VALIDATOR
     with _VALIDATOR_LOCK:
         if _VALIDATOR is None:
-            _VALIDATOR = OpenApiValidator(load_json_spec(SPEC_FILE))
+            _VALIDATOR = OpenApiValidator(load_json_spec(SPEC_FILE), fast=True)
         return _VALIDATOR
 
 
