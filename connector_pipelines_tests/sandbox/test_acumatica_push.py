@@ -141,3 +141,14 @@ def test_auto_delivery(sb, receiver):
     finally:
         sb.stop_auto_delivery()
     assert len(receiver.bodies) == 1 and sb.pending_notifications() == 0
+
+
+def test_an_update_of_fields_a_destination_does_not_carry_pushes_nothing(receiver):
+    sb = AcumaticaSandbox()
+    sb.add_push_destination("status", receiver.url, query="BillStatus", entity="Bill",
+                            fields=["ReferenceNbr", "Status"])
+    b = sb.add_bill(vendor="ACME", amount=1.0)
+    sb.update_document("Bill", b["id"], Description="not carried")
+    assert sb.pending_notifications() == 1
+    sb.update_document("Bill", b["id"], Hold=False)
+    assert sb.pending_notifications() == 2

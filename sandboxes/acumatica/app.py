@@ -43,7 +43,8 @@ unknown action. The record must exist (else 500 "No entity satisfies the conditi
 
 Licence limits (``limits``): ``requests_per_minute`` (a sliding minute on the sandbox clock) and
 ``max_concurrent`` (requests in flight, latency included) -> 429 + Retry-After and an HttpError body; both off
-(None) by default. UNCONFIRMED: Acumatica's body and Retry-After for these. ``faults`` (common.Faults) adds
+(None) by default; they count requests under ``/entity`` (sign-in included), not ``/identity``. UNCONFIRMED:
+Acumatica's body and Retry-After for these, and that excess concurrent requests are refused rather than queued. ``faults`` (common.Faults) adds
 latency, forced 429 and 5xx.
 """
 

@@ -6,7 +6,7 @@ OAuth (API-FACTS §3; the grants Acumatica's own C# client implements):
   answers a new refresh token and the old one is spent -> ``invalid_grant``), ``authorization_code`` (code from
   ``GET /identity/connect/authorize``, which redirects to the registered redirect URI at once, signed in as
   ``authorize_user``). ``client_credentials`` and anything else -> ``unsupported_grant_type``.
-  Errors are RFC 6749 bodies ``{"error", "error_description"}`` with 400 (``invalid_client``: 401).
+  Errors are RFC 6749 bodies ``{"error", "error_description"}`` with 400.
   UNCONFIRMED: the error_description texts.
 - ``GET /identity/.well-known/openid-configuration``: the discovery document.
 - Access tokens live ``access_token_ttl_s`` (default 3600) on the sandbox clock; ``expire_all`` ends them now.
