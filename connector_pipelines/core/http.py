@@ -2,7 +2,8 @@
 
 - 429 / 503 (and 502, 504, 408): honour ``Retry-After`` (seconds or an HTTP date); otherwise
   exponential backoff with jitter; bounded attempts and total wait.
-- Transport errors (connect, read timeouts) are retried the same way.
+- Transport errors (connect, read timeouts) are retried the same way — for non-idempotent writes
+  (``idempotent=False``) only what cannot have reached the vendor: a 429 and a connection never opened.
 - 401: ask the token provider for a fresh token once and retry the request once.
 - Any other 4xx/5xx raises ``ApiError`` carrying status, the vendor's error body and the
   vendor's reason header (e.g. Jira's ``RateLimit-Reason``) — never the request's secrets.
@@ -215,8 +216,14 @@ class ResilientClient:
         content: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
         expected: tuple[int, ...] = (),
+        idempotent: bool = True,
     ) -> httpx.Response:
-        """Send one logical request; returns the response for 2xx (or any status in ``expected``)."""
+        """Send one logical request; returns the response for 2xx (or any status in ``expected``).
+
+        ``idempotent=False`` (a posting, a release, a workflow step): re-sent only when the vendor cannot have
+        acted on it — a 429 (refused before processing) or a connection that never opened. A timeout, a reset
+        or a 5xx may have come after the vendor acted: the error is raised (transient) and the caller's retry
+        re-reads the document's state before acting again."""
         refreshed = False
 
         def attempt() -> httpx.Response:
@@ -241,8 +248,15 @@ class ResilientClient:
             raise ApiError(self.system, method, url, status, response_body(response),
                            response.headers.get(self.reason_header) if self.reason_header else None)
 
+        def retryable(e: BaseException) -> bool:
+            if idempotent:
+                return isinstance(e, (RetryableHTTPStatus, httpx.TransportError))
+            if isinstance(e, RetryableHTTPStatus):
+                return e.response.status_code == 429
+            return isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+
         retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, (RetryableHTTPStatus, httpx.TransportError))),
+            retry=retry_if_exception(retryable),
             stop=stop_after_attempt(self.retry.max_attempts) | stop_after_delay(self.retry.max_total_wait_s),
             wait=self._wait,
             sleep=self._sleep,

@@ -134,3 +134,47 @@ def test_clients_share_one_ssl_context_per_ca_bundle_and_still_verify(tmp_path):
             strangers.get("/ping")
         trusting.close()
         strangers.close()
+
+
+# -- non-idempotent writes (a posting, a release): re-sent only when the vendor cannot have acted ----------
+@pytest.mark.parametrize("answer", [httpx.Response(502), httpx.Response(503, headers={"Retry-After": "1"}),
+                                    httpx.Response(504), httpx.Response(500)])
+def test_a_non_idempotent_write_answered_5xx_is_sent_once(answer):
+    c, seen, waits = client([answer, httpx.Response(204)])
+    with pytest.raises(ApiError) as err:
+        c.post("/Bill/ReleaseBill", json={}, idempotent=False)
+    assert err.value.status == answer.status_code and len(seen) == 1 and waits == []
+
+
+def test_a_non_idempotent_write_refused_with_429_is_sent_again():
+    c, seen, waits = client([httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(204)])
+    assert c.post("/Bill/ReleaseBill", json={}, idempotent=False).status_code == 204
+    assert len(seen) == 2 and waits == [2.0]
+
+
+def test_a_non_idempotent_write_is_resent_after_a_refused_connection_never_after_a_read_timeout():
+    attempts = []
+
+    def handler(kind):
+        def handle(request):
+            attempts.append(kind)
+            if len(attempts) == 1:
+                raise (httpx.ConnectError("refused") if kind == "connect" else httpx.ReadTimeout("no answer"))
+            return httpx.Response(204)
+        return handle
+
+    for kind, sent in (("connect", 2), ("read", 1)):
+        attempts.clear()
+        c = ResilientClient("vendor", "http://vendor.test", transport=httpx.MockTransport(handler(kind)),
+                            sleep=lambda _s: None)
+        if kind == "connect":
+            assert c.post("/post", idempotent=False).status_code == 204
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                c.post("/post", idempotent=False)
+        assert len(attempts) == sent, kind
+    # the same timeout on an idempotent read is retried
+    attempts.clear()
+    c = ResilientClient("vendor", "http://vendor.test", transport=httpx.MockTransport(handler("read")),
+                        sleep=lambda _s: None)
+    assert c.get("/read").status_code == 204 and len(attempts) == 2

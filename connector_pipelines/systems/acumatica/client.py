@@ -450,7 +450,8 @@ class AcumaticaClient:
         detail_lists = [k for k, v in values.items() if isinstance(v, list)]
         params = self._params(entity, select=select, expand=[*_names(expand), *detail_lists])
         url = self._path(entity)
-        r = self._request("PUT", url, params=params or None, json=wrap(dict(values)), expected=(422, 500))
+        r = self._request("PUT", url, params=params or None, json=wrap(dict(values)), expected=(422, 500),
+                          idempotent=False)
         if r.status_code == 422:
             raise AcumaticaValidationError("PUT", url, 422, _json_or_text(r))
         if r.status_code == 500:
@@ -462,14 +463,15 @@ class AcumaticaClient:
                       poll_interval_s: float = 1.0) -> None:
         """Run an action on one record (``POST /{Entity}/{Action}``) and wait until it is done.
 
-        204 -> done. 202 + Location -> GET the Location every ``poll_interval_s`` while it answers 202; 204 -> done.
+        204 -> done. 202 + Location -> GET the Location while it answers 202 (after 0.1 s, doubling up to every
+        ``poll_interval_s``: a quick release is seen quickly, a long one is not polled hard); 204 -> done.
         A refusal or failure raises ``AcumaticaActionError`` with Acumatica's message (exceptionMessage); no answer
         within ``timeout_s`` raises it with ``timed_out=True`` (status 408). Not idempotent and never re-sent on
         a 500: read the record's state before acting.
         """
         url = self._path(entity, action)
         body = {"entity": wrap(dict(keys)), "parameters": wrap(dict(parameters or {}))}
-        r = self._action_request("POST", url, json=body)
+        r = self._action_request("POST", url, json=body, idempotent=False)
         if r.status_code != 202:
             return
         location = r.headers.get("Location")
@@ -477,11 +479,13 @@ class AcumaticaClient:
             raise AcumaticaActionError("POST", url, 202, None, detail="202 Accepted without a Location to poll")
         status_url = self._same_origin(location)
         deadline = time.monotonic() + timeout_s
+        wait = min(0.1, poll_interval_s)
         while True:
-            if time.monotonic() + poll_interval_s > deadline:
+            if time.monotonic() + wait > deadline:
                 raise AcumaticaActionError("GET", status_url, 408, None, timed_out=True,
                                            detail=f"{entity}/{action} still running after {timeout_s:g} s")
-            time.sleep(poll_interval_s)
+            time.sleep(wait)
+            wait = min(wait * 2, poll_interval_s)
             self._count("polls")
             r = self._action_request("GET", status_url)
             if r.status_code != 202:

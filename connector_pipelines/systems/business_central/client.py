@@ -201,7 +201,8 @@ class BusinessCentralClient:
 
     def post_purchase_invoice(self, company_id: str, invoice_id: str) -> None:
         """Bound action ``Microsoft.NAV.post`` (204). Not idempotent: callers read the status first."""
-        self.http.post(f"companies({_key(company_id)})/purchaseInvoices({_key(invoice_id)})/Microsoft.NAV.post")
+        self.http.post(f"companies({_key(company_id)})/purchaseInvoices({_key(invoice_id)})/Microsoft.NAV.post",
+                       idempotent=False)
 
     def unblock_vendor(self, company_id: str, vendor_id: str, etag: str) -> dict[str, Any]:
         return self.patch(company_id, "vendors", vendor_id, {"blocked": " "}, etag)

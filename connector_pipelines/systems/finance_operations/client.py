@@ -186,7 +186,7 @@ class FinanceOperationsClient:
         """A bound OData action (X++ ``[SysODataActionAttribute]``). Not idempotent: read the state first."""
         name = action if action.startswith(f"{NAMESPACE}.") else f"{NAMESPACE}.{action}"
         r = self.http.post(f"{self.key_path(entity_set, keys)}/{name}", json=parameters or {},
-                           params={"cross-company": "true"})
+                           params={"cross-company": "true"}, idempotent=False)
         if not r.content:
             return None
         body = r.json()
