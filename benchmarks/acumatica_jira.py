@@ -8,8 +8,8 @@ is the pipeline's alone. Two ways to do the same work against the same sandboxes
   500 rows a page, ``$select`` of the fields the templates name), then one JQL search and one bulk create
   per 50 through the ledger;
 - naive: one bill at a time — read it by key (``GET /Bill/Bill/{nbr}``), search Jira for its key, create the issue.
-Each pipeline run seeds 1,000 fresh bills in its own past hour (the sandbox's clock moved back 1, 2, 3 hours)
-and polls that window; the naive loop runs once on ``--naive-records`` bills (records/s is a rate).
+Each pipeline run seeds 1,000 fresh bills in its own past hour (the sandbox's clock moved back 3, 2, 1 hours:
+oldest first, as LastModifiedDateTime only moves forward) and polls that window; the naive loop runs once on ``--naive-records`` bills (records/s is a rate).
 
 Prints the same figures as the other pairs (median, min–max), then one JSON line; exits non-zero when a target
 of the Acumatica issue is missed (on the medians): speedup >= 10, Acumatica calls/record <= 0.1, Jira
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
         # -- pipeline, --runs times on fresh bills, each in its own past hour --------------------------
         runs = []
         for n in range(args.runs):
-            seeded = control.call("acu_bills", prefix=f"B{n}", n=args.records, hours_ago=n + 1)
+            # Oldest first: Acumatica's LastModifiedDateTime only moves forward, so run n's hour is later than n-1's.
+            seeded = control.call("acu_bills", prefix=f"B{n}", n=args.records, hours_ago=args.runs - n)
             moments = [seeded["first_modified"], seeded["last_modified"]]
             runs.append(measure_pipeline(world, args, records=args.records, deliver=None, sensor=None,
                                          issue_prefix=ISSUE_PREFIX, source="acumatica",

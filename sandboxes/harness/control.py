@@ -189,9 +189,9 @@ def control_app(stack) -> Starlette:
         """``n`` held bills, last modified ``hours_ago`` hours ago by the sandbox's clock (a past window). Their
         push notifications stay queued until ``acu_deliver``."""
         acu = stack.acumatica
-        acu.add_vendor(VendorID=f"{prefix}V", VendorName="Bench Vendor")
-        acu.clock.advance(hours=-hours_ago)
+        acu.clock.advance(hours=-hours_ago)   # LastModifiedDateTime never goes back: seed older hours first
         try:
+            acu.add_vendor(VendorID=f"{prefix}V", VendorName="Bench Vendor")
             bills = [acu.add_bill(vendor=f"{prefix}V", amount=100.0 + i, VendorRef=f"{prefix}-{i:05d}")
                      for i in range(n)]
         finally:
