@@ -56,9 +56,14 @@ def main() -> int:
         driver.run_job("d365_jira__jira_webhook_renewal_job")
         fo_seeded = sc.seed_fo_documents(stack)
         sc.fire_fo_events(stack, fo_seeded)   # delivered by the F&O sandbox's delivery loop below
+        driver.run_job("acumatica_jira__jira_webhook_renewal_job")
+        sc.seed_acumatica_documents(stack)
+        print("demo: polling Acumatica (acumatica_jira__poll_job, current window)", flush=True)
+        sc.poll_acumatica(driver)
     stack.bc.start_auto_delivery(3.0)
     stack.fo.start_auto_delivery(2.0)
     stack.jira.start_auto_delivery(1.0)
+    stack.acumatica.start_auto_delivery(2.0)
 
     env = {**os.environ, **stack.env}
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(args.port),
@@ -66,11 +71,12 @@ def main() -> int:
     # A process group of its own, so we can stop dagster dev (webserver + daemon + code server) by PID.
     dev = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
     print(f"""
-demo: Dagster UI            http://127.0.0.1:{args.port}   (asset groups bc_jira and d365_jira; sensors run every 5 s)
+demo: Dagster UI            http://127.0.0.1:{args.port}   (asset groups bc_jira, d365_jira and acumatica_jira; sensors run every 5 s)
 demo: Jira sandbox (people) {stack.urls['jira']}/_sandbox/   (move an issue to Done -> BC / F&O is updated)
 demo: receiver              {stack.urls['receiver']} (F&O business events: {stack.urls['receiver_tls']})
 demo: {len(seeded)} BC records seeded (a blocked vendor, a draft invoice, a stuck PO and three healthy ones)
 demo: F&O fired 3 business events (invoice posted, PO confirmed, PO rejected in workflow) -> Jira project AP
+demo: Acumatica holds 2 bills (one unbalanced), a vendor payment and a purchase order -> Jira project ACU
 demo: Ctrl-C stops everything.
 """, flush=True)
 

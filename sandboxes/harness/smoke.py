@@ -1,4 +1,4 @@
-"""`make smoke`: the whole BC ⇄ Jira and F&O ⇄ Jira flows once, non-interactively, through a real Dagster instance on
+"""`make smoke`: the whole BC ⇄ Jira, F&O ⇄ Jira and Acumatica ⇄ Jira flows once, non-interactively, through a real Dagster instance on
 SQLite (DAGSTER_HOME in a temporary folder) and the sandboxes on loopback ports.
 
 Exits non-zero, naming what is missing, if any expected issue or write-back did not happen.
@@ -84,8 +84,9 @@ def run(workdir: Path) -> list[str]:
             if stack.bc.action_calls("post") != 1:
                 problems.append(f"invoice posted {stack.bc.action_calls('post')} times")
             problems += _finance_operations(stack, driver, step)
+            problems += _acumatica(stack, driver, step)
             step("reconciliation checks")
-            for pair in ("bc_jira", "d365_jira"):
+            for pair in ("bc_jira", "d365_jira", "acumatica_jira"):
                 checks = check_evaluations(driver.run_job(f"{pair}__reconcile_job", raise_on_error=False))
                 # posted F&O invoices cannot be verified (no catch-up read exists): a documented warning
                 failed = [str(c.asset_key.path[-1]) for c in checks
@@ -136,6 +137,41 @@ def _finance_operations(stack, driver, step) -> list[str]:
     return problems
 
 
+def _acumatica(stack, driver, step) -> list[str]:
+    """Held Acumatica documents -> ACU issues by polling; Done on a bill taken off hold releases it, once."""
+    from sandboxes.harness import scenario as sc
+
+    problems: list[str] = []
+    step("Acumatica: held, unbalanced and unapproved documents; the poll schedule materializes the window")
+    driver.run_job("acumatica_jira__jira_webhook_renewal_job")
+    seeded = sc.seed_acumatica_documents(stack)
+    if not sc.poll_acumatica(driver).success:
+        problems.append("Acumatica poll run failed")
+    found = sc.issues_by_external_id(stack)
+    for entity, name in (("Bill", "held_bill"), ("Bill", "unbalanced_bill"), ("Check", "held_check"),
+                         ("PurchaseOrder", "held_order"), ("Bill", "balanced_bill")):
+        n = len(found.get(sc.acumatica_external_id(entity, seeded[name]), []))
+        if n != (0 if name == "balanced_bill" else 1):
+            problems.append(f"Acumatica {name}: {n} Jira issue(s)")
+    if problems:
+        return problems
+    step("the AP lead takes the bill off hold in Acumatica and moves its issue to Done: the bill is released")
+    bill = seeded["held_bill"]
+    keys = (bill["Type"], bill["ReferenceNbr"])
+    stack.acumatica.update_document("Bill", keys, Hold=False)
+    sc.transition_done(stack, found[sc.acumatica_external_id("Bill", bill)][0]["key"])
+    tick = driver.tick(sc.ACU_JIRA_SENSOR, raise_on_error=False)
+    if not tick.runs or not all(r.success for r in tick.runs):
+        problems.append(f"Acumatica resolution runs: {[r.success for r in tick.runs]}")
+    status = stack.acumatica.get_document("Bill", keys)["Status"]
+    if status != "Open" or stack.acumatica.action_calls("Bill", "ReleaseBill") != 1:
+        problems.append(f"bill not released once (status {status!r}, "
+                        f"{stack.acumatica.action_calls('Bill', 'ReleaseBill')} calls)")
+    if not sc.poll_acumatica(driver).success:   # the released bill's issue gets its one state comment
+        problems.append("Acumatica poll run after the release failed")
+    return problems
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="connector-smoke-"))
@@ -147,7 +183,8 @@ def main() -> int:
         print("SMOKE FAILED:\n  - " + "\n  - ".join(problems), file=sys.stderr)
         return 1
     print("SMOKE OK: BC 3 exceptions -> 3 Jira issues; Done -> invoice posted, vendor unblocked; repeats ignored. "
-          "F&O 3 business events (re-sent) -> 3 issues; Done -> rejected PO resubmitted once")
+          "F&O 3 business events (re-sent) -> 3 issues; Done -> rejected PO resubmitted once. "
+          "Acumatica 4 held documents -> 4 issues; Done -> bill released once")
     return 0
 
 
