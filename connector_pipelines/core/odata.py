@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 EDM_NS = "http://docs.oasis-open.org/odata/ns/edm"
 _ENCODED_CHAR = re.compile(r"_x([0-9A-Fa-f]{4})_")
@@ -111,3 +113,20 @@ class ODataMetadata:
         return out
 
 
+def or_chunks(groups: list[dict[str, Any]], budget: int, literal: Callable[[Any], str]) -> Iterator[str]:
+    """Key groups as ``$filter`` clauses of at most ``budget`` characters each: ``(k1 eq v1 and k2 eq v2) or …``
+    (a one-field key without parentheses). Many records by key in few calls (F&O, Acumatica)."""
+    parts: list[str] = []
+    size = 0
+    for group in groups:
+        terms = [f"{k} eq {literal(v)}" for k, v in group.items()]
+        term = terms[0] if len(terms) == 1 else "(" + " and ".join(terms) + ")"
+        cost = len(term) + (4 if parts else 0)
+        if parts and size + cost > budget:
+            yield " or ".join(parts)
+            parts, size = [], 0
+            cost = len(term)
+        parts.append(term)
+        size += cost
+    if parts:
+        yield " or ".join(parts)

@@ -39,6 +39,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from connector_pipelines.core.http import ApiError, ResilientClient, RetrySettings, TokenProvider, ssl_context
+from connector_pipelines.core.odata import or_chunks
 from connector_pipelines.systems.acumatica.auth import (
     AcumaticaCookieSession,
     AcumaticaError,
@@ -427,7 +428,7 @@ class AcumaticaClient:
         if not wanted:
             return []
         params = self._params(entity, select=select, expand=expand)
-        chunks = list(_or_chunks(list(wanted.values()), max_filter_chars))
+        chunks = list(or_chunks(list(wanted.values()), max_filter_chars, literal))
         if len(chunks) == 1:
             results = [list(self._stable_pages(entity, dict(params, **{"$filter": chunks[0]})))]
         else:
@@ -507,23 +508,6 @@ class AcumaticaClient:
             raise AcumaticaActionError("POST", location, 202, None,
                                        detail=f"the action's status Location points off the instance ({theirs.netloc})")
         return absolute
-
-
-def _or_chunks(groups: list[dict[str, Any]], budget: int) -> Iterator[str]:
-    parts: list[str] = []
-    size = 0
-    for group in groups:
-        terms = [f"{k} eq {literal(v)}" for k, v in group.items()]
-        term = terms[0] if len(terms) == 1 else "(" + " and ".join(terms) + ")"
-        cost = len(term) + (4 if parts else 0)
-        if parts and size + cost > budget:
-            yield " or ".join(parts)
-            parts, size = [], 0
-            cost = len(term)
-        parts.append(term)
-        size += cost
-    if parts:
-        yield " or ".join(parts)
 
 
 def _json_or_text(response: httpx.Response) -> Any:

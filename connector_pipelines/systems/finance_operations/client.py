@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from connector_pipelines.core.http import ResilientClient, RetrySettings, TokenProvider
+from connector_pipelines.core.odata import or_chunks
 from connector_pipelines.systems.finance_operations.models import ODataMetadata
 
 NAMESPACE = "Microsoft.Dynamics.DataEntities"
@@ -154,26 +155,10 @@ class FinanceOperationsClient:
         rows: list[dict[str, Any]] = []
         for area, groups in by_area.items():
             prefix = f"dataAreaId eq {self.literal(area)} and " if area else ""
-            for clause in self._or_chunks(groups, max_filter_chars - len(prefix) - 2):
+            for clause in or_chunks(groups, max_filter_chars - len(prefix) - 2, self.literal):
                 rows.extend(self.list(entity_set, filter=f"{prefix}({clause})", select=select, expand=expand,
                                       cross_company=True))
         return rows
-
-    def _or_chunks(self, groups: list[dict[str, Any]], budget: int) -> Iterator[str]:
-        parts: list[str] = []
-        size = 0
-        for group in groups:
-            terms = [f"{k} eq {self.literal(v)}" for k, v in group.items()]
-            term = terms[0] if len(terms) == 1 else "(" + " and ".join(terms) + ")"
-            cost = len(term) + (4 if parts else 0)
-            if parts and size + cost > budget:
-                yield " or ".join(parts)
-                parts, size = [], 0
-                cost = len(term)
-            parts.append(term)
-            size += cost
-        if parts:
-            yield " or ".join(parts)
 
     # -- writes ---------------------------------------------------------------------------------------
     def patch(self, entity_set: str, keys: dict[str, Any], changes: dict[str, Any], etag: str | None = None) -> None:
