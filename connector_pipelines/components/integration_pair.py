@@ -36,7 +36,7 @@ from connector_pipelines.components.inbox_sensor import (
 from connector_pipelines.core.failures import RetryBudget, describe, is_transient
 from connector_pipelines.core.inbox import InboxRow
 from connector_pipelines.core.memory import batch_heap
-from connector_pipelines.integrations import sources
+from connector_pipelines.integrations import registry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
 from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
 from connector_pipelines.integrations.resolution import ResolutionProcessor
@@ -49,9 +49,7 @@ from connector_pipelines.integrations.sync import (
     sync_window,
 )
 
-JIRA_SOURCE = "jira"
 MAX_LINKS_IN_METADATA = 25
-RESOURCE_KEYS = {"connector_store", "jira"}
 # Our budgets (ledger, inbox) retry failed work; Dagster re-launches only runs whose worker died.
 NO_STEP_RETRY_TAGS = {"dagster/retry_on_asset_or_op_failure": "false"}
 INBOX_JOB_TAGS = {**NO_STEP_RETRY_TAGS, "dagster/max_retries": "0"}
@@ -63,18 +61,24 @@ __all__ = ["InboxBatchConfig", "IntegrationPairComponent", "build_inbox_sensor",
 # runtime helpers: resources -> adapters
 # ------------------------------------------------------------------------------------------------
 def make_source(integration: IntegrationDefinition, resources: Any):
-    """The source adapter from the registry (integrations.sources.ADAPTERS); an unknown source fails the step."""
+    """The source adapter from the registry (integrations.registry); an unknown source fails the step."""
     try:
-        return sources.make_source(integration, resources)
-    except sources.UnknownSource as exc:
+        return registry.make_source(integration, resources)
+    except registry.UnknownSystem as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
 
 
 def make_writer(integration: IntegrationDefinition, resources: Any, run_id: str) -> JiraIssueWriter:
-    store = resources.connector_store
-    jira = resources.jira.client(store.vault())
-    return JiraIssueWriter(jira, store.ledger(), integration, run_id, leases=store.leases(),
-                           settings=store.write_settings())
+    """The target writer from the registry (integrations.registry), for this run."""
+    try:
+        return registry.make_target(integration, resources, run_id)
+    except registry.UnknownSystem as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+
+
+def resource_keys_for(integration: IntegrationDefinition) -> set[str]:
+    """The store plus the source's and the target's resources (the registry names them)."""
+    return {"connector_store", integration.capabilities.resource_key, integration.target_system.resource_key}
 
 
 def _log_quarantined(log, report: SyncReport) -> None:
@@ -146,9 +150,9 @@ def _batch_failed(dispatch, rows: list[InboxRow], run_id: str, exc: BaseExceptio
 # ------------------------------------------------------------------------------------------------
 def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions:
     name = integration.name
-    src = integration.source
-    resource_keys = RESOURCE_KEYS | {src}
-    tags = {"connector/integration": name, "connector/source": src, "connector/target": JIRA_SOURCE}
+    src, tgt = integration.source, integration.target.system
+    resource_keys = resource_keys_for(integration)
+    tags = {"connector/integration": name, "connector/source": src, "connector/target": tgt}
     partitions = dg.HourlyPartitionsDefinition(start_date=f"{integration.polling.go_live}-00:00",
                                                timezone=integration.polling.timezone, end_offset=1)
     owners = integration.owners or None
@@ -156,9 +160,9 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     assets = [_entity_asset(integration, e, partitions, resource_keys, owners) for e in integration.entities]
     asset_keys = [a.key for a in assets]
     backlogs = [inbox_backlog_spec(name, s, label, owners) for s, label in
-                ((src, integration.capabilities.label), (JIRA_SOURCE, "Jira"))]
+                ((src, integration.capabilities.label), (tgt, integration.target_system.label))]
     checks = [_reconcile_check(integration, e, resource_keys) for e in integration.entities]
-    checks += [dead_letter_check(name, s) for s in (src, JIRA_SOURCE)]
+    checks += [dead_letter_check(name, s) for s in (src, tgt)]
 
     # without_checks(): AssetSelection.assets() also selects the assets' checks, which would run a full
     # reconciliation against both live systems in every poll run; the reconcile job runs them instead.
@@ -202,7 +206,7 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
         build_inbox_sensor(f"{name}__{src}_inbox_sensor", name, src, notification_job, tags,
                            description=f"Launch one {name} notification run per batch of {src} webhook rows, and "
                                        "retry batches that failed or whose run died."),
-        build_inbox_sensor(f"{name}__jira_inbox_sensor", name, JIRA_SOURCE, resolution_job, tags,
+        build_inbox_sensor(f"{name}__{tgt}_inbox_sensor", name, tgt, resolution_job, tags,
                            row_filter=_project_filter(integration.project_keys(),
                                                       integration.target.resolution_comment_prefix),
                            description=f"Launch one {name} resolution run per batch of Jira status transitions "
@@ -227,9 +231,9 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         key=key,
         partitions_def=partitions,
         group_name=integration.name,
-        kinds={integration.source, "jira"},
+        kinds={integration.source, integration.target.system},
         owners=owners,
-        pool="jira_site",
+        pool=integration.target_system.pool,
         required_resource_keys=resource_keys,
         description=f"{entity.description} {window_text}",
         tags={"connector/entity": entity.name},
@@ -238,7 +242,7 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         window = context.partition_time_window
         source = make_source(integration, context.resources)
         writer = make_writer(integration, context.resources, context.run_id)
-        before = (source.api_calls(), writer.jira.http.calls)
+        before = (source.api_calls(), writer.api_calls())
         start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
         if integration.capabilities.windowed_polling:
             report = sync_window(source, writer, entity, start, end)
@@ -248,7 +252,8 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
             for rep in sync_notified(integration, source, writer, [r.payload for r in rows], [entity]).values():
                 report.merge(rep)
         _log_quarantined(context.log, report)
-        calls = {integration.source: source.api_calls() - before[0], "jira": writer.jira.http.calls - before[1]}
+        calls = {integration.source: source.api_calls() - before[0],
+                 integration.target.system: writer.api_calls() - before[1]}
         md = report_metadata(report.counts(), report.write, calls, report.quarantined)
         md["window"] = dg.MetadataValue.text(f"{window.start.isoformat()} .. {window.end.isoformat()}")
         context.log.info(f"{entity.name} {md['window'].text}: {report.counts()}")
@@ -309,7 +314,8 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
     name = integration.name
     reader = reader_name(name, integration.source)
 
-    @dg.op(name=f"{name}__sync_notified_records", required_resource_keys=resource_keys, pool="jira_site",
+    @dg.op(name=f"{name}__sync_notified_records", required_resource_keys=resource_keys,
+           pool=integration.target_system.pool,
            description="Read the full records the notifications name, then open or update their Jira issues.")
     def sync_notified_records(context: dg.OpExecutionContext, config: InboxBatchConfig) -> dg.Output[None]:
         store = context.resources.connector_store
@@ -319,7 +325,7 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
         try:
             source = make_source(integration, context.resources)
             writer = make_writer(integration, context.resources, context.run_id)
-            before = (source.api_calls(), writer.jira.http.calls)
+            before = (source.api_calls(), writer.api_calls())
             with batch_heap():   # the collector scans the batch's objects, not Dagster's (core/memory.py)
                 reports = sync_notified(integration, source, writer, [r.payload for r in rows])
         except dg.Failure:
@@ -331,7 +337,8 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
             context.log.info(f"{entity_name}: {rep.counts()}")
             total.merge(rep)
         _log_quarantined(context.log, total)
-        calls = {integration.source: source.api_calls() - before[0], "jira": writer.jira.http.calls - before[1]}
+        calls = {integration.source: source.api_calls() - before[0],
+                 integration.target.system: writer.api_calls() - before[1]}
         md = report_metadata({"notifications": len(rows), **total.counts()}, total.write, calls, total.quarantined)
         # Every announced record is now in the ledger (done, due for retry, deferred or needing a person):
         # the deliveries themselves are processed.
@@ -345,7 +352,7 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
 
 def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
     name = integration.name
-    reader = reader_name(name, JIRA_SOURCE)
+    reader = reader_name(name, integration.target.system)
 
     @dg.op(name=f"{name}__apply_jira_resolutions", required_resource_keys=resource_keys,
            description="For issues moved to done: confirm it with Jira, check the source document's status, "
@@ -402,7 +409,8 @@ class LedgerRetryConfig(dg.Config):
 def _retry_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
     name = integration.name
 
-    @dg.op(name=f"{name}__retry_records", required_resource_keys=resource_keys, pool="jira_site",
+    @dg.op(name=f"{name}__retry_records", required_resource_keys=resource_keys,
+           pool=integration.target_system.pool,
            description="Records whose automatic retry is due: re-read them, then write them (or verify an "
                        "earlier create after the search lag) through the normal path.")
     def retry_records_op(context: dg.OpExecutionContext, config: LedgerRetryConfig) -> dg.Output[None]:
@@ -459,7 +467,8 @@ def _ledger_retry_sensor(integration: IntegrationDefinition, job: dg.JobDefiniti
 def _repair_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
     name = integration.name
 
-    @dg.op(name=f"{name}__repair_issues", required_resource_keys=resource_keys, pool="jira_site",
+    @dg.op(name=f"{name}__repair_issues", required_resource_keys=resource_keys,
+           pool=integration.target_system.pool,
            description="Open the issues reconciliation finds missing; close each newer duplicate as a duplicate "
                        "of the oldest, with a link.")
     def repair_issues(context: dg.OpExecutionContext) -> dg.Output[None]:

@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connector_pipelines.integrations import registry
+from connector_pipelines.integrations.registry import TargetConfig
+
 Op = Literal["eq", "ne", "in", "not_in", "older_than_days"]
 
 
@@ -74,32 +77,6 @@ class TargetField(BaseModel):
 # OData action or Acumatica's ReleaseBill) and ``update_fields`` (write fields, e.g. take a purchase order
 # off hold) are not idempotent: both need a ``state_check`` and act only while the document is still due.
 Resolution = Literal["post_purchase_invoice", "unblock_vendor", "record_outcome", "source_action", "update_fields"]
-
-SourceSystem = Literal["business_central", "finance_operations", "acumatica"]
-
-
-class SourceCapabilities(BaseModel):
-    """What a source system offers the factory: windowed polling on a modified timestamp, push
-    subscriptions the connector must create and renew."""
-
-    label: str
-    windowed_polling: bool
-    subscriptions: bool
-
-
-SOURCE_CAPABILITIES: dict[str, SourceCapabilities] = {
-    # BC: lastModifiedDateTime on every API entity; webhook subscriptions expire after 3 days.
-    "business_central": SourceCapabilities(label="Business Central", windowed_polling=True,
-                                           subscriptions=True),
-    # F&O: data entities expose no common modified timestamp; business events are pushed to an endpoint
-    # an administrator configures in F&O (nothing to renew). A window = the events received in it.
-    "finance_operations": SourceCapabilities(label="Dynamics 365 Finance & Operations",
-                                             windowed_polling=False, subscriptions=False),
-    # Acumatica: LastModifiedDateTime on Bill, Check, PurchaseOrder, Vendor (endpoint 24.200.001); push
-    # notifications are an accelerator an administrator configures in Acumatica (nothing to renew).
-    "acumatica": SourceCapabilities(label="Acumatica", windowed_polling=True, subscriptions=False),
-}
-
 
 class StateCheck(BaseModel):
     """Before a non-idempotent action: the document field that says whether it is still due."""
@@ -265,17 +242,6 @@ class EntitySync(BaseModel):
         return not self.exception
 
 
-class JiraTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    project_key: str
-    external_id_field: str = Field("ERP External ID", description="Name of the Jira text custom field holding the source key")
-    done_status_category: str = "done"
-    resolution_comment_prefix: str | None = Field("Resolution:", description=(
-        "A person's comment starting with this text resolves the issue like a done transition "
-        "(the rest of the comment is the outcome recorded at the source); None = transitions only"))
-
-
 class PollingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -297,12 +263,19 @@ class IntegrationDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    source: SourceSystem
+    source: str = Field(description="The source system (a name in integrations.registry with a source adapter)")
     company: str = Field(description="Source company / legal entity the integration watches")
-    target: JiraTarget
+    target: TargetConfig = Field(description="The target system's settings, chosen by their `system` (default jira)")
     polling: PollingSettings
     entities: list[EntitySync]
     owners: list[str] = Field(default_factory=list)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v not in registry.source_names():
+            raise ValueError(f"unknown source system {v!r}; sources are {', '.join(registry.source_names())}")
+        return v
 
     @model_validator(mode="after")
     def _unique_entities(self) -> IntegrationDefinition:
@@ -324,8 +297,13 @@ class IntegrationDefinition(BaseModel):
         return self
 
     @property
-    def capabilities(self) -> SourceCapabilities:
-        return SOURCE_CAPABILITIES[self.source]
+    def capabilities(self) -> registry.SystemEntry:
+        """What the source system offers (windowed polling, subscriptions) and its label: the registry's entry."""
+        return registry.system(self.source)
+
+    @property
+    def target_system(self) -> registry.SystemEntry:
+        return registry.system(self.target.system)
 
     def project_for(self, entity: EntitySync) -> str:
         return entity.project_key or self.target.project_key

@@ -124,6 +124,13 @@ class JiraIssueWriter:
     def claim_scope(self) -> str:
         return ledger_scope(self.integration.name)
 
+    def api_calls(self) -> int:
+        """Requests this writer's target client has sent (run metadata, benchmarks)."""
+        return self.jira.http.calls
+
+    def browse_url(self, key: str) -> str:
+        return self.jira.browse_url(key)
+
     # -- planning ---------------------------------------------------------------------------------
     def desired_fields(self, entity: EntitySync, record: SourceRecord) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -434,4 +441,12 @@ def _states(entries: dict[str, LedgerEntry]) -> dict[str, str]:
     return {k: e.context["state"] for k, e in entries.items() if isinstance(e.context, dict) and "state" in e.context}
 
 
-__all__ = ["JiraConfigError", "JiraIssueWriter", "WriteReport"]
+def from_resources(integration: IntegrationDefinition, resources: Any, run_id: str | None) -> JiraIssueWriter:
+    """The writer for one run (integrations.registry): the Jira resource's client, the store's ledger and leases."""
+    store = resources.connector_store
+    jira = resources.jira.client(store.vault())
+    return JiraIssueWriter(jira, store.ledger(), integration, run_id, leases=store.leases(),
+                           settings=store.write_settings())
+
+
+__all__ = ["JiraConfigError", "JiraIssueWriter", "WriteReport", "from_resources"]

@@ -89,7 +89,7 @@ BAD_VALUES: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("in_without_list", lambda d: entity0(d)["exception"][0].update(value="Payment"),
      "EntitySync]].0.exception.0", "op 'in' needs a list value"),
     ("unknown_source", lambda d: d["attributes"].update(source="sap"),
-     "source", "Input should be 'business_central', 'finance_operations' or 'acumatica'"),
+     "source", "unknown source system 'sap'; sources are acumatica, business_central, finance_operations"),
     ("source_action_without_state_check", lambda d: entity0(d).update(resolution="source_action",
                                                                       action="SubmitToWorkflow"),
      "EntitySync]].0", "needs action and state_check"),
