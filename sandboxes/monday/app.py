@@ -111,7 +111,7 @@ class MondaySandbox:
         self.limits = Limits()
         self.store = Store()
         self.pager = Pager(self.store, self.clock)
-        self.app_signing_secret = "sandbox-app-signing-secret"
+        self.app_signing_secret = "sandbox-app-signing-secret-0123456789abcdef"
         self.calls = 0
         self.calls_by_operation: Counter[str] = Counter()
         self.complexity_used = 0
