@@ -36,7 +36,7 @@ def test_sandbox_prints_a_working_map_and_a_shell_environment_for_consent_and_pi
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         world = json.loads("".join(read_until(proc.stdout, "}")))
-        assert set(world) >= {"entra_id", "business_central", "atlassian_auth", "jira", "receiver", "env"}
+        assert set(world) >= {"entra_id", "business_central", "acumatica", "atlassian_auth", "jira", "receiver", "env"}
         assert world["entra_id"]["authority_host"].startswith("https://")
         assert httpx.get(f"{world['receiver']['url']}/healthz").json()["status"] == "ok"
         jira = httpx.get(f"{world['jira']['api_url']}/_sandbox/")
@@ -77,7 +77,7 @@ def test_sandbox_prints_a_working_map_and_a_shell_environment_for_consent_and_pi
         ping = subprocess.run([str(CLI), "ping"], check=False, cwd=tmp_path, env=shell_env, capture_output=True,
                               text=True, timeout=120)
         assert ping.returncode == 0, ping.stdout + ping.stderr
-        assert "8 ok, 0 failed" in ping.stdout
+        assert "9 ok, 0 failed" in ping.stdout and "OK    acumatica api" in ping.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
