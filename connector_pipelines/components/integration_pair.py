@@ -38,7 +38,6 @@ from connector_pipelines.core.inbox import InboxRow
 from connector_pipelines.core.memory import batch_heap
 from connector_pipelines.integrations import registry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
-from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
 from connector_pipelines.integrations.resolution import ResolutionProcessor
 from connector_pipelines.integrations.sync import (
     SyncReport,
@@ -48,6 +47,7 @@ from connector_pipelines.integrations.sync import (
     sync_notified,
     sync_window,
 )
+from connector_pipelines.integrations.target import RecordWriter, WriteReport
 
 MAX_LINKS_IN_METADATA = 25
 # Our budgets (ledger, inbox) retry failed work; Dagster re-launches only runs whose worker died.
@@ -68,7 +68,7 @@ def make_source(integration: IntegrationDefinition, resources: Any):
         raise dg.Failure(str(exc), allow_retries=False) from exc
 
 
-def make_writer(integration: IntegrationDefinition, resources: Any, run_id: str) -> JiraIssueWriter:
+def make_writer(integration: IntegrationDefinition, resources: Any, run_id: str) -> RecordWriter:
     """The target writer from the registry (integrations.registry), for this run."""
     try:
         return registry.make_target(integration, resources, run_id)
@@ -274,9 +274,8 @@ def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, res
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         source = make_source(integration, context.resources)
         store = context.resources.connector_store
-        jira = context.resources.jira.client(store.vault())
-        field = jira.resolve_fields([integration.target.external_id_field])[integration.target.external_id_field]
-        r = reconcile(integration, source, jira, entity, field, store.ledger())
+        writer = make_writer(integration, context.resources, context.op_execution_context.run_id)
+        r = reconcile(integration, source, writer.backend, entity, store.ledger())
         md = {
             "current_exceptions": dg.MetadataValue.int(r.exceptions),
             "open_issues": dg.MetadataValue.int(r.open_issues),
@@ -475,17 +474,16 @@ def _repair_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.J
         store = context.resources.connector_store
         source = make_source(integration, context.resources)
         writer = make_writer(integration, context.resources, context.run_id)
-        field = writer.external_id_field
         md: dict[str, Any] = {}
         failures: dict[str, str] = {}
         for entity in integration.entities:
-            rec = reconcile(integration, source, writer.jira, entity, field, store.ledger())
+            rec = reconcile(integration, source, writer.backend, entity, store.ledger())
             result = repair(integration, source, writer, entity, rec)
             for k, v in result.counts().items():
                 md[f"{entity.name}__{k}"] = dg.MetadataValue.int(v)
             if result.closed_duplicates:
                 md[f"{entity.name}__closed"] = dg.MetadataValue.md("\n".join(
-                    f"- [{d}]({writer.jira.browse_url(d)}) duplicate of [{k}]({writer.jira.browse_url(k)})"
+                    f"- [{d}]({writer.browse_url(d)}) duplicate of [{k}]({writer.browse_url(k)})"
                     for d, k in result.closed_duplicates.items()))
             if result.opened.links:
                 md[f"{entity.name}__opened"] = _md_list(result.opened.links)

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connector_pipelines.core import adf
 from connector_pipelines.core.http import ApiError
 from connector_pipelines.core.ledger import LedgerEntry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
-from connector_pipelines.integrations.jira_target import JiraIssueWriter, WriteReport
 from connector_pipelines.integrations.sources.base import SourceAdapter, SourceRecord
-from connector_pipelines.systems.jira.client import JiraClient
+from connector_pipelines.integrations.target import RecordWriter, TargetBackend, TargetItem, WriteReport
 
 
 @dataclass
@@ -50,7 +48,7 @@ class SyncReport:
         return self.write.needs_a_person
 
 
-def _upsert_exceptions(writer: JiraIssueWriter, entity: EntitySync, records: list[SourceRecord]) -> SyncReport:
+def _upsert_exceptions(writer: RecordWriter, entity: EntitySync, records: list[SourceRecord]) -> SyncReport:
     """Open or update an issue per exception; for entities with a ``state``, records that stopped being
     exceptions keep their issue current (fields and one comment per change of state)."""
     exceptions = [r for r in records if entity.is_exception(r.data)]
@@ -62,12 +60,12 @@ def _upsert_exceptions(writer: JiraIssueWriter, entity: EntitySync, records: lis
     return report
 
 
-def sync_window(source: SourceAdapter, writer: JiraIssueWriter, entity: EntitySync,
+def sync_window(source: SourceAdapter, writer: RecordWriter, entity: EntitySync,
                 start: datetime, end: datetime) -> SyncReport:
     return _upsert_exceptions(writer, entity, source.fetch_changed(entity, start, end))
 
 
-def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, writer: JiraIssueWriter,
+def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, writer: RecordWriter,
                   payloads: list[dict[str, Any]], entities: list[EntitySync] | None = None) -> dict[str, SyncReport]:
     """Fetch the full records the notifications name (few calls: OData filters over many ids).
 
@@ -100,7 +98,7 @@ def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, wri
     return reports
 
 
-def retry_records(integration: IntegrationDefinition, source: SourceAdapter, writer: JiraIssueWriter,
+def retry_records(integration: IntegrationDefinition, source: SourceAdapter, writer: RecordWriter,
                   entries: list[LedgerEntry]) -> dict[str, SyncReport]:
     """Retry ledger rows whose ``retry_after`` passed: re-read their records (few calls), write those
     still exceptions through the normal path, and settle the rest (an uncertain create is verified
@@ -128,7 +126,7 @@ def retry_records(integration: IntegrationDefinition, source: SourceAdapter, wri
     return reports
 
 
-def _quarantine_missing(writer: JiraIssueWriter, source: SourceAdapter, entity: EntitySync, missing: list[str],
+def _quarantine_missing(writer: RecordWriter, source: SourceAdapter, entity: EntitySync, missing: list[str],
                         changes: Any) -> dict[str, str]:
     """Ledger rows in state ``quarantined`` with a reason a person can act on; a later event (or a
     re-run after the record is fixed) finds the record and opens the issue as usual."""
@@ -161,17 +159,15 @@ class Reconciliation:
         return not self.missing and not self.duplicates and not self.stale and not self.unverifiable
 
 
-def reconcile(integration: IntegrationDefinition, source: SourceAdapter, jira: JiraClient,
-              entity: EntitySync, external_id_field, ledger=None) -> Reconciliation:
-    """Every current exception must have exactly one open issue (event-only entities: one issue of any
-    status for every document the catch-up read finds); an open issue whose record is no longer an
-    exception is orphaned (reported, not failed: the person closing it may be on it). Duplicates are
-    found among all open issues of the entity, whatever the source says now.
+def reconcile(integration: IntegrationDefinition, source: SourceAdapter, target: TargetBackend,
+              entity: EntitySync, ledger=None) -> Reconciliation:
+    """Every current exception must have exactly one open target record (event-only entities: one record of
+    any status for every document the catch-up read finds); an open record whose source record is no longer
+    an exception is orphaned (reported, not failed: the person closing it may be on it). Duplicates are
+    found among all open records of the entity, whatever the source says now.
 
-    Search lags: an exception that search does not show but the ledger has an issue for is read by
+    Search lags: an exception that search does not show but the ledger has a target record for is read by
     key (a consistent read) before it is called missing."""
-    done_cat = integration.target.done_status_category
-    project = integration.project_for(entity)
     prefix = source.external_id(entity, "")
     unverifiable = None
     if entity.event_only and not (entity.catch_up and entity.catch_up.readable):
@@ -179,55 +175,42 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, jira: J
         current: dict[str, SourceRecord] = {}
     else:
         current = {r.external_id: r for r in source.fetch_current_exceptions(entity)}
-    found = jira.find_by_external_ids(external_id_field, list(current), project,
-                                      ["status", external_id_field.id]) if current else {}
+    found = target.find(entity, list(current)) if current else {}
     if ledger is not None:
-        _read_lagging(jira, ledger, integration, external_id_field, current, found)
+        _read_lagging(target, ledger, integration, current, found)
 
-    open_by_key: dict[str, list[dict]] = {}
-    jql = (f'project = "{project}" AND statusCategory != "{done_cat}" '
-           f'AND {external_id_field.jql_clause} is not EMPTY')
-    for issue in jira.search_jql(jql, ["status", external_id_field.id]):
-        ext = (issue.get("fields") or {}).get(external_id_field.id) or ""
-        if ext.startswith(prefix):
-            open_by_key.setdefault(ext, []).append(issue)
-    duplicates = {k: [i["key"] for i in sorted(v, key=lambda i: int(i["id"]))]
-                  for k, v in open_by_key.items() if len(v) > 1}
+    open_by_key = target.open_items(entity, prefix)
+    duplicates = {k: [i.key for i in sorted(v, key=lambda i: i.order)] for k, v in open_by_key.items() if len(v) > 1}
 
     missing, stale = [], {}
     for key in current:
-        issues = found.get(key, [])
-        open_ = [i for i in issues if _category(i) != done_cat]
+        items = found.get(key, [])
+        open_ = [i for i in items if not i.done]
         if entity.event_only:
-            if not issues:
+            if not items:
                 missing.append(key)
         elif not open_:
-            if issues:
-                stale[key] = issues[0]["key"]
+            if items:
+                stale[key] = items[0].key
             else:
                 missing.append(key)
     # Event-driven without a state rule (e.g. "vendor invoice posted"): no current state defines the
-    # exceptions, so an open issue is never orphaned by the source's state.
-    orphaned = {} if entity.event_only else {k: v[0]["key"] for k, v in open_by_key.items() if k not in current}
+    # exceptions, so an open record is never orphaned by the source's state.
+    orphaned = {} if entity.event_only else {k: v[0].key for k, v in open_by_key.items() if k not in current}
     open_issues = sum(len(v) for v in open_by_key.values())
     return Reconciliation(len(current), open_issues, missing, duplicates, stale, orphaned, unverifiable, current)
 
 
-def _read_lagging(jira: JiraClient, ledger, integration: IntegrationDefinition, external_id_field,
-                  current: dict[str, SourceRecord], found: dict[str, list[dict]]) -> None:
-    """Keys the search did not show but the ledger has an issue for: GET the issue (not the lagging index)."""
+def _read_lagging(target: TargetBackend, ledger, integration: IntegrationDefinition,
+                  current: dict[str, SourceRecord], found: dict[str, list[TargetItem]]) -> None:
+    """Keys the search did not show but the ledger has a target record for: read it by key (not the lagging index)."""
     unseen = [k for k in current if not found.get(k)]
     for key, entry in ledger.get_many(integration.name, unseen).items():
         if not entry.target_key:
             continue
-        try:
-            issue = jira.get_issue(entry.target_key, ["status", external_id_field.id])
-        except ApiError as exc:
-            if exc.status == 404:
-                continue
-            raise
-        if (issue.get("fields") or {}).get(external_id_field.id) == key:
-            found[key] = [issue]
+        item = target.read(entry.target_key)
+        if item is not None and item.external_id == key:
+            found[key] = [item]
 
 
 @dataclass
@@ -241,7 +224,7 @@ class RepairReport:
                 "duplicates_closed": len(self.closed_duplicates), "repair_failures": len(self.failures)}
 
 
-def repair(integration: IntegrationDefinition, source: SourceAdapter, writer: JiraIssueWriter, entity: EntitySync,
+def repair(integration: IntegrationDefinition, source: SourceAdapter, writer: RecordWriter, entity: EntitySync,
            rec: Reconciliation) -> RepairReport:
     """Open the issues reconciliation found missing (the records re-read and written through the normal
     path, so the ledger claim and the target search apply), and close each newer duplicate: the ledger
@@ -252,31 +235,19 @@ def repair(integration: IntegrationDefinition, source: SourceAdapter, writer: Ji
         ids = [rec.records[k].record_id for k in rec.missing if k in rec.records]
         records = [r for r in source.fetch_by_ids(entity, ids) if entity.event_only or entity.is_exception(r.data)]
         report.opened = writer.upsert(entity, records)
-    jira, name, done_cat = writer.jira, integration.name, integration.target.done_status_category
+    name, target = integration.name, writer.backend
     for key, issue_keys in rec.duplicates.items():
         keep, newer = issue_keys[0], issue_keys[1:]
         entry = writer.ledger.get(name, key)
         if entry is not None and entry.target_key != keep:
             writer.ledger.mark_done(name, [{"source_key": key, "entity": entity.name, "action": "issue",
-                                            "target_key": keep, "target_url": jira.browse_url(keep),
+                                            "target_key": keep, "target_url": target.url(keep),
                                             "context": entry.context | {"repointed_from": entry.target_key}}],
                                     writer.run_id)
         for dup in newer:
             try:
-                jira.link_issues("Duplicate", dup, keep)
-                jira.add_comment(dup, adf.doc(adf.paragraph(
-                    adf.text("connector_pipelines: ", strong=True),
-                    adf.text(f"closed as a duplicate of {keep} (both carry ERP record {key}); work continues there."))))
-                done = [t for t in jira.transitions(dup)
-                        if ((t.get("to") or {}).get("statusCategory") or {}).get("key") == done_cat]
-                if not done:
-                    raise ApiError("jira", "GET", f"/issue/{dup}/transitions", 409,
-                                   {"errorMessages": [f"no transition of {dup} leads to a {done_cat} status"]})
-                jira.transition(dup, done[0]["id"])
+                target.close_duplicate(dup, keep, key)
                 report.closed_duplicates[dup] = keep
             except ApiError as exc:
                 report.failures[dup] = str(exc)
     return report
-def _category(issue: dict[str, Any]) -> str:
-    status = (issue.get("fields") or {}).get("status") or {}
-    return (status.get("statusCategory") or {}).get("key", "")

@@ -93,7 +93,7 @@ def test_reconcile_classifies_missing_duplicate_stale_and_orphaned(h: Harness):
     closed_copy = h.create_as_user("fake:vendors:1", "closed copy")
     h.sandbox.transition_as_user(CLOUD, closed_copy["key"], "Done")
 
-    result = reconcile(h.integration, h.source, h.jira, entity, writer.external_id_field)
+    result = reconcile(h.integration, h.source, writer.backend, entity)
 
     assert result.exceptions == 4  # 1, 2, 3, 5
     assert result.missing == ["fake:vendors:5"]
@@ -117,7 +117,7 @@ def test_reconcile_fails_on_each_problem_alone(h: Harness, problem: str):
         h.create_as_user("fake:vendors:1")
     else:
         h.sandbox.transition_as_user(CLOUD, h.ledger.get("bc_jira", "fake:vendors:1").target_key, "Done")
-    result = reconcile(h.integration, h.source, h.jira, entity, writer.external_id_field)
+    result = reconcile(h.integration, h.source, writer.backend, entity)
     assert result.passed is False
     assert (bool(result.missing), bool(result.duplicates), bool(result.stale)) == (
         problem == "missing", problem == "duplicate", problem == "stale")
@@ -129,12 +129,12 @@ def test_reconcile_passes_when_every_exception_has_one_open_issue_even_with_orph
         h.vendor(rid)
     writer = h.writer()
     writer.upsert(entity, h.source.all(entity))
-    clean = reconcile(h.integration, h.source, h.jira, entity, writer.external_id_field)
+    clean = reconcile(h.integration, h.source, writer.backend, entity)
     assert clean.passed and clean.exceptions == 3 and clean.open_issues == 3
     assert (clean.missing, clean.duplicates, clean.stale, clean.orphaned) == ([], {}, {}, {})
 
     h.vendor("3", blocked=" ")
-    with_orphan = reconcile(h.integration, h.source, h.jira, entity, writer.external_id_field)
+    with_orphan = reconcile(h.integration, h.source, writer.backend, entity)
     assert with_orphan.passed and with_orphan.orphaned == {"fake:vendors:3": h.ledger.get(
         "bc_jira", "fake:vendors:3").target_key}
 
@@ -149,8 +149,9 @@ def test_reconcile_searches_by_cf_clause_not_the_display_name(h: Harness):
     field = writer.external_id_field
     reordered = field.model_copy(update={"clause_names": list(reversed(field.clause_names))})
     assert reordered.clause_names[0] == "ERP External ID"
+    writer.backend.external_id_field = reordered
 
-    result = reconcile(h.integration, h.source, h.jira, entity, reordered)
+    result = reconcile(h.integration, h.source, writer.backend, entity)
 
     assert result.passed and result.open_issues == 1
 
