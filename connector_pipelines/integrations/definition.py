@@ -60,17 +60,16 @@ def parse_moment(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-FieldKind = Literal["text", "number", "adf"]
-
-
 class TargetField(BaseModel):
-    """One mapped target field: the Jira field's *name* (its id is discovered per site) and a template."""
+    """One mapped target field: its name at the target (a Jira field's *name*, whose id is discovered per
+    site; a Monday column id), a template over the source record, and the kind of value the target's codec
+    writes (the target system's kinds are in integrations.registry: Jira text/number/adf, …)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     template: str
-    kind: FieldKind = "text"
+    kind: str = "text"
 
 
 # What Done in Jira does at the source. ``source_action`` (call the document's action, e.g. an F&O bound
@@ -294,6 +293,12 @@ class IntegrationDefinition(BaseModel):
         queries = [e.push_query for e in self.entities if e.push_query]
         if len(queries) != len(set(queries)):
             raise ValueError(f"one push notification query may announce one entity only in '{self.name}': {queries}")
+        kinds = self.target_system.field_kinds
+        for e in self.entities:
+            for f in e.fields:
+                if f.kind not in kinds:
+                    raise ValueError(f"entity '{e.name}', field '{f.name}': kind {f.kind!r} is not a "
+                                     f"{self.target_system.label} field kind ({', '.join(kinds)})")
         return self
 
     @property

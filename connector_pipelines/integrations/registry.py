@@ -36,6 +36,7 @@ class SystemEntry:
     windowed_polling: bool = False             # as a source: a modified timestamp to poll hourly windows on
     subscriptions: bool = False                # as a source: push subscriptions the connector creates and renews
     pool: str | None = None                    # as a target: the Dagster pool its writers share (one rate budget)
+    field_kinds: tuple[str, ...] = ()          # as a target: the kinds of mapped field its codecs write
 
 
 SYSTEMS: dict[str, SystemEntry] = {e.name: e for e in (
@@ -52,7 +53,7 @@ SYSTEMS: dict[str, SystemEntry] = {e.name: e for e in (
     SystemEntry("acumatica", "Acumatica", "acumatica",
                 source_adapter="connector_pipelines.integrations.sources.acumatica", windowed_polling=True),
     SystemEntry("jira", "Jira", "jira", target_adapter="connector_pipelines.integrations.jira_target",
-                pool="jira_site"),
+                pool="jira_site", field_kinds=("text", "number", "adf")),
 )}
 
 
