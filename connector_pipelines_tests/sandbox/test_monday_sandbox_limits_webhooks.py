@@ -323,6 +323,15 @@ def test_failed_deliveries_retry_once_a_minute_for_30_minutes(sb, board, client,
     assert sb.deliver_webhooks()["delivered"] == 1
 
 
+def test_retry_now_switch_skips_the_minute_waits(sb, board, client, receiver):
+    gql(client, HOOK, {"b": board, "u": "http://rx.test/hook", "e": "create_item"})
+    create(client, board)
+    receiver.status = 503
+    outcomes = [sb.deliver_webhooks(retry_now=True) for _ in range(31)]
+    assert [o["failed"] for o in outcomes[:30]] == [1] * 30 and outcomes[30]["dropped"] == 1
+    assert sb.pending_webhooks() == 0 and len(receiver.received) == 31
+
+
 def test_redeliver_and_reorder(sb, board, client, receiver):
     gql(client, HOOK, {"b": board, "u": "http://rx.test/hook", "e": "create_item"})
     create(client, board, "first")

@@ -428,9 +428,10 @@ class MondaySandbox:
     # ---------------------------------------------------------------------------------------------------
     # webhooks
     # ---------------------------------------------------------------------------------------------------
-    def deliver_webhooks(self) -> dict[str, int]:
-        """POST the due events (see webhooks.py); returns delivered / failed / dropped / posts."""
-        return self._hub.deliver()
+    def deliver_webhooks(self, retry_now: bool = False) -> dict[str, int]:
+        """POST the due events (see webhooks.py); returns delivered / failed / dropped / posts. ``retry_now``:
+        failed events are retried at once instead of a minute later on the sandbox clock."""
+        return self._hub.deliver(retry_now)
 
     def pending_webhooks(self) -> int:
         return self._hub.pending()

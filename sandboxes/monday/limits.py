@@ -20,7 +20,8 @@
   ``faults.field_limit_next`` requests (a switch; monday sends it when too many requests run one field at once).
   ``retry_in_seconds`` is also given at ``extensions`` level (UNCONFIRMED which one 2026-10 uses).
 - A board locked by a concurrent update (``lock_board``) -> HTTP 423 "Resource is currently locked, please try
-  again later" + ``Retry-After`` for mutations on it (errors page); code ``RESOURCE_LOCKED`` UNCONFIRMED.
+  again later" + ``Retry-After`` for mutations on it (errors page); code ``RESOURCE_LOCKED`` UNCONFIRMED. Reads
+  go on. In a document with several (aliased) mutations, those before the refused one stay applied.
 - ASSUMPTION (not documented, API-FACTS §6.5): ``board_mutations_per_minute`` (None = off) caps mutations per
   board per sliding minute -> HTTP 429 + ``Retry-After``, code ``BOARD_MUTATION_LIMIT_EXCEEDED`` (invented).
 """

@@ -29,7 +29,8 @@ Signing: a webhook created with an app token carries ``Authorization: <JWT>`` (r
 created with a personal token carries no Authorization header and no HMAC.
 
 Delivery (``deliver``): each due event is POSTed (JSON); 2xx = delivered. A failure is retried once a minute
-(on the sandbox clock: advance it to make retries due) for 30 minutes after the first attempt, then dropped.
+(on the sandbox clock: advance it to make retries due; or ``deliver(retry_now=True)`` treats every pending event
+as due) for 30 minutes after the first attempt (at most 31 attempts), then dropped.
 ``redeliver`` = N posts each event N times (at-least-once); ``reorder`` delivers the due ones newest first.
 """
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 RETRY_EVERY_S = 60.0
 RETRY_FOR_S = 30 * 60.0
+MAX_ATTEMPTS = 31            # the first attempt and 30 retries, a minute apart
 JWT_TTL_S = 300
 CHALLENGE_FAILED = "Failed to communicate with URL provided."
 
@@ -139,7 +141,10 @@ class WebhookHub:
                                       now, now))
 
     def _hooks(self, board: Board, *events: str) -> list[Webhook]:
-        return [w for w in self.sb.store.webhooks.values() if w.board_id == board.id and w.event in events]
+        hooks = self.sb.store.webhooks
+        if not hooks:
+            return []
+        return [w for w in hooks.values() if w.board_id == board.id and w.event in events]
 
     def item_created(self, board: Board, item: Item, user_id: str) -> None:
         hooks = self._hooks(board, "create_item")
@@ -204,12 +209,12 @@ class WebhookHub:
         with self._lock:
             return len(self._pending)
 
-    def deliver(self) -> dict[str, int]:
+    def deliver(self, retry_now: bool = False) -> dict[str, int]:
         summary = {"delivered": 0, "failed": 0, "dropped": 0, "posts": 0}
         with self._deliver_lock:
             now = self.sb.clock.timestamp()
             with self._lock:
-                due = [d for d in self._pending if d.next_at <= now]
+                due = [d for d in self._pending if retry_now or d.next_at <= now]
                 times = max(1, int(self.redeliver))
             if self.reorder:
                 due.reverse()
@@ -236,7 +241,7 @@ class WebhookHub:
                         if ok:
                             summary["delivered"] += 1
                             done.add(id(d))
-                        elif now - d.first_attempt_at >= RETRY_FOR_S:
+                        elif now - d.first_attempt_at >= RETRY_FOR_S or d.attempts >= MAX_ATTEMPTS:
                             summary["dropped"] += 1
                             done.add(id(d))
                         else:
