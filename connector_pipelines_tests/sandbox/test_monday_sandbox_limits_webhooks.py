@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from sandboxes.common import sync_transport
+from sandboxes.common import SandboxServer, sync_transport
 from sandboxes.monday import MondaySandbox
 
 SECRET = "app-signing-secret-0123456789abcdef"
@@ -342,6 +342,12 @@ def test_redeliver_and_reorder(sb, board, client, receiver):
     assert out["delivered"] == 2 and out["posts"] == 4
     assert [e["pulseName"] for e in receiver.events] == ["second", "second", "first", "first"]
     assert len({e["triggerUuid"] for e in receiver.events}) == 2
+    sb.redeliver, sb.reorder = 1, False
+    sb.faults.drop_webhooks_next = 1
+    create(client, board, "lost")
+    create(client, board, "kept")
+    assert sb.deliver_webhooks()["dropped"] == 1
+    assert receiver.events[-1]["pulseName"] == "kept" and len(receiver.events) == 5
 
 
 def test_auto_delivery_pump(sb, board, client, receiver):
@@ -363,3 +369,18 @@ def test_deleted_webhooks_get_nothing(sb, board, client, receiver):
     gql(client, "mutation ($i: ID!) { delete_webhook(id: $i) { id } }", {"i": hook})
     create(client, board)
     assert sb.deliver_webhooks()["delivered"] == 0 and receiver.received == []
+
+
+def test_webhooks_on_loopback_ports(receiver):
+    """The demo's shape: sandbox and receiver on real ports; the challenge runs off the sandbox's event loop."""
+    sb = MondaySandbox()
+    sb.add_token("tok")
+    board = sb.add_board("B", [{"id": "status", "title": "Status", "type": "status", "settings": {"labels": LABELS}}])
+    with SandboxServer(receiver.app) as rx, SandboxServer(sb.app) as srv, \
+            httpx.Client(base_url=srv.base_url, trust_env=False) as c:
+        hook = gql(c, HOOK, {"b": board, "u": f"{rx.base_url}/hook", "e": "change_status_column_value"})
+        assert hook["create_webhook"]["id"]
+        item = create(c, board)
+        sb.change_column_as_user(item, "status", {"label": "Done"})
+        assert sb.deliver_webhooks()["delivered"] == 1
+    assert receiver.events[0]["value"]["label"]["text"] == "Done"

@@ -56,11 +56,14 @@ MUTATION_ROOT = MutationRoot()
 
 
 class MondayFaults(Faults):
-    """common.Faults plus ``field_limit_next``; ``/_sandbox`` paths are never faulted."""
+    """common.Faults plus ``field_limit_next`` (FIELD_LIMIT_EXCEEDED for the next N requests) and
+    ``drop_webhooks_next`` (the next N webhook events are lost: never posted, counted as dropped);
+    ``/_sandbox`` paths are never faulted."""
 
     def __init__(self, **kw: Any) -> None:
         kw.setdefault("applies_to", lambda path: not path.startswith("/_sandbox"))
         self.field_limit_next: int = kw.pop("field_limit_next", 0)
+        self.drop_webhooks_next: int = kw.pop("drop_webhooks_next", 0)
         self.field_limit_retry_s: int = kw.pop("field_limit_retry_s", 15)
         super().__init__(**kw)
 

@@ -31,7 +31,8 @@ created with a personal token carries no Authorization header and no HMAC.
 Delivery (``deliver``): each due event is POSTed (JSON); 2xx = delivered. A failure is retried once a minute
 (on the sandbox clock: advance it to make retries due; or ``deliver(retry_now=True)`` treats every pending event
 as due) for 30 minutes after the first attempt (at most 31 attempts), then dropped.
-``redeliver`` = N posts each event N times (at-least-once); ``reorder`` delivers the due ones newest first.
+``redeliver`` = N posts each event N times (at-least-once); ``reorder`` delivers the due ones newest first;
+``faults.drop_webhooks_next`` = N loses the next N events (never posted).
 """
 
 from __future__ import annotations
@@ -223,7 +224,11 @@ class WebhookHub:
                 with self._client() as http:
                     for d in due:
                         hook = self.sb.store.webhooks.get(d.webhook_id)
-                        if hook is None:          # deleted since: nothing to deliver to
+                        faults = self.sb.faults
+                        lost = faults.drop_webhooks_next > 0
+                        if lost:
+                            faults.drop_webhooks_next -= 1
+                        if hook is None or lost:          # deleted since, or the drop fault
                             done.add(id(d))
                             summary["dropped"] += 1
                             continue
