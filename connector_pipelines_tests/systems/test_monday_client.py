@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +39,8 @@ from connector_pipelines.systems.monday import (
     raw,
     with_complexity,
 )
+from sandboxes.common import sync_transport
+from sandboxes.monday import MondaySandbox
 from sandboxes.specs import specs_dir
 
 SCHEMA = build_schema((specs_dir() / "monday-graphql-schema.graphql").read_text(encoding="utf-8"))
@@ -337,7 +340,8 @@ def test_the_governor_makes_the_next_query_wait_for_the_reset_instead_of_being_r
     client, spy, governor = client_for(Scripted(ok({"me": {"id": "1"}}, low)), clock=clock)
     client.query("query { me { id } }")     # learns this query costs 9,500 and 500 are left
     client.query("query { me { id } }")     # would not fit: waits for the reset first
-    assert clock.sleeps == [42.0] and governor.waits["complexity"] == pytest.approx(42.0) and len(spy.sent) == 2
+    # 42 s and the 1 s margin (reset_in_x_seconds is whole seconds, the window slides)
+    assert clock.sleeps == [43.0] and governor.waits["complexity"] == pytest.approx(43.0) and len(spy.sent) == 2
 
 
 def test_a_locked_board_is_retried_with_backoff_then_succeeds():
@@ -501,3 +505,208 @@ def test_check_board_names_missing_columns_and_type_mismatches():
     client2, _, _ = client_for(Scripted(ok({"boards": []})))
     with pytest.raises(MondayNotFound):
         client2.board(404)
+
+
+# ================================================================================================
+# against the monday sandbox
+# ================================================================================================
+
+SB_API = "http://monday.test/v2"
+
+
+@pytest.fixture
+def sb():
+    sandbox = MondaySandbox(api_versions=("2026-10",))
+    sandbox.add_token(TOKEN, user_id="1", kind="personal")
+    return sandbox
+
+
+@pytest.fixture
+def boards(sb):
+    vendors = sb.add_board("Vendors", [{"id": "vno", "title": "Vendor no", "type": "text"}])
+    bills = sb.add_board("Bills", [
+        {"id": "ext", "title": "External id", "type": "text"},
+        {"id": "status", "title": "Status", "type": "status", "settings": {"labels": {"0": "Open", "1": "Done",
+                                                                                       "2": "Stuck"}}},
+        {"id": "amount", "title": "Amount", "type": "numbers"},
+        {"id": "due", "title": "Due", "type": "date"},
+        {"id": "erp", "title": "ERP link", "type": "link"},
+        {"id": "tags", "title": "Tags", "type": "dropdown", "settings": {"labels": ["EU", "US"]}},
+        {"id": "notes", "title": "Notes", "type": "long_text"},
+        {"id": "vendor", "title": "Vendor", "type": "board_relation", "settings": {"boardIds": [int(vendors)]}},
+    ])
+    return {"vendors": vendors, "bills": bills}
+
+
+def sandbox_client(sb: MondaySandbox, **kw: Any) -> tuple[MondayClient, SpyTransport, RateGovernor]:
+    """The governor runs on the sandbox's clock: its waits advance that clock instead of sleeping."""
+    gov_kw = {k: kw.pop(k) for k in ("mutations_per_minute_per_board",) if k in kw}
+    governor = RateGovernor(clock=sb.clock.timestamp, sleep=sb.clock.advance,
+                            budget_per_minute=sb.limits.complexity_per_minute, **gov_kw)
+    spy = SpyTransport(sync_transport(sb.app))
+    client = MondayClient.connect(SB_API, token=kw.pop("token", TOKEN), governor=governor, transport=spy,
+                                  retry=TINY_RETRY, **kw)
+    return client, spy, governor
+
+
+EXPECTED = {"ext": "text", "status": "status", "amount": "numbers", "due": "date", "erp": "link",
+            "tags": "dropdown", "notes": "long_text", "vendor": "board_relation"}
+
+
+def test_sandbox_create_find_update_end_to_end(sb, boards):
+    client, spy, governor = sandbox_client(sb)
+    bills = boards["bills"]
+    vendor_id = sb.create_item_as_user(boards["vendors"], "ACME", {"vno": "V-1"})
+    board = client.check_board(bills, EXPECTED)
+    assert board.group_id("Group Title") == "topics"
+    with pytest.raises(MondayConfigError, match="missing column.*'approver'.*'amount' is numbers, expected text"):
+        client.check_board(bills, {**EXPECTED, "amount": "text", "approver": "people"})
+
+    values = {"ext": "INV-1", "status": "Open", "amount": Decimal("1234.5"), "due": "2026-12-31",
+              "erp": {"url": "https://erp.example/bill/1", "text": "Bill 1"}, "tags": ["EU"],
+              "notes": "Held: price variance", "vendor": [vendor_id]}
+    found = client.items_by_column_values(bills, "ext", ["INV-1"])
+    assert found == {"INV-1": []}   # find before create
+    item_id = client.create_item(bills, "Bill 1", values, group_id="topics")
+    [stored] = sb.items(bills)
+    assert stored["id"] == item_id and stored["column_values"]["status"]["text"] == "Open"
+    assert stored["column_values"]["vendor"]["linked_item_ids"] == [vendor_id]
+
+    [again] = client.items_by_column_values(bills, "ext", ["INV-1", "INV-2"])["INV-1"]
+    assert again["id"] == item_id and again["group_id"] == "topics"
+    assert again["columns"] == {**values, "due": date(2026, 12, 31)}   # every codec round-trips through monday
+    assert again["linked_item_ids"] == {"vendor": [vendor_id]}
+
+    client.change_multiple_column_values(bills, item_id, {"status": "Done", "amount": 99})
+    assert client.create_update(item_id, "<p>Released in the ERP</p>", board_id=bills)
+    [read] = list(client.items_page(bills, columns=["status", "amount"]))
+    assert read["columns"] == {"status": "Done", "amount": Decimal(99)}
+    assert sb.get_item(item_id)["updates"] == ["<p>Released in the ERP</p>"]
+    sb.change_column_as_user(item_id, "status", {"label": "Stuck"})   # a person changes it
+    assert next(client.items_page(bills))["columns"]["status"] == "Stuck"
+    client.archive_item(item_id, board_id=bills)
+    assert sb.items(bills) == []
+    reads = [p for p in spy.sent if p["query"].startswith("query")]
+    assert not spy.invalid and governor.observed >= len(reads)   # every answer to a read carried complexity
+    assert client.http.calls == sb.calls
+
+
+def test_sandbox_refused_values_are_permanent_and_do_not_lose_a_batch(sb, boards):
+    client, _, _ = sandbox_client(sb)
+    bills = boards["bills"]
+    with pytest.raises(MondayColumnValueError) as exc:
+        client.create_item(bills, "x", {"status": raw({"label": "Shipped"})})
+    assert not is_transient(exc.value) and exc.value.code == "ColumnValueException"
+    items = [{"name": f"B{i}", "column_values": {"ext": f"K-{i}",
+                                                 "status": raw({"label": "Shipped" if i == 2 else "Open"})}}
+             for i in range(5)]
+    results = client.create_items(bills, items, batch_size=5)
+    assert [r.ok for r in results] == [True, True, False, True, True]
+    assert isinstance(results[2].error, MondayColumnValueError)
+    assert sorted(i["column_values"]["ext"]["text"] for i in sb.items(bills)) == ["K-0", "K-1", "K-3", "K-4"]
+
+
+def test_sandbox_batched_creates_then_a_second_run_finds_them_all(sb, boards):
+    client, spy, _ = sandbox_client(sb, batch_size=10)
+    bills = boards["bills"]
+    keys = [f"INV-{i:03}" for i in range(30)]
+
+    def sync() -> int:
+        found = client.items_by_column_values(bills, "ext", keys, columns=["ext"])
+        missing = [k for k in keys if not found[k]]
+        created = client.create_items(bills, [{"name": k, "column_values": {"ext": k, "status": "Open"}}
+                                              for k in missing])
+        assert all(r.ok for r in created)
+        return len(created)
+
+    assert sync() == 30
+    assert sb.mutation_calls("create_item") == 30 and len(spy.documents(": create_item(")) == 3
+    assert sync() == 0   # find before create: nothing twice
+    assert len(sb.items(bills)) == 30
+    assert sb.calls_by_operation["items_page_by_column_values"] == 2
+
+
+def test_sandbox_complexity_budget_storm_is_waited_out_without_duplicates(sb, boards):
+    sb.limits.complexity_per_minute = 120_000   # about a dozen create_items a minute
+    client, _, governor = sandbox_client(sb, batch_size=5)
+    bills = boards["bills"]
+    client.board(bills)
+    created = client.create_items(bills, [{"name": f"S{i}", "column_values": {"ext": f"S-{i}"}} for i in range(40)])
+    assert all(r.ok for r in created)
+    assert sorted(i["name"] for i in sb.items(bills)) == sorted(f"S{i}" for i in range(40))   # each exactly once
+    assert governor.waited_s > 60   # minutes of budget, waited on the sandbox clock, not in real time
+    # the governor waits before sending (the sandbox reports no complexity on mutations: the documented
+    # 10,000 points per create_item are reserved instead), so monday refuses nothing
+    assert sb.served_429 == 0, (sb.served_429, governor.stats())
+
+
+def test_sandbox_field_limit_and_rate_limit_are_retried_after_the_advertised_wait(sb, boards):
+    client, spy, governor = sandbox_client(sb)
+    sb.faults.field_limit_next = 2
+    assert client.board(boards["bills"]).name == "Bills"
+    assert governor.waits["retry_in"] == pytest.approx(30, abs=0.5) and client.stats["rate_limited"] == 2 and len(spy.sent) == 3
+    sb.limits.requests_per_minute = 3
+    for _ in range(5):
+        client.query("query { me { id } }")
+    assert client.stats["rate_limited"] >= 3
+
+
+def test_sandbox_a_locked_board_then_success(sb, boards):
+    client, _, governor = sandbox_client(sb)
+    bills = boards["bills"]
+    client.board(bills)
+    sb.lock_board(bills, 3)
+    item_id = client.create_item(bills, "After the lock", {"ext": "L-1"})
+    assert [i["id"] for i in sb.items(bills)] == [item_id]
+    assert client.stats["locked"] >= 2 and governor.waits["backoff"] >= 3
+
+
+def test_sandbox_an_expired_cursor_mid_read_completes_the_read(sb, boards):
+    client, _, _ = sandbox_client(sb)
+    bills = boards["bills"]
+    for i in range(250):
+        sb.create_item_as_user(bills, f"Item {i}", {"ext": f"E-{i}"})
+    got = []
+    for n, it in enumerate(client.items_page(bills, columns=["ext"], limit=50), start=1):
+        got.append(it["id"])
+        if n == 120:
+            sb.expire_cursors()   # e.g. a read that outlived the cursor's 60 minutes
+    assert len(got) == 250 and len(set(got)) == 250
+    assert client.stats["cursor_restarts"] == 1
+
+
+def test_sandbox_board_mutation_pacing_avoids_the_cap(sb, boards):
+    client, _, governor = sandbox_client(sb, mutations_per_minute_per_board=10)
+    bills = boards["bills"]
+    client.board(bills)
+    sb.limits.board_mutations_per_minute = 10   # ASSUMPTION in both: the cap monday does not document
+    for i in range(25):
+        client.create_item(bills, f"P{i}", {"ext": f"P-{i}"})
+    assert len(sb.items(bills)) == 25 and sb.served_429 == 0
+    assert governor.waits["board_pacing"] == pytest.approx(120, abs=5)   # 25 at 10 a minute: two waits
+
+
+def test_sandbox_webhooks_with_the_challenge(sb, boards):
+    echo = httpx.MockTransport(lambda r: httpx.Response(200, content=r.read(),
+                                                        headers={"Content-Type": "application/json"}))
+    sb.delivery_transport = echo
+    client, _, _ = sandbox_client(sb)
+    bills = boards["bills"]
+    wid = client.create_webhook(bills, "https://hooks.example/monday", "change_specific_column_value",
+                                {"columnId": "status"})
+    [hook] = client.webhooks(bills)
+    assert hook == {"id": wid, "board_id": bills, "event": "change_specific_column_value",
+                    "config": {"columnId": "status"}}
+    client.delete_webhook(wid)
+    assert client.webhooks(bills) == []
+
+
+def test_sandbox_wrong_version_and_wrong_token(sb, boards):
+    client, _, _ = sandbox_client(sb, api_version="2023-01")
+    with pytest.raises(MondayApiError) as exc:
+        client.board(boards["bills"])
+    assert exc.value.status == 400 and "version" in str(exc.value).lower()
+    bad, _, _ = sandbox_client(sb, token="not-a-token")
+    with pytest.raises(MondayAuthError) as exc:
+        bad.board(boards["bills"])
+    assert "not-a-token" not in str(exc.value)

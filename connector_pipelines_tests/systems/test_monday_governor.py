@@ -36,6 +36,7 @@ def clock():
 
 
 def gov(clock: FakeClock, **kw) -> RateGovernor:
+    kw.setdefault("reset_margin_s", 0.0)
     return RateGovernor(clock=clock.now, sleep=clock.sleep, **kw)
 
 
@@ -167,3 +168,11 @@ def test_pause_is_counted(clock):
     assert clock.sleeps == [1.5] and g.stats()["waits"] == {"backoff": 1.5}
     with pytest.raises(ValueError):
         RateGovernor(mutations_per_minute_per_board=0)
+
+
+def test_the_reset_wait_keeps_a_margin_and_a_new_window_starts(clock):
+    g = RateGovernor(clock=clock.now, sleep=clock.sleep, budget_per_minute=1_000)   # default margin: 1 s
+    g.observe({"before": 1000, "after": 100, "query": 900, "reset_in_x_seconds": 10})
+    assert g.acquire(600) == pytest.approx(11.0)   # reset_in is whole seconds and the window slides
+    assert g.acquire(300) == 0.0 and g.remaining() == 100
+    assert g.acquire(600) == pytest.approx(61.0)   # the assumed new window lasts 60 s, not forever

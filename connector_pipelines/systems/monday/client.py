@@ -73,7 +73,7 @@ DEFAULT_API_URL = "https://api.monday.com/v2"
 COMPLEXITY = "complexity { before after query reset_in_x_seconds }"
 MAX_PAGE = 500                    # items_page / items_page_by_column_values limit maximum (SDL, API-FACTS §6.2)
 CREATE_ITEM_COST = 10_000         # "Each create_item mutation uses 10,000 complexity points" (best practices)
-DEFAULT_BATCH = 10                # create_item mutations per request (measured against the sandbox: docs/monday.md)
+DEFAULT_BATCH = 25                # create_item mutations per request (measured against the sandbox: docs/monday.md)
 VALUES_PER_LOOKUP = 100           # values per items_page_by_column_values request (UNCONFIRMED limit; kept modest)
 WEBHOOK_FIELDS = "id board_id event config"
 

@@ -5,7 +5,8 @@ on trial/free accounts; app tokens: 5M reads plus 5M writes; one query at most 5
 an exhausted budget with ``COMPLEXITY_BUDGET_EXHAUSTED`` and ``retry_in_seconds``. Every query the client sends
 asks for ``complexity { before after query reset_in_x_seconds }`` and hands it to ``observe``; the governor then
 knows the budget left and when it resets, and ``acquire`` makes a caller wait for the reset when its query's
-estimated cost (the last observed cost of the same query shape, ``learn``/``estimate``) would not fit. An error's
+estimated cost (the last observed cost of the same query shape, ``learn``/``estimate``) would not fit (plus
+``reset_margin_s``: monday rounds ``reset_in_x_seconds`` to whole seconds and its window slides). An error's
 ``retry_in_seconds`` holds every caller of the token back (``note_retry_in``).
 
 Mutations on one board are serialised (a per-board lock: monday's best practice says concurrent mutations on a
@@ -54,7 +55,7 @@ class RateGovernor:
     def __init__(self, *, budget_per_minute: int | None = PERSONAL_BUDGET_PER_MINUTE,
                  max_query_complexity: int = MAX_QUERY_COMPLEXITY, split_read_write: bool = False,
                  mutations_per_minute_per_board: int | None = None, window_s: float = WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 reset_margin_s: float = 1.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  name: str = "monday") -> None:
         if mutations_per_minute_per_board is not None and mutations_per_minute_per_board < 1:
             raise ValueError("mutations_per_minute_per_board must be at least 1 (or None: no pacing)")
@@ -64,6 +65,7 @@ class RateGovernor:
         self.split_read_write = split_read_write
         self.mutations_per_minute_per_board = mutations_per_minute_per_board
         self.window_s = window_s
+        self.reset_margin_s = reset_margin_s
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -142,11 +144,12 @@ class RateGovernor:
                     reason, wait = "retry_in", self._blocked_until - now
                 else:
                     budget = self._budget(kind)
-                    if budget.remaining is not None and budget.reset_at <= now:
-                        budget.remaining = budget.limit   # the window has reset (None: unknown again)
+                    if budget.remaining is not None and budget.reset_at + self.reset_margin_s <= now:
+                        budget.remaining = budget.limit   # the window has reset (None: unknown again) and a
+                        budget.reset_at = now + self.window_s   # new one starts, until monday says otherwise
                     if (budget.remaining is not None and estimate > budget.remaining and budget.reset_at > now
                             and not reset_waited):
-                        reason, wait = "complexity", budget.reset_at - now
+                        reason, wait = "complexity", budget.reset_at + self.reset_margin_s - now
                     elif budget.remaining is not None:
                         budget.remaining -= estimate
                 if wait <= 0:
