@@ -472,7 +472,7 @@ def test_create_items_batches_and_a_refused_value_does_not_lose_the_others():
                 errors.append({"message": "invalid value - label does not exist in column.", "path": [alias],
                                "extensions": {"code": "ColumnValueException", "error_data": {"column_type": "status"}}})
             else:
-                data[alias] = {"id": str(1000 + int(key[1:]))}
+                data[alias] = {"id": str(1000 + int(name[1:]))}
         body = ok(data)[1]
         if errors:
             body["errors"] = errors
@@ -483,8 +483,9 @@ def test_create_items_batches_and_a_refused_value_does_not_lose_the_others():
     items = [{"name": "bad" if i == 3 else f"B{i}", "column_values": {"ext": f"K{i}"}} for i in range(5)]
     results = client.create_items(100, items, batch_size=2)
     assert [r.item_id for r in results] == ["1000", "1001", "1002", None, "1004"]
-    assert isinstance(results[3].error, MondayColumnValueError) and results[3].error.alias == "c3"
+    assert isinstance(results[3].error, MondayColumnValueError) and results[3].error.alias == "c1"
     assert len(spy.sent) == 3   # 5 items, 2 per request
+    assert spy.sent[0]["query"] == spy.sent[1]["query"]   # aliases are per batch: one document per batch size
 
 
 def test_create_items_encodes_everything_before_sending():
@@ -710,3 +711,20 @@ def test_sandbox_wrong_version_and_wrong_token(sb, boards):
     with pytest.raises(MondayAuthError) as exc:
         bad.board(boards["bills"])
     assert "not-a-token" not in str(exc.value)
+
+
+def test_clients_of_one_token_share_the_process_governor():
+    from connector_pipelines.systems.monday import reset_governors
+
+    reset_governors()
+    try:
+        transport = httpx.MockTransport(Scripted(ok({"me": {"id": "1"}})))
+        a = MondayClient.connect(API, token=TOKEN, transport=transport)
+        b = MondayClient.connect(API, token=TOKEN, transport=transport, mutations_per_minute_per_board=40)
+        c = MondayClient.connect(API, token="another-token", transport=transport)
+        assert a.governor is b.governor is not c.governor
+        assert a.governor.mutations_per_minute_per_board == 40
+        a.query("query { me { id } }")
+        assert b.governor.observed == 1 and TOKEN not in repr(a.governor)
+    finally:
+        reset_governors()

@@ -506,27 +506,28 @@ class MondayClient:
 
     def _create_batch(self, board_id: Any,
                       batch: list[tuple[int, str, str | None, str | None]]) -> dict[int, tuple[str | None, Any]]:
-        """One request of aliased create_item mutations: ``{index: (item_id, None) | (None, error)}``."""
+        """One request of aliased create_item mutations (``c0``, ``c1``, … within the batch, so batches of one
+        size send the same document): ``{index: (item_id, None) | (None, error)}``."""
         decls = ["$board: ID!"]
         fields = []
         variables: dict[str, Any] = {"board": str(board_id)}
-        for i, name, values, group in batch:
-            decls += [f"$n{i}: String!", f"$v{i}: JSON", f"$g{i}: String"]
-            fields.append(f"c{i}: create_item(board_id: $board, item_name: $n{i}, group_id: $g{i}, "
-                          f"column_values: $v{i}) {{ id }}")
-            variables.update({f"n{i}": name, f"v{i}": values, f"g{i}": group})
+        for j, (_, name, values, group) in enumerate(batch):
+            decls += [f"$n{j}: String!", f"$v{j}: JSON", f"$g{j}: String"]
+            fields.append(f"c{j}: create_item(board_id: $board, item_name: $n{j}, group_id: $g{j}, "
+                          f"column_values: $v{j}) {{ id }}")
+            variables.update({f"n{j}": name, f"v{j}": values, f"g{j}": group})
         document = f"mutation ({', '.join(decls)}) {{ {' '.join(fields)} }}"
         body, errors = self._post(document, variables, "create_items", board_id=board_id)
         data = _root_data(body)
         by_alias = {e.alias: e for e in errors if e.alias}
         general = next((e for e in errors if not e.alias), None)
         out: dict[int, tuple[str | None, Any]] = {}
-        for i, *_ in batch:
-            created = data.get(f"c{i}")
+        for j, (i, *_) in enumerate(batch):
+            created = data.get(f"c{j}")
             if isinstance(created, dict) and created.get("id") is not None:
                 out[i] = (str(created["id"]), None)
             else:
-                error = by_alias.get(f"c{i}") or general or (errors[0] if errors else None) or MondayApiError(
+                error = by_alias.get(f"c{j}") or general or (errors[0] if errors else None) or MondayApiError(
                     "create_item answered no id", operation="create_items")
                 out[i] = (None, error)
         return out
