@@ -48,6 +48,7 @@ from graphql import OperationDefinitionNode, OperationType, parse
 from connector_pipelines.core.http import ApiError, ResilientClient, RetrySettings, response_body
 from connector_pipelines.systems.monday.auth import (
     DEFAULT_API_VERSION,
+    StaticToken,
     TokenSource,
     fingerprint,
     token_source,
@@ -231,7 +232,8 @@ class MondayClient:
             rate = next((e for e in errors if isinstance(e, MondayRateLimited)), None)
             locked = next((e for e in errors if isinstance(e, MondayBoardLocked)), None)
             auth = next((e for e in errors if isinstance(e, MondayAuthError) and e.status == 401), None)
-            if whole and auth is not None and not reread and hasattr(self._token, "invalidate"):
+            if (whole and auth is not None and not reread and hasattr(self._token, "invalidate")
+                    and not isinstance(self._token, StaticToken)):   # a static token would be sent again as is
                 reread = True
                 self.stats["token_rereads"] += 1
                 self._token.invalidate(token)
