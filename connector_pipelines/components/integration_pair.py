@@ -38,7 +38,6 @@ from connector_pipelines.core.inbox import InboxRow
 from connector_pipelines.core.memory import batch_heap
 from connector_pipelines.integrations import registry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
-from connector_pipelines.integrations.resolution import ResolutionProcessor
 from connector_pipelines.integrations.sync import (
     SyncReport,
     reconcile,
@@ -169,19 +168,29 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     poll_job = dg.define_asset_job(f"{name}__poll_job",
                                    selection=dg.AssetSelection.assets(*asset_keys).without_checks(),
                                    tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "poll"},
-                                   description=f"Poll {src} windows for exceptions and sync them to Jira.")
+                                   description=f"Poll {src} windows for exceptions and sync them to "
+                                               f"{integration.target_system.label}.")
     reconcile_job = dg.define_asset_job(
         f"{name}__reconcile_job",
         selection=dg.AssetSelection.checks_for_assets(*asset_keys, *(b.key for b in backlogs)),
         tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "reconcile"},
-        description="Reconcile every current exception against the open Jira issues; list dead letters.")
+        description=f"Reconcile every current exception against the open {integration.target_system.label} records; "
+                    "list dead letters.")
     notification_job = _notification_job(integration, resource_keys, tags)
-    resolution_job = _resolution_job(integration, resource_keys, tags)
     retry_job = _retry_job(integration, resource_keys, tags)
     repair_job = _repair_job(integration, resource_keys, tags)
-    jira_webhook_job = _jira_webhook_renewal_job(integration, resource_keys, tags)
-    jobs = [poll_job, reconcile_job, notification_job, resolution_job, retry_job, repair_job, jira_webhook_job]
+    jobs = [poll_job, reconcile_job, notification_job, retry_job, repair_job]
     capabilities = integration.capabilities
+    # The return flow (a change in the target acts back on the source) and the target's webhook upkeep are
+    # what the target's adapter offers (Jira: Done -> resolution, its dynamic webhook).
+    target = registry.target_module(integration.target.system)
+    returns = hasattr(target, "resolution_processor")
+    if returns:
+        resolution_job = _resolution_job(integration, resource_keys, tags)
+        jobs.insert(3, resolution_job)
+    if hasattr(target, "ensure_webhook"):
+        webhook_job = _target_webhook_renewal_job(integration, resource_keys, tags)
+        jobs.append(webhook_job)
 
     schedules = [
         dg.ScheduleDefinition(name=f"{name}__reconcile_schedule", job=reconcile_job, cron_schedule="7 * * * *",
@@ -190,9 +199,11 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
         dg.ScheduleDefinition(name=f"{name}__repair_schedule", job=repair_job, cron_schedule="37 * * * *",
                               execution_timezone=integration.polling.timezone,
                               default_status=dg.DefaultScheduleStatus.RUNNING),
-        dg.ScheduleDefinition(name=f"{name}__jira_webhook_renewal_schedule", job=jira_webhook_job,
-                              cron_schedule="27 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING),
     ]
+    if hasattr(target, "ensure_webhook"):
+        schedules.append(dg.ScheduleDefinition(name=f"{name}__{tgt}_webhook_renewal_schedule", job=webhook_job,
+                                               cron_schedule="27 3 * * *",
+                                               default_status=dg.DefaultScheduleStatus.RUNNING))
     if capabilities.windowed_polling:
         # Sources without a modified timestamp (F&O) are pushed only: their windows replay the inbox on demand.
         schedules.insert(0, _poll_schedule(integration, poll_job, partitions))
@@ -206,13 +217,14 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
         build_inbox_sensor(f"{name}__{src}_inbox_sensor", name, src, notification_job, tags,
                            description=f"Launch one {name} notification run per batch of {src} webhook rows, and "
                                        "retry batches that failed or whose run died."),
-        build_inbox_sensor(f"{name}__{tgt}_inbox_sensor", name, tgt, resolution_job, tags,
-                           row_filter=_project_filter(integration.project_keys(),
-                                                      integration.target.resolution_comment_prefix),
-                           description=f"Launch one {name} resolution run per batch of Jira status transitions "
-                                       f"(and resolution comments) in {', '.join(integration.project_keys())}."),
         _ledger_retry_sensor(integration, retry_job, tags),
     ]
+    if returns:
+        sensors.insert(1, build_inbox_sensor(
+            f"{name}__{tgt}_inbox_sensor", name, tgt, resolution_job, tags,
+            row_filter=target.inbox_row_filter(integration),
+            description=f"Launch one {name} resolution run per batch of {integration.target_system.label} "
+                        f"events that can resolve a record ({target.RESOLUTION_EVENTS})."))
     return dg.Definitions(assets=[*assets, *backlogs], asset_checks=checks, schedules=schedules, sensors=sensors,
                           jobs=jobs)
 
@@ -353,29 +365,31 @@ def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> 
     name = integration.name
     reader = reader_name(name, integration.target.system)
 
-    @dg.op(name=f"{name}__apply_jira_resolutions", required_resource_keys=resource_keys,
-           description="For issues moved to done: confirm it with Jira, check the source document's status, "
-                       "then act once.")
-    def apply_jira_resolutions(context: dg.OpExecutionContext, config: InboxBatchConfig) -> dg.Output[None]:
+    tgt = integration.target.system
+    target = registry.target_module(tgt)
+    label = integration.target_system.label
+
+    @dg.op(name=f"{name}__apply_{tgt}_resolutions", required_resource_keys=resource_keys,
+           description=f"For records resolved in {label}: confirm it with {label}, check the source document's "
+                       "status, then act once.")
+    def apply_resolutions(context: dg.OpExecutionContext, config: InboxBatchConfig) -> dg.Output[None]:
         store = context.resources.connector_store
         inbox = store.inbox()
         dispatch = inbox.dispatch(reader)
         rows = inbox.get(config.inbox_ids)
         try:
             source = make_source(integration, context.resources)
-            jira = context.resources.jira.client(store.vault())
-            processor = ResolutionProcessor(integration, source, jira, store.ledger(), context.run_id,
-                                            leases=store.leases(), settings=store.write_settings())
+            processor = target.resolution_processor(integration, source, context.resources, context.run_id)
             report = processor.process([r.payload.get("event", r.payload) for r in rows])
         except dg.Failure:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever stopped the batch, its rows are retried or parked
-            _batch_failed(dispatch, rows, context.run_id, exc, "Jira resolution batch")
+            _batch_failed(dispatch, rows, context.run_id, exc, f"{label} resolution batch")
         md: dict[str, Any] = {k: dg.MetadataValue.int(v) for k, v in report.counts().items()}
         md["events"] = dg.MetadataValue.int(len(rows))
         if report.outcomes:
             md["outcomes"] = dg.MetadataValue.md("\n".join(
-                f"- [{k}]({jira.browse_url(k)}): {v}" for k, v in list(report.outcomes.items())[:50]))
+                f"- [{k}]({processor.browse_url(k)}): {v}" for k, v in list(report.outcomes.items())[:50]))
         if report.refusals:
             md["refused"] = _md_list(report.refusals)
             for issue_key, why in list(report.refusals.items())[:10]:
@@ -395,8 +409,8 @@ def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> 
                              allow_retries=False)
         return dg.Output(None, metadata=md)
 
-    return _single_op_job(apply_jira_resolutions, f"{name}__resolution_job", tags, "jira_webhook",
-                          "Jira issues moved to done act back on the source documents.", INBOX_JOB_TAGS)
+    return _single_op_job(apply_resolutions, f"{name}__resolution_job", tags, f"{tgt}_webhook",
+                          f"{label} records resolved by a person act back on the source documents.", INBOX_JOB_TAGS)
 
 
 class LedgerRetryConfig(dg.Config):
@@ -520,21 +534,20 @@ def _subscription_renewal_job(integration: IntegrationDefinition, resource_keys,
                           f"Keep {integration.source} webhook subscriptions alive (BC: 3-day expiry).")
 
 
-def _jira_webhook_renewal_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
-    from connector_pipelines.integrations.webhooks import ensure_jira_webhook
+def _target_webhook_renewal_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
+    name, tgt = integration.name, integration.target.system
+    target = registry.target_module(tgt)
+    label = integration.target_system.label
 
-    name = integration.name
-
-    @dg.op(name=f"{name}__ensure_jira_webhook", required_resource_keys=resource_keys,
-           description="Register the Jira dynamic webhook once and refresh it before its 30-day expiry.")
-    def ensure_jira_webhook_op(context: dg.OpExecutionContext) -> dg.Output[None]:
-        store = context.resources.connector_store
-        result = ensure_jira_webhook(integration, context.resources.jira, store.vault(), store.engine())
-        context.log.info(f"Jira webhook {result['webhook_id']}: {result['action']} (expires {result['expires']})")
+    @dg.op(name=f"{name}__ensure_{tgt}_webhook", required_resource_keys=resource_keys,
+           description=f"Register the {label} webhook once and refresh it before it expires.")
+    def ensure_webhook_op(context: dg.OpExecutionContext) -> dg.Output[None]:
+        result = target.ensure_webhook(integration, context.resources)
+        context.log.info(f"{label} webhook {result['webhook_id']}: {result['action']} (expires {result['expires']})")
         return dg.Output(None, metadata={"webhook": dg.MetadataValue.json(result)})
 
-    return _single_op_job(ensure_jira_webhook_op, f"{name}__jira_webhook_renewal_job", tags, "renewal",
-                          "Keep the Jira dynamic webhook registered and refreshed.")
+    return _single_op_job(ensure_webhook_op, f"{name}__{tgt}_webhook_renewal_job", tags, "renewal",
+                          f"Keep the {label} webhook registered and refreshed.")
 
 
 def _last_partition_key(partitions: dg.PartitionsDefinition, at: datetime) -> str | None:
@@ -561,32 +574,6 @@ def _poll_schedule(integration: IntegrationDefinition, poll_job, partitions) -> 
                 yield dg.RunRequest(run_key=f"{key}@{now.isoformat()}", partition_key=key)
 
     return poll_schedule
-
-
-def _project_filter(project_keys: list[str], comment_prefix: str | None = None):
-    """Jira rows this pair can act on: a status transition, or a resolution comment, of an issue in
-    one of its projects.
-
-    Other events (other comments — including the echo of our own outcome comments — and field edits)
-    stay in the inbox as audit but launch no run.
-    """
-    from connector_pipelines.integrations.resolution import resolution_comment
-
-    def belongs(row: InboxRow) -> bool:
-        event = row.payload.get("event", row.payload)
-        kind = event.get("webhookEvent")
-        if kind == "jira:issue_updated":
-            if not any(i.get("field") == "status" for i in (event.get("changelog") or {}).get("items") or []):
-                return False
-        elif resolution_comment(event, comment_prefix) is None:
-            return False
-        issue = event.get("issue") or {}
-        project = ((issue.get("fields") or {}).get("project") or {}).get("key")
-        if project:
-            return project in project_keys
-        return any(str(issue.get("key", "")).startswith(f"{k}-") for k in project_keys)
-
-    return belongs
 
 
 class IntegrationPairComponent(dg.Component, dg.Resolvable, IntegrationDefinition):

@@ -179,4 +179,52 @@ def from_resources(integration: IntegrationDefinition, resources: Any, run_id: s
                            settings=store.write_settings())
 
 
+# -- the return flow and webhook upkeep (integrations.registry.target_module) ------------------------------
+RESOLUTION_EVENTS = "status transitions, and resolution comments"
+
+
+def resolution_processor(integration: IntegrationDefinition, source: Any, resources: Any, run_id: str | None):
+    """Done in Jira (or a resolution comment) -> the source acts once (integrations.resolution)."""
+    from connector_pipelines.integrations.resolution import ResolutionProcessor
+
+    store = resources.connector_store
+    jira = resources.jira.client(store.vault())
+    return ResolutionProcessor(integration, source, jira, store.ledger(), run_id, leases=store.leases(),
+                               settings=store.write_settings())
+
+
+def inbox_row_filter(integration: IntegrationDefinition):
+    """Jira rows this pair can act on: a status transition, or a resolution comment, of an issue in one of
+    its projects. Other events (other comments — including the echo of our own outcome comments — and field
+    edits) stay in the inbox as audit but launch no run."""
+    from connector_pipelines.integrations.resolution import resolution_comment
+
+    project_keys = integration.project_keys()
+    comment_prefix = integration.target.resolution_comment_prefix
+
+    def belongs(row) -> bool:
+        event = row.payload.get("event", row.payload)
+        kind = event.get("webhookEvent")
+        if kind == "jira:issue_updated":
+            if not any(i.get("field") == "status" for i in (event.get("changelog") or {}).get("items") or []):
+                return False
+        elif resolution_comment(event, comment_prefix) is None:
+            return False
+        issue = event.get("issue") or {}
+        project = ((issue.get("fields") or {}).get("project") or {}).get("key")
+        if project:
+            return project in project_keys
+        return any(str(issue.get("key", "")).startswith(f"{k}-") for k in project_keys)
+
+    return belongs
+
+
+def ensure_webhook(integration: IntegrationDefinition, resources: Any) -> dict[str, Any]:
+    """Register the Jira dynamic webhook once and refresh it before its 30-day expiry."""
+    from connector_pipelines.integrations.webhooks import ensure_jira_webhook
+
+    store = resources.connector_store
+    return ensure_jira_webhook(integration, resources.jira, store.vault(), store.engine())
+
+
 __all__ = ["JiraBackend", "JiraConfigError", "JiraIssueWriter", "WriteReport", "from_resources"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from connector_pipelines.integrations.definition import IntegrationDefinition
@@ -54,6 +54,10 @@ SYSTEMS: dict[str, SystemEntry] = {e.name: e for e in (
                 source_adapter="connector_pipelines.integrations.sources.acumatica", windowed_polling=True),
     SystemEntry("jira", "Jira", "jira", target_adapter="connector_pipelines.integrations.jira_target",
                 pool="jira_site", field_kinds=("text", "number", "adf")),
+    # monday.com: items on boards; the field kinds are its column types the codecs write (systems.monday.codecs).
+    SystemEntry("monday", "Monday.com", "monday", target_adapter="connector_pipelines.integrations.monday_target",
+                pool="monday_account",
+                field_kinds=("text", "long_text", "numbers", "status", "date", "link", "dropdown")),
 )}
 
 
@@ -84,12 +88,19 @@ def make_source(integration: IntegrationDefinition, resources: Any):
     return import_module(entry.source_adapter).from_resources(integration, resources)
 
 
+def target_module(name: str) -> Any:
+    """The adapter module of target ``name``: ``from_resources`` always; ``resolution_processor``,
+    ``inbox_row_filter``, ``RESOLUTION_EVENTS`` when a person's change in the target acts back on the source;
+    ``ensure_webhook`` when the connector keeps a webhook registered there."""
+    entry = system(name)
+    if not entry.target_adapter:
+        raise UnknownSystem(f"{name!r} is not a target (targets: {', '.join(target_names())})")
+    return import_module(entry.target_adapter)
+
+
 def make_target(integration: IntegrationDefinition, resources: Any, run_id: str | None):
     """The target writer for ``integration.target.system``, built from this run's resources."""
-    entry = system(integration.target.system)
-    if not entry.target_adapter:
-        raise UnknownSystem(f"{entry.name!r} is not a target (targets: {', '.join(target_names())})")
-    return import_module(entry.target_adapter).from_resources(integration, resources, run_id)
+    return target_module(integration.target.system).from_resources(integration, resources, run_id)
 
 
 # -- target settings: one model per target system, discriminated on ``system`` -------------------------
@@ -107,26 +118,32 @@ class JiraTarget(BaseModel):
         "(the rest of the comment is the outcome recorded at the source); None = transitions only"))
 
 
-TARGET_MODELS: dict[str, type[BaseModel]] = {"jira": JiraTarget}
+class MondayTarget(BaseModel):
+    """Where a pair's records become items on monday.com boards (one board per entity)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: Literal["monday"]
+    boards: dict[str, str] = Field(description="Entity name -> board id (checked against the live board by ping)")
+    groups: dict[str, str] = Field(default_factory=dict, description="Entity name -> group id (default: the board's first)")
+    external_id_column: str = Field("external_id", description="Text column holding the source key (found before create)")
+    link_column: str | None = Field(None, description="Link column receiving the link back to the source record")
+    account_url: str | None = Field(None, description="https://<account>.monday.com, for links to items")
 
 
-def _target_system(value: Any) -> str:
-    """The discriminator: ``system`` of the target settings (``jira`` when left out, as the first pairs were)."""
-    if isinstance(value, dict):
-        return str(value.get("system", "jira"))
-    return str(getattr(value, "system", "jira"))
+TARGET_MODELS: dict[str, type[BaseModel]] = {"jira": JiraTarget, "monday": MondayTarget}
 
 
 def _target_config() -> Any:
-    """The definition's ``target`` type: the union of the registered target settings, discriminated on
-    ``system`` (one model alone is just that model: pydantic discriminates unions only)."""
-    if len(TARGET_MODELS) == 1:
-        return next(iter(TARGET_MODELS.values()))
-    members = tuple(Annotated[model, Tag(name)] for name, model in TARGET_MODELS.items())
-    return Annotated[Union[members], Discriminator(_target_system)]  # noqa: UP007 - built from a tuple
+    """The definition's ``target`` type: the union of the registered target settings. Each model pins its
+    ``system`` with a Literal (Jira's defaults to "jira", as the first pairs were written), so exactly one
+    member accepts a given target; a plain union (not a callable discriminator) because the Dagster component
+    that reads defs.yaml adds template strings to every field's type."""
+    models = tuple(TARGET_MODELS.values())
+    return models[0] if len(models) == 1 else Union[models]  # noqa: UP007 - built from the registry's tuple
 
 
 TargetConfig = _target_config()
 
-__all__ = ["SYSTEMS", "JiraTarget", "SystemEntry", "TargetConfig", "UnknownSystem", "make_source", "make_target",
+__all__ = ["SYSTEMS", "JiraTarget", "MondayTarget", "SystemEntry", "TargetConfig", "UnknownSystem", "make_source", "make_target",
            "source_names", "system", "target_names"]

@@ -114,6 +114,9 @@ class ResolutionProcessor:
         self.leases = leases
         self.settings = settings or WriteSettings.from_env()
 
+    def browse_url(self, key: str) -> str:
+        return self.jira.browse_url(key)
+
     def process(self, events: list[dict[str, Any]]) -> ResolutionReport:
         report = ResolutionReport()
         # Several events for one issue in a batch: the first that Jira confirms is the one that counts; after

@@ -1,0 +1,159 @@
+"""Monday.com as a target (integrations.registry): one item per source record on the board the customer
+chose for the entity, found by an external-id text column.
+
+``MondayBackend`` is the Monday side of the generic write path (integrations.target.RecordWriter): the item
+name (the entity's ``summary`` template) and typed column values (each mapped field's template rendered,
+then turned into the column type's value and encoded by the client's codecs, which know the board's
+column types), ``items_page_by_column_values`` on the external-id column before any create, several
+``create_item`` mutations per request, ``change_multiple_column_values`` for updates, ``create_update`` for
+comments, and for reconcile/repair every item of the board carrying an external key and archiving a newer
+duplicate. Calls are paced by the client's per-token rate governor (systems.monday.governor).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition, render, to_number
+from connector_pipelines.integrations.sources.base import SourceRecord
+from connector_pipelines.integrations.target import CreateOutcome, RecordWriter, TargetItem
+from connector_pipelines.systems.monday.client import MondayClient
+from connector_pipelines.systems.monday.errors import MondayError
+
+NAME_LIMIT = 255
+
+
+def column_value(kind: str, text: str) -> Any:
+    """A rendered template as the Python value the column type's codec takes (None clears the column)."""
+    if text == "":
+        return None
+    if kind == "numbers":
+        return to_number(text)
+    if kind == "dropdown":
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+class MondayBackend:
+    """The boards of one monday.com account, as the flow machinery writes to them."""
+
+    system = "monday"
+    label = "Monday.com"
+
+    def __init__(self, client: MondayClient, integration: IntegrationDefinition) -> None:
+        self.client = client
+        self.integration = integration
+        self.settings = integration.target
+        self.batch_size = client.batch_size
+        self._board_of_item: dict[str, str] = {}
+
+    def board(self, entity: EntitySync) -> str:
+        try:
+            return str(self.settings.boards[entity.name])
+        except KeyError:
+            raise MondayError(f"no Monday board is configured for entity {entity.name!r} (target.boards)") from None
+
+    def check(self) -> dict[str, str]:
+        """Every configured board has the external-id column and each mapped column with the kind declared
+        (what `connector-pipelines ping` reports); raises naming what is missing or of another type."""
+        out = {}
+        for entity in self.integration.entities:
+            expected = {self.settings.external_id_column: "text"}
+            expected.update({f.name: f.kind for f in entity.fields})
+            if self.settings.link_column:
+                expected[self.settings.link_column] = "link"
+            board = self.client.check_board(self.board(entity), expected)
+            out[entity.name] = getattr(board, "name", None) or self.board(entity)
+        return out
+
+    # -- what a record becomes --------------------------------------------------------------------------
+    def desired(self, entity: EntitySync, record: SourceRecord) -> dict[str, Any]:
+        values: dict[str, Any] = {self.settings.external_id_column: record.external_id}
+        for mapping in entity.fields:
+            values[mapping.name] = column_value(mapping.kind, render(mapping.template, record.data))
+        if self.settings.link_column and record.url:
+            values[self.settings.link_column] = {"url": record.url, "text": f"Open in {self.integration.capabilities.label}"}
+        name = render(entity.summary, record.data)[:NAME_LIMIT] or f"{entity.document_label} {record.record_id}"
+        return {"name": name, "column_values": values}
+
+    # -- finding ----------------------------------------------------------------------------------------
+    def _item(self, item: dict[str, Any], board: str) -> TargetItem:
+        key = str(item["id"])
+        self._board_of_item[key] = board
+        external = (item.get("columns") or {}).get(self.settings.external_id_column)
+        return TargetItem(key, int(key), bool(item.get("archived")) or item.get("state") == "archived",
+                          external if isinstance(external, str) else None)
+
+    def find(self, entity: EntitySync, external_ids: list[str]) -> dict[str, list[TargetItem]]:
+        board = self.board(entity)
+        found = self.client.items_by_column_values(board, self.settings.external_id_column, external_ids,
+                                                   columns=[self.settings.external_id_column])
+        return {k: [self._item(i, board) for i in items] for k, items in found.items()}
+
+    def read(self, key: str) -> TargetItem | None:
+        board = self._board_of_item.get(key)
+        if board is None:
+            return None
+        for item in self.client.items_page(board, columns=[self.settings.external_id_column],
+                                           query_params={"ids": [key]}):
+            return self._item(item, board)
+        return None
+
+    def open_items(self, entity: EntitySync, prefix: str) -> dict[str, list[TargetItem]]:
+        board = self.board(entity)
+        out: dict[str, list[TargetItem]] = {}
+        for item in self.client.items_page(board, columns=[self.settings.external_id_column]):
+            found = self._item(item, board)
+            if (found.external_id or "").startswith(prefix) and not found.done:
+                out.setdefault(found.external_id or "", []).append(found)
+        return out
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def create_many(self, entity: EntitySync, payloads: list[dict[str, Any]]) -> CreateOutcome:
+        board = self.board(entity)
+        group = self.settings.groups.get(entity.name)
+        created = self.client.create_items(board, [{**p, "group_id": group} if group else p for p in payloads])
+        outcome = CreateOutcome()
+        for i, c in enumerate(created):
+            outcome.created.append(c.item_id)
+            if c.item_id is not None:
+                self._board_of_item[c.item_id] = board
+            else:
+                outcome.errors[i] = str(c.error or "monday did not create the item")
+                if c.error is not None and isinstance(c.error.status, int):
+                    outcome.error_status[i] = c.error.status
+        return outcome
+
+    def update(self, entity: EntitySync, key: str, payload: dict[str, Any]) -> None:
+        board = self.board(entity)
+        self._board_of_item[key] = board
+        self.client.change_multiple_column_values(board, key, payload["column_values"])
+
+    def comment(self, key: str, text: str) -> None:
+        self.client.create_update(key, text, board_id=self._board_of_item.get(key))
+
+    def close_duplicate(self, duplicate: str, keep: str, external_id: str) -> None:
+        self.client.create_update(duplicate, f"connector_pipelines: archived as a duplicate of item {keep} (both "
+                                             f"carry ERP record {external_id}); work continues there.",
+                                  board_id=self._board_of_item.get(duplicate))
+        self.client.archive_item(duplicate, board_id=self._board_of_item.get(duplicate))
+
+    def url(self, key: str) -> str:
+        base = (self.settings.account_url or "https://monday.com").rstrip("/")
+        board = self._board_of_item.get(key)
+        return f"{base}/boards/{board}/pulses/{key}" if board else f"{base}/pulses/{key}"
+
+    def api_calls(self) -> int:
+        return self.client.http.calls
+
+
+def from_resources(integration: IntegrationDefinition, resources: Any, run_id: str | None) -> RecordWriter:
+    """The writer for one run (integrations.registry): the Monday resource's client (its token read from the
+    vault at use time), the store's ledger and leases."""
+    store = resources.connector_store
+    client = resources.monday.client(store.vault())
+    return RecordWriter(MondayBackend(client, integration), store.ledger(), integration, run_id,
+                        leases=store.leases(), settings=store.write_settings())
+
+
+__all__ = ["MondayBackend", "column_value", "from_resources"]
