@@ -110,6 +110,23 @@ def cmd_ping(_args: argparse.Namespace) -> int:
 
         results.append(_check("acumatica api", acu_read))
 
+    monday = res.get("monday")
+    monday_pairs = [d for d in _definitions() if d.target.system == "monday"]
+    if monday is not None and (monday.token or monday_pairs):
+        def monday_read() -> str:
+            from connector_pipelines.integrations.monday_target import MondayBackend
+
+            client = monday.client(store.vault())
+            me = client.query("query { me { id name } }").get("me") or {}
+            boards = []
+            for definition in monday_pairs:   # every configured board has its columns, with the declared types
+                boards += [f"{definition.name}/{entity}: {board}"
+                           for entity, board in MondayBackend(client, definition).check().items()]
+            return (f"API {monday.api_version} as user {me.get('id', '?')}; boards "
+                    + (", ".join(boards) if boards else "(none configured)"))
+
+        results.append(_check("monday.com api", monday_read))
+
     jira = res.get("jira")
     if jira is None:
         results.append(_line(False, "jira", "not configured (CONNECTOR_JIRA_* variables missing)"))
@@ -129,6 +146,19 @@ def cmd_ping(_args: argparse.Namespace) -> int:
     failed = results.count(False)
     print(f"{len(results) - failed} ok, {failed} failed")
     return 1 if failed else 0
+
+
+def _definitions() -> list:
+    """Every pair's definition, as the code location loads them (defs/<pair>/defs.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    from connector_pipelines.integrations.definition import IntegrationDefinition
+
+    folder = Path(__file__).resolve().parent / "defs"
+    return [IntegrationDefinition.model_validate(yaml.safe_load(f.read_text())["attributes"])
+            for f in sorted(folder.glob("*/defs.yaml"))]
 
 
 def cmd_vault(args: argparse.Namespace) -> int:
@@ -213,7 +243,8 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     return status
 
 
-PAIR_SOURCES = {"bc_jira": "business_central", "d365_jira": "finance_operations", "acumatica_jira": "acumatica"}
+PAIR_SOURCES = {"bc_jira": "business_central", "d365_jira": "finance_operations", "acumatica_jira": "acumatica",
+                "d365_monday": "finance_operations"}
 JIRA_SCOPES = "read:jira-work write:jira-work read:jira-user manage:jira-webhook offline_access"
 
 

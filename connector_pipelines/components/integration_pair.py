@@ -156,12 +156,16 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
                                                timezone=integration.polling.timezone, end_offset=1)
     owners = integration.owners or None
 
+    # The return flow (a change in the target acts back on the source) and the target's webhook upkeep are
+    # what the target's adapter offers (Jira: Done -> resolution, its dynamic webhook).
+    target = registry.target_module(tgt)
+    returns = hasattr(target, "resolution_processor")
     assets = [_entity_asset(integration, e, partitions, resource_keys, owners) for e in integration.entities]
     asset_keys = [a.key for a in assets]
-    backlogs = [inbox_backlog_spec(name, s, label, owners) for s, label in
-                ((src, integration.capabilities.label), (tgt, integration.target_system.label))]
+    inboxes = [(src, integration.capabilities.label)] + ([(tgt, integration.target_system.label)] if returns else [])
+    backlogs = [inbox_backlog_spec(name, s, label, owners) for s, label in inboxes]
     checks = [_reconcile_check(integration, e, resource_keys) for e in integration.entities]
-    checks += [dead_letter_check(name, s) for s in (src, tgt)]
+    checks += [dead_letter_check(name, s) for s, _ in inboxes]
 
     # without_checks(): AssetSelection.assets() also selects the assets' checks, which would run a full
     # reconciliation against both live systems in every poll run; the reconcile job runs them instead.
@@ -181,10 +185,6 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     repair_job = _repair_job(integration, resource_keys, tags)
     jobs = [poll_job, reconcile_job, notification_job, retry_job, repair_job]
     capabilities = integration.capabilities
-    # The return flow (a change in the target acts back on the source) and the target's webhook upkeep are
-    # what the target's adapter offers (Jira: Done -> resolution, its dynamic webhook).
-    target = registry.target_module(integration.target.system)
-    returns = hasattr(target, "resolution_processor")
     if returns:
         resolution_job = _resolution_job(integration, resource_keys, tags)
         jobs.insert(3, resolution_job)

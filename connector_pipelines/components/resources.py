@@ -225,6 +225,39 @@ class AcumaticaResource(dg.ConfigurableResource):
                 setattr(self, attr, None)
 
 
+class MondayResource(dg.ConfigurableResource):
+    """monday.com's GraphQL API (docs/monday.md): the token is read from the vault at use time (``credential_name``,
+    ``{"token": …}``), or bound as ``dg.EnvVar``; the API version is pinned; every client of a token in this
+    process shares one rate governor."""
+
+    api_url: str = "https://api.monday.com/v2"
+    api_version: str = "2026-10"
+    credential_name: str = "monday:default"
+    token: str | None = Field(default=None, description="Bind as dg.EnvVar; None = the vault's credential", repr=False)
+    mutations_per_minute_per_board: int | None = Field(default=None, description=(
+        "Pace mutations per board (an ASSUMPTION: monday documents no such cap); None = no pacing"))
+    ca_bundle: str | None = Field(default=None, description="Extra CA bundle (PEM) for TLS to the API")
+
+    _client: Any = PrivateAttr(default=None)
+
+    def client(self, vault: Vault):
+        """This run's client (built on first use, closed when the run ends)."""
+        if self._client is None:
+            from connector_pipelines.systems.monday.auth import VaultToken
+            from connector_pipelines.systems.monday.client import MondayClient
+
+            token = self.token or VaultToken(vault, self.credential_name)
+            self._client = MondayClient.connect(self.api_url, token=token, api_version=self.api_version,
+                                                mutations_per_minute_per_board=self.mutations_per_minute_per_board,
+                                                verify=self.ca_bundle or True)
+        return self._client
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            _close(self._client)
+            self._client = None
+
+
 class JiraResource(dg.ConfigurableResource):
     """Jira Cloud REST v3 as an OAuth 2.0 (3LO) app; the rotating refresh token lives in the vault."""
 
@@ -331,6 +364,15 @@ def resources_from_env(for_dagster: bool = True) -> dict[str, dg.ConfigurableRes
             password=optional_secret("CONNECTOR_ACUMATICA_PASSWORD"),
             credential_name=os.environ.get("CONNECTOR_ACUMATICA_CREDENTIAL", "acumatica:default"),
             max_concurrent=int(os.environ.get("CONNECTOR_ACUMATICA_MAX_CONCURRENT") or 4),
+            ca_bundle=os.environ.get("CONNECTOR_CA_BUNDLE"),
+        ),
+        "monday": lambda: MondayResource(
+            api_url=os.environ.get("CONNECTOR_MONDAY_API_URL", "https://api.monday.com/v2"),
+            api_version=os.environ.get("CONNECTOR_MONDAY_API_VERSION", "2026-10"),
+            credential_name=os.environ.get("CONNECTOR_MONDAY_CREDENTIAL", "monday:default"),
+            token=optional_secret("CONNECTOR_MONDAY_TOKEN"),
+            mutations_per_minute_per_board=int(os.environ["CONNECTOR_MONDAY_BOARD_MUTATIONS_PER_MINUTE"])
+            if os.environ.get("CONNECTOR_MONDAY_BOARD_MUTATIONS_PER_MINUTE") else None,
             ca_bundle=os.environ.get("CONNECTOR_CA_BUNDLE"),
         ),
         "jira": lambda: JiraResource(

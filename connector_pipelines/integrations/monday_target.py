@@ -18,6 +18,7 @@ from connector_pipelines.integrations.definition import EntitySync, IntegrationD
 from connector_pipelines.integrations.sources.base import SourceRecord
 from connector_pipelines.integrations.target import CreateOutcome, RecordWriter, TargetItem
 from connector_pipelines.systems.monday.client import MondayClient
+from connector_pipelines.systems.monday.codecs import raw
 from connector_pipelines.systems.monday.errors import MondayError
 
 NAME_LIMIT = 255
@@ -127,7 +128,8 @@ class MondayBackend:
     def update(self, entity: EntitySync, key: str, payload: dict[str, Any]) -> None:
         board = self.board(entity)
         self._board_of_item[key] = board
-        self.client.change_multiple_column_values(board, key, payload["column_values"])
+        # The item's name travels with its columns ({"name": …} renames the item; sent as it is, not encoded).
+        self.client.change_multiple_column_values(board, key, {**payload["column_values"], "name": raw(payload["name"])})
 
     def comment(self, key: str, text: str) -> None:
         self.client.create_update(key, text, board_id=self._board_of_item.get(key))

@@ -27,13 +27,15 @@ class Pair:
     """What one shipped defs/<pair>/defs.yaml must become."""
 
     def __init__(self, name: str, source: str, entities: tuple[str, ...], owner: str, *, polls: bool,
-                 subscriptions: bool) -> None:
+                 subscriptions: bool, target: str = "jira", returns: bool = True) -> None:
         self.name, self.source, self.entities, self.owner = name, source, entities, owner
         self.entity_keys = {dg.AssetKey([source, e]) for e in entities}
-        jobs = ["poll_job", "notification_job", "resolution_job", "jira_webhook_renewal_job", "reconcile_job",
-                "retry_job", "repair_job"]
-        schedules = {"reconcile_schedule": "reconcile_job", "jira_webhook_renewal_schedule": "jira_webhook_renewal_job",
-                     "repair_schedule": "repair_job"}
+        self.target = target
+        jobs = ["poll_job", "notification_job", "reconcile_job", "retry_job", "repair_job"]
+        schedules = {"reconcile_schedule": "reconcile_job", "repair_schedule": "repair_job"}
+        if returns:   # the target's changes act back on the source; the target's webhook is kept registered
+            jobs += ["resolution_job", f"{target}_webhook_renewal_job"]
+            schedules[f"{target}_webhook_renewal_schedule"] = f"{target}_webhook_renewal_job"
         if polls:
             schedules["poll_schedule"] = "poll_job"
         if subscriptions:
@@ -41,9 +43,10 @@ class Pair:
             schedules["subscription_renewal_schedule"] = "subscription_renewal_job"
         self.jobs = {f"{name}__{j}" for j in jobs}
         self.sensor_jobs = {f"{name}__{source}_inbox_sensor": f"{name}__notification_job",
-                            f"{name}__jira_inbox_sensor": f"{name}__resolution_job",
                             f"{name}__ledger_retry_sensor": f"{name}__retry_job"}
-        self.backlog_keys = {dg.AssetKey([name, "inbox", s]) for s in (source, "jira")}
+        if returns:
+            self.sensor_jobs[f"{name}__{target}_inbox_sensor"] = f"{name}__resolution_job"
+        self.backlog_keys = {dg.AssetKey([name, "inbox", s]) for s in ((source, target) if returns else (source,))}
         self.schedule_jobs = {f"{name}__{k}": f"{name}__{v}" for k, v in schedules.items()}
 
 
@@ -56,7 +59,9 @@ FO = Pair("d365_jira", "finance_operations",
 ACU = Pair("acumatica_jira", "acumatica",
            ("bills_needing_attention", "vendor_payments_needing_attention", "purchase_orders_needing_attention"),
            "team:accounts-payable", polls=True, subscriptions=False)
-PAIRS = [BC, FO, ACU]
+MONDAY = Pair("d365_monday", "finance_operations", ("posted_vendor_invoice_items", "confirmed_purchase_order_items"),
+              "team:accounts-payable", polls=False, subscriptions=False, target="monday", returns=False)
+PAIRS = [BC, FO, ACU, MONDAY]
 SOURCES = [p.source for p in PAIRS]
 ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))
 INBOX_KEYS = {dg.AssetKey(["inbox", s]) for s in [*SOURCES, "jira"]}
@@ -107,7 +112,7 @@ def test_jobs_by_name(repo):
             assert job.executor_def.name == "in_process", name  # I/O-bound: one process per run (rule 5)
             # one retry budget: ours (ledger, inbox); Dagster re-launches only runs whose worker died
             assert job.tags["dagster/retry_on_asset_or_op_failure"] == "false", name
-        for name in (f"{pair.name}__notification_job", f"{pair.name}__resolution_job"):
+        for name in ({f"{pair.name}__notification_job", f"{pair.name}__resolution_job"} & pair.jobs):
             assert repo.get_job(name).tags["dagster/max_retries"] == "0", name  # the inbox retries these
 
 
@@ -160,7 +165,7 @@ def test_entity_assets_are_described_owned_and_hourly_from_go_live(repo, pair, e
     # no asset RetryPolicy: it would multiply with our own budgets (finding: 9 attempts of a permanent 4xx)
     assert repo.assets_defs_by_key[node.key].op.retry_policy is None
     assert node.group_name == pair.name
-    assert node.kinds == {pair.source, "jira"}
+    assert node.kinds == {pair.source, pair.target}
     assert node.owners == [pair.owner]
     assert node.description and node.description.strip()
     assert node.is_materializable
@@ -188,7 +193,7 @@ def test_inbox_assets_have_an_owner(repo, source):
 
 
 def test_resources_are_bound_once_under_their_system_names(defs):
-    assert set(defs.resources) == {"connector_store", *SOURCES, "jira"}
+    assert set(defs.resources) == {"connector_store", *SOURCES, "jira", "monday"}
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path):

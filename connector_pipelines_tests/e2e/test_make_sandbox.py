@@ -77,7 +77,7 @@ def test_sandbox_prints_a_working_map_and_a_shell_environment_for_consent_and_pi
         ping = subprocess.run([str(CLI), "ping"], check=False, cwd=tmp_path, env=shell_env, capture_output=True,
                               text=True, timeout=120)
         assert ping.returncode == 0, ping.stdout + ping.stderr
-        assert "9 ok, 0 failed" in ping.stdout and "OK    acumatica api" in ping.stdout
+        assert "10 ok, 0 failed" in ping.stdout and "OK    acumatica api" in ping.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)

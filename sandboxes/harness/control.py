@@ -88,14 +88,15 @@ def control_app(stack) -> Starlette:
 
     def vendors() -> dict[str, Any]:
         return {"entra": stack.entra, "bc": stack.bc, "fo": stack.fo, "acumatica": stack.acumatica,
-                "atlassian": stack.atlassian, "jira": stack.jira}
+                "monday": stack.monday, "atlassian": stack.atlassian, "jira": stack.jira}
 
     def total_calls(s) -> int | None:
         total = getattr(s, "calls_total", None)
         return s.calls if total is None and isinstance(getattr(s, "calls", None), int) else total
 
     def call_routes(s) -> dict[str, int]:
-        counter = s.calls if not isinstance(getattr(s, "calls", None), int) else getattr(s, "calls_by_path", {})
+        counter = s.calls if not isinstance(getattr(s, "calls", None), int) else (
+            getattr(s, "calls_by_path", None) or getattr(s, "calls_by_operation", {}))
         return {(f"{k[0]} {k[1]}" if isinstance(k, tuple) else str(k)): n for k, n in counter.items()}
 
     async def body(request: Request) -> dict[str, Any]:

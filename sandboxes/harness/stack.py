@@ -24,6 +24,7 @@ from sandboxes.common import SandboxServer
 from sandboxes.entra import EntraSandbox
 from sandboxes.finance_operations import FinanceOperationsSandbox
 from sandboxes.jira import JiraSandbox
+from sandboxes.monday import MondaySandbox
 from sandboxes.tls import make_tls
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -56,6 +57,18 @@ ACU_CLIENT_GUID = "4f1c2b3a-5d6e-4f70-8a9b-0c1d2e3f4a5b"
 ACU_USER = "connector"
 ACU_PROJECT = "ACU"
 ACU_SECRET_HEADER = "X-Connector-Secret"
+# monday.com: the AP team's boards as d365_monday's defs.yaml names them (ids pinned), with its columns.
+MONDAY_BOARDS = {
+    "4815162342": ("Vendor invoices", [("status", "status", {"labels": {"0": "Posted", "1": "Approved", "2": "Query",
+                                                                         "3": "Paid"}}),
+                                       ("invoice_date", "date", {})]),
+    "4815162343": ("Purchase orders", [("status", "status", {"labels": {"0": "Confirmed", "1": "Approved",
+                                                                         "2": "InReview", "3": "Rejected",
+                                                                         "4": "Draft", "5": "Finalized"}}),
+                                       ("accounting_date", "date", {})]),
+}
+MONDAY_COMMON_COLUMNS = [("external_id", "text", {}), ("erp_link", "link", {}), ("vendor", "text", {}),
+                         ("amount", "numbers", {}), ("currency", "text", {})]
 ACU_PUSH = (("ConnectorBills", "Bill", ["Type", "ReferenceNbr", "Status"]),
             ("ConnectorChecks", "Check", ["Type", "ReferenceNbr", "Status"]),
             ("ConnectorPurchaseOrders", "PurchaseOrder", ["Type", "OrderNbr", "Status"]))
@@ -76,6 +89,7 @@ class Stack:
     tls: Any = None
     meter: Any = None   # a control.InFlightMeter over every vendor sandbox (start_stack(metered=True))
     acumatica: AcumaticaSandbox | None = None
+    monday: MondaySandbox | None = None
 
     @property
     def urls(self) -> dict[str, str]:
@@ -98,6 +112,9 @@ class Stack:
                           "client_id": self.env.get("CONNECTOR_ACUMATICA_CLIENT_ID"),
                           "client_secret": self.secrets["acumatica_client_secret"], "username": ACU_USER,
                           "password": self.secrets["acumatica_password"], "endpoint": "Default/24.200.001"},
+            "monday": {"api_url": f"{self.urls['monday']}/v2" if "monday" in self.urls else None,
+                       "token": self.secrets["monday_token"], "boards": sorted(MONDAY_BOARDS),
+                       "people_ui": f"{self.urls['monday']}/_sandbox/" if "monday" in self.urls else None},
             "jira": {"api_url": self.urls["jira"], "cloud_id": CLOUD_ID, "site_url": SITE_URL, "project": PROJECT,
                      "people_ui": f"{self.urls['jira']}/_sandbox/"},
             "receiver": {"url": self.urls.get("receiver"), "tls_url": self.urls.get("receiver_tls")},
@@ -108,7 +125,7 @@ class Stack:
         os.environ.update(self.env)
 
     def stop(self) -> None:
-        for attr in ("bc", "jira", "fo", "acumatica"):
+        for attr in ("bc", "jira", "fo", "acumatica", "monday"):
             stopper = getattr(getattr(self, attr), "stop_auto_delivery", None)
             if stopper:
                 stopper()
@@ -143,7 +160,7 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
              "bc_client_state": secrets.token_urlsafe(24), "jira_webhook_secret": secrets.token_urlsafe(24),
              "fo_client_secret": secrets.token_urlsafe(24), "fo_events_secret": secrets.token_urlsafe(24),
              "acumatica_client_secret": secrets.token_urlsafe(24), "acumatica_password": secrets.token_urlsafe(18),
-             "acumatica_push_secret": secrets.token_urlsafe(24)}
+             "acumatica_push_secret": secrets.token_urlsafe(24), "monday_token": secrets.token_urlsafe(32)}
 
     entra = EntraSandbox()
     entra.register_app(TENANT, BC_CLIENT_ID, creds["bc_client_secret"], [BC_SCOPE])
@@ -159,6 +176,13 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     acumatica = AcumaticaSandbox(tenant=ACU_TENANT, endpoint_versions=("24.200.001",))
     acu_client_id = acumatica.register_connected_app(ACU_CLIENT_GUID, creds["acumatica_client_secret"])
     acumatica.add_user(ACU_USER, creds["acumatica_password"])
+    monday = MondaySandbox(api_versions=("2026-10",))
+    monday.add_token(creds["monday_token"], user_id="9001", kind="personal")
+    for board_id, (board_name, own_columns) in MONDAY_BOARDS.items():
+        monday.add_board(board_name, [{"id": cid, "title": cid.replace("_", " ").title(), "type": kind,
+                                       "settings": settings}
+                                      for cid, kind, settings in [*MONDAY_COMMON_COLUMNS, *own_columns]],
+                         board_id=board_id)
     atlassian = AtlassianAuthSandbox()
     atlassian.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"], [consent_redirect(consent_port)])
     jira = JiraSandbox(token_validator=atlassian.validate_access_token)
@@ -170,7 +194,7 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         jira.add_custom_field(CLOUD_ID, name, kind)
     jira.add_user(CLOUD_ID, ACCOUNT_ID, "Avery Accounts")
     jira.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"])
-    for s in (entra, bc, fo, acumatica, atlassian, jira):
+    for s in (entra, bc, fo, acumatica, monday, atlassian, jira):
         s.faults.latency_s = latency_s
 
     meter = None
@@ -188,6 +212,7 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         "business_central": SandboxServer(app(bc, "bc"), port=ports.get("business_central", 0)).start(),
         "finance_operations": SandboxServer(app(fo, "fo"), port=ports.get("finance_operations", 0)).start(),
         "acumatica": SandboxServer(app(acumatica, "acumatica"), port=ports.get("acumatica", 0)).start(),
+        "monday": SandboxServer(app(monday, "monday"), port=ports.get("monday", 0)).start(),
         "atlassian_auth": SandboxServer(app(atlassian, "atlassian"), port=ports.get("atlassian_auth", 0)).start(),
         "jira": SandboxServer(app(jira, "jira"), port=ports.get("jira", 0)).start(),
     }
@@ -224,10 +249,13 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         "CONNECTOR_ACUMATICA_PASSWORD": creds["acumatica_password"],
         "CONNECTOR_ACUMATICA_PUSH_SECRET": creds["acumatica_push_secret"],
         "CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER": ACU_SECRET_HEADER,
+        "CONNECTOR_MONDAY_API_URL": f"{servers['monday'].base_url}/v2",
+        "CONNECTOR_MONDAY_TOKEN": creds["monday_token"],
     }
     if database_url:
         env["CONNECTOR_DATABASE_URL"] = database_url
-    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env, fo, tls, meter, acumatica)
+    stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env, fo, tls, meter, acumatica,
+                  monday)
     if receiver:
         start_receiver(stack, port=receiver_port)
     return stack

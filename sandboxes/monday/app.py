@@ -193,8 +193,12 @@ class MondaySandbox:
                                    "expires_at": self.clock.timestamp() + 300}
         return token
 
-    def add_board(self, name: str, columns: list[dict[str, Any]]) -> str:
+    def add_board(self, name: str, columns: list[dict[str, Any]], *, board_id: str | None = None) -> str:
+        """A board with its columns (and the default group "topics"); ``board_id`` pins its id (the id a
+        customer's configuration names), otherwise the next free one."""
         with self._lock:
+            if board_id is not None and str(board_id) in self.store.boards:
+                raise ValueError(f"board {board_id} exists")
             now = iso(self.clock.now())
             cols = {"name": Column("name", "Name", "name")}
             for c in columns:
@@ -203,7 +207,8 @@ class MondaySandbox:
                 if col.id in cols:
                     raise ValueError(f"duplicate column id {col.id!r}")
                 cols[col.id] = col
-            board = Board(self.store.next_board_id(), name, cols, {}, now, now)
+            board = Board(str(board_id) if board_id is not None else self.store.next_board_id(), name, cols, {},
+                          now, now)
             board.groups["topics"] = Group("topics", "Group Title", GROUP_COLORS[0], "65536")
             self.store.boards[board.id] = board
             return board.id

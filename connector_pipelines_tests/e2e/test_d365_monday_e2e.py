@@ -1,0 +1,98 @@
+"""Dynamics 365 F&O -> Monday.com, end to end (the flow model with a second target).
+
+The F&O sandbox posts business events to the receiver; the d365_monday pair reads them through its own
+inbox reader (d365_jira reads the same events through its own), re-reads the documents over OData and
+writes items on the Monday sandbox's boards through the generic write path: the external-id column is
+looked up before any create, so re-deliveries and re-runs never duplicate an item.
+"""
+
+from __future__ import annotations
+
+from connector_pipelines.core.db import get_engine
+from connector_pipelines.core.ledger import DONE, Ledger
+from sandboxes.harness.scenario import FO_SENSOR, fire_fo_events, fo_external_ids, seed_fo_documents
+from sandboxes.harness.stack import LEGAL_ENTITY
+
+PAIR = "d365_monday"
+SENSOR = "d365_monday__finance_operations_inbox_sensor"
+INVOICES, ORDERS = "4815162342", "4815162343"
+
+
+def process(world) -> list:
+    world.stack.fo.deliver_events()
+    runs = []
+    while True:
+        tick = world.driver.tick(SENSOR)
+        if not tick.runs:
+            return runs
+        assert all(r.success for r in tick.runs)
+        runs.extend(tick.runs)
+
+
+def by_external_id(world, board: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for item in world.stack.monday.items(board):
+        ext = item["column_values"]["external_id"]["text"]
+        out.setdefault(ext, []).append(item)
+    return out
+
+
+def test_posted_invoices_and_confirmed_orders_become_one_item_each_with_typed_columns(world):
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+
+    runs = process(world)
+
+    assert len(runs) == 1
+    ids = fo_external_ids(seeded)
+    invoice_key = ids["vendor invoice posted"].replace("fo:vendor_invoices_posted", "fo:posted_vendor_invoice_items")
+    invoices = by_external_id(world, INVOICES)
+    assert list(invoices) == [invoice_key] and len(invoices[invoice_key]) == 1
+    item = invoices[invoice_key][0]
+    columns = item["column_values"]
+    assert item["name"] == "INV-2026-0001 Fabrikam Electronics"
+    assert columns["amount"]["text"] in ("1234.5", "1,234.5") and columns["status"]["text"] == "Posted"
+    assert columns["vendor"]["text"] == "US-101 Fabrikam Electronics"
+    assert columns["invoice_date"]["value"]["date"] == seeded["invoice"]["InvoiceDate"][:10]
+    assert "mi=VendorInvoiceJournal" in columns["erp_link"]["value"]["url"]
+    orders = by_external_id(world, ORDERS)
+    [order_key] = orders
+    assert orders[order_key][0]["column_values"]["status"]["text"] == "Confirmed"
+    assert order_key == ids["purchase order confirmed"].replace("purchase_orders_confirmed",
+                                                                "confirmed_purchase_order_items")
+    # the rejected order is not a flow of this pair: no item for it
+    assert not any(seeded["rejected_po"]["PurchaseOrderNumber"] in k for k in orders)
+    ledger = Ledger(get_engine(world.database_url))
+    assert ledger.counts(PAIR).get(DONE) == 2
+    # d365_jira reads the same events through its own reader: they are still there for it, and become its issues
+    assert not ledger.counts("d365_jira").get(DONE)
+    tick = world.driver.tick(FO_SENSOR)
+    assert len(tick.runs) == 1 and tick.runs[0].success
+    assert ledger.counts("d365_jira").get(DONE) == 3 and ledger.counts(PAIR).get(DONE) == 2
+
+
+def test_an_event_delivered_three_times_and_a_changed_document_give_one_updated_item(world):
+    seeded = seed_fo_documents(world.stack)
+    fo = world.stack.fo
+    po = seeded["confirmed_po"]["PurchaseOrderNumber"]
+    fo.confirm_purchase_order(LEGAL_ENTITY, po)
+    fo.deliver_events()
+    fo.redeliver()
+    fo.redeliver()
+    assert len(process(world)) == 1
+    creates = world.stack.monday.mutation_calls("create_item")
+
+    orders = by_external_id(world, ORDERS)
+    assert len(orders) == 1 and all(len(v) == 1 for v in orders.values())   # three deliveries: one item
+
+    # F&O renames the order and confirms it again: the same item is updated, nothing is created
+    fo.update_record("PurchaseOrderHeadersV2", {"dataAreaId": LEGAL_ENTITY, "PurchaseOrderNumber": po},
+                     PurchaseOrderName="Monitors and stands")
+    fo.confirm_purchase_order(LEGAL_ENTITY, po)
+    changes = world.stack.monday.mutation_calls("change_multiple_column_values")
+    process(world)
+
+    [items] = by_external_id(world, ORDERS).values()
+    assert len(items) == 1 and items[0]["name"] == f"{po} Monitors and stands"
+    assert world.stack.monday.mutation_calls("create_item") == creates
+    assert world.stack.monday.mutation_calls("change_multiple_column_values") == changes + 1
