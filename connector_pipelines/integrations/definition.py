@@ -72,10 +72,10 @@ class TargetField(BaseModel):
     kind: str = "text"
 
 
-# What Done in Jira does at the source. ``source_action`` (call the document's action, e.g. an F&O bound
-# OData action or Acumatica's ReleaseBill) and ``update_fields`` (write fields, e.g. take a purchase order
-# off hold) are not idempotent: both need a ``state_check`` and act only while the document is still due.
-Resolution = Literal["post_purchase_invoice", "unblock_vendor", "record_outcome", "source_action", "update_fields"]
+# What a resolution in the target (Done in Jira) does at the source: one of the actions the source system
+# offers (integrations.registry: SystemEntry.resolutions). ``source_action`` (call the document's action, e.g.
+# an F&O bound OData action or Acumatica's ReleaseBill) and ``update_fields`` (write fields, e.g. take a purchase
+# order off hold) are not idempotent: both need a ``state_check`` and act only while the document is still due.
 
 class StateCheck(BaseModel):
     """Before a non-idempotent action: the document field that says whether it is still due."""
@@ -166,7 +166,8 @@ class EntitySync(BaseModel):
     summary: str
     fields: list[TargetField] = Field(default_factory=list)
     context: list[str] = Field(default_factory=list, description="Record fields shown in the issue description")
-    resolution: Resolution = "record_outcome"
+    resolution: str = Field("record_outcome", description="What resolving in the target does at the source "
+                                                          "(one of the source system's resolutions)")
     project_key: str | None = Field(None, description="Jira project for this entity (default: target.project_key)")
     # -- event-driven sources (F&O business events) ---------------------------------------------------
     business_event: str | None = Field(None, description="F&O BusinessEventId announcing a document of this set")
@@ -293,6 +294,11 @@ class IntegrationDefinition(BaseModel):
         queries = [e.push_query for e in self.entities if e.push_query]
         if len(queries) != len(set(queries)):
             raise ValueError(f"one push notification query may announce one entity only in '{self.name}': {queries}")
+        offered = self.capabilities.resolutions
+        for e in self.entities:
+            if e.resolution not in offered:
+                raise ValueError(f"entity '{e.name}': resolution {e.resolution!r} is not one {self.capabilities.label} "
+                                 f"offers ({', '.join(offered)})")
         kinds = self.target_system.field_kinds
         for e in self.entities:
             for f in e.fields:

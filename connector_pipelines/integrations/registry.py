@@ -35,6 +35,7 @@ class SystemEntry:
     target_adapter: str | None = None          # module with from_resources(integration, resources, run_id) -> writer
     windowed_polling: bool = False             # as a source: a modified timestamp to poll hourly windows on
     subscriptions: bool = False                # as a source: push subscriptions the connector creates and renews
+    resolutions: tuple[str, ...] = ()          # as a source: what a resolution in the target can do here
     pool: str | None = None                    # as a target: the Dagster pool its writers share (one rate budget)
     field_kinds: tuple[str, ...] = ()          # as a target: the kinds of mapped field its codecs write
 
@@ -43,15 +44,18 @@ SYSTEMS: dict[str, SystemEntry] = {e.name: e for e in (
     # BC: lastModifiedDateTime on every API entity; webhook subscriptions expire after 3 days.
     SystemEntry("business_central", "Business Central", "business_central",
                 source_adapter="connector_pipelines.integrations.sources.business_central",
-                windowed_polling=True, subscriptions=True),
+                windowed_polling=True, subscriptions=True,
+                resolutions=("record_outcome", "post_purchase_invoice", "unblock_vendor")),
     # F&O: data entities expose no common modified timestamp; business events are pushed to an endpoint an
     # administrator configures in F&O (nothing to renew). A window = the events received in it.
     SystemEntry("finance_operations", "Dynamics 365 Finance & Operations", "finance_operations",
-                source_adapter="connector_pipelines.integrations.sources.finance_operations"),
+                source_adapter="connector_pipelines.integrations.sources.finance_operations",
+                resolutions=("record_outcome", "source_action")),
     # Acumatica: LastModifiedDateTime on Bill, Check, PurchaseOrder, Vendor (endpoint 24.200.001); push
     # notifications are an accelerator an administrator configures in Acumatica (nothing to renew).
     SystemEntry("acumatica", "Acumatica", "acumatica",
-                source_adapter="connector_pipelines.integrations.sources.acumatica", windowed_polling=True),
+                source_adapter="connector_pipelines.integrations.sources.acumatica", windowed_polling=True,
+                resolutions=("record_outcome", "source_action", "update_fields")),
     SystemEntry("jira", "Jira", "jira", target_adapter="connector_pipelines.integrations.jira_target",
                 pool="jira_site", field_kinds=("text", "number", "adf")),
     # monday.com: items on boards; the field kinds are its column types the codecs write (systems.monday.codecs).

@@ -84,8 +84,8 @@ BAD_VALUES: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("op_like", lambda d: entity0(d)["exception"][0].update(op="like"),
      "EntitySync]].0.exception.0.op", "'eq', 'ne', 'in', 'not_in' or 'older_than_days'"),
     ("unknown_resolution", lambda d: entity0(d).update(resolution="delete_vendor"),
-     "EntitySync]].0.resolution",
-     "'post_purchase_invoice', 'unblock_vendor', 'record_outcome', 'source_action' or 'update_fields'"),
+     "()", ("resolution 'delete_vendor' is not one Business Central offers (record_outcome, post_purchase_invoice, "
+           "unblock_vendor)")),
     ("no_exception_rules", lambda d: entity0(d).update(exception=[]),
      "EntitySync]].0", "at least one exception rule"),
     ("in_without_list", lambda d: entity0(d)["exception"][0].update(value="Payment"),
