@@ -16,14 +16,18 @@ under a captured token gets in only as a signal, which the resolution run checks
 Every database call runs in a worker thread, so a slow database never stalls the event loop
 (``/healthz`` and refusals still answer).
 
-Adding a source (Monday next; F&O business events and Acumatica push notifications are ones already) = one ``Source``: a ``verify(request,
-raw_body) -> Verified | Rejection`` and a ``dedupe_keys(verified) -> [(key, payload)]``, appended to
-``sources()``; the generic endpoint does the content type, size limit, rejections, storage and answers.
+Adding a source (F&O business events, Acumatica push notifications and monday.com are the newest) = one
+``Source``: a ``verify(request, raw_body) -> Verified | Rejection | Response`` and a ``dedupe_keys(verified) ->
+[(key, payload)]``, appended to ``sources()``; the generic endpoint does the content type, size limit, rejections,
+storage and answers. A ``Response`` from ``verify`` is a handshake that needs the body (monday's challenge echo):
+sent as it is, nothing stored, nothing counted. A ``Source.path`` may carry a path parameter (monday's
+``/webhooks/monday/{secret}``), which ``verify`` reads from ``request.path_params``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -51,6 +55,7 @@ from connector_pipelines.receiver.verify import (
     same_secret,
     valid_app_jwt,
     valid_hub_signature,
+    valid_monday_jwt,
 )
 from connector_pipelines.systems.finance_operations.models import BusinessEvent
 
@@ -66,6 +71,9 @@ FO_SECRET_HEADER = "X-Connector-Secret"
 ACUMATICA_SOURCE = "acumatica"
 ACUMATICA_PATH = "/webhooks/acumatica"
 ACUMATICA_SECRET_HEADER = "X-Connector-Secret"
+MONDAY_SOURCE = "monday"
+MONDAY_PATH = "/webhooks/monday"                    # app webhooks: Authorization: <JWT>
+MONDAY_SECRET_PATH = "/webhooks/monday/{secret}"    # personal-token webhooks: the secret is the URL's last segment
 MAX_EVENTS_PER_CALL = 1000
 # BC sends at most 1,000 entries per subscription per 30 s window (a ``collection`` entry beyond,
 # API-FACTS §2.3) but one POST can batch several subscriptions.
@@ -86,6 +94,9 @@ class ReceiverSettings:
     fo_events_secret_header: str = FO_SECRET_HEADER
     acumatica_push_secret: str | None = None       # Header Value of the Acumatica push notification destination
     acumatica_push_secret_header: str = ACUMATICA_SECRET_HEADER
+    monday_signing_secret: str | None = None       # the monday app's Signing Secret (app-webhook JWTs, HS256)
+    monday_webhook_url: str | None = None          # public URL of /webhooks/monday: the JWT's required ``aud``
+    monday_path_secret: str | None = None          # last path segment of personal-token webhook URLs
     max_body_bytes: int = 1_000_000
     max_bc_entries_per_call: int = MAX_BC_ENTRIES_PER_CALL
     jira_jwt_max_age_s: int = JWT_MAX_AGE_S         # a dynamic-webhook JWT older than this (by iat) is refused
@@ -94,10 +105,12 @@ class ReceiverSettings:
     @classmethod
     def from_env(cls) -> ReceiverSettings:
         """CONNECTOR_BC_CLIENT_STATE, CONNECTOR_JIRA_CLIENT_SECRET, CONNECTOR_JIRA_WEBHOOK_SECRET,
-        CONNECTOR_FO_EVENTS_SECRET, CONNECTOR_ACUMATICA_PUSH_SECRET (an empty value counts as unset) and
-        optionally CONNECTOR_FO_EVENTS_SECRET_HEADER, CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER, CONNECTOR_RECEIVER_MAX_BODY_BYTES, CONNECTOR_RECEIVER_MAX_BC_ENTRIES,
+        CONNECTOR_FO_EVENTS_SECRET, CONNECTOR_ACUMATICA_PUSH_SECRET, CONNECTOR_MONDAY_SIGNING_SECRET,
+        CONNECTOR_MONDAY_PATH_SECRET (an empty value counts as unset), CONNECTOR_MONDAY_WEBHOOK_URL (else
+        CONNECTOR_RECEIVER_PUBLIC_URL + ``/webhooks/monday``) and optionally CONNECTOR_FO_EVENTS_SECRET_HEADER, CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER, CONNECTOR_RECEIVER_MAX_BODY_BYTES, CONNECTOR_RECEIVER_MAX_BC_ENTRIES,
         CONNECTOR_JIRA_JWT_MAX_AGE_S and CONNECTOR_REPLAY_WINDOW_S."""
         env = os.environ.get
+        public = (env("CONNECTOR_RECEIVER_PUBLIC_URL") or "").strip().rstrip("/")
         return cls(bc_client_state=env("CONNECTOR_BC_CLIENT_STATE") or None,
                    jira_app_client_secret=env("CONNECTOR_JIRA_CLIENT_SECRET") or None,
                    jira_admin_webhook_secret=env("CONNECTOR_JIRA_WEBHOOK_SECRET") or None,
@@ -105,6 +118,10 @@ class ReceiverSettings:
                    fo_events_secret_header=env("CONNECTOR_FO_EVENTS_SECRET_HEADER") or FO_SECRET_HEADER,
                    acumatica_push_secret=env("CONNECTOR_ACUMATICA_PUSH_SECRET") or None,
                    acumatica_push_secret_header=env("CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER") or ACUMATICA_SECRET_HEADER,
+                   monday_signing_secret=env("CONNECTOR_MONDAY_SIGNING_SECRET") or None,
+                   monday_webhook_url=(env("CONNECTOR_MONDAY_WEBHOOK_URL") or "").strip()
+                   or (public + MONDAY_PATH if public else None),
+                   monday_path_secret=env("CONNECTOR_MONDAY_PATH_SECRET") or None,
                    max_body_bytes=int(env("CONNECTOR_RECEIVER_MAX_BODY_BYTES") or 1_000_000),
                    max_bc_entries_per_call=int(env("CONNECTOR_RECEIVER_MAX_BC_ENTRIES") or MAX_BC_ENTRIES_PER_CALL),
                    jira_jwt_max_age_s=int(env("CONNECTOR_JIRA_JWT_MAX_AGE_S") or JWT_MAX_AGE_S),
@@ -118,6 +135,9 @@ class ReceiverSettings:
                 f"fo_events_secret_header={self.fo_events_secret_header!r}, "
                 f"acumatica_push_secret={'set' if self.acumatica_push_secret else None}, "
                 f"acumatica_push_secret_header={self.acumatica_push_secret_header!r}, "
+                f"monday_signing_secret={'set' if self.monday_signing_secret else None}, "
+                f"monday_webhook_url={self.monday_webhook_url!r}, "
+                f"monday_path_secret={'set' if self.monday_path_secret else None}, "
                 f"max_body_bytes={self.max_body_bytes}, max_bc_entries_per_call={self.max_bc_entries_per_call}, "
                 f"jira_jwt_max_age_s={self.jira_jwt_max_age_s}, replay_window_s={self.replay_window_s})")
 
@@ -150,7 +170,7 @@ class Source:
 
     name: str
     path: str
-    verify: Callable[[Request, bytes], Verified | Rejection]
+    verify: Callable[[Request, bytes], Verified | Rejection | Response]   # Response: a body handshake, nothing stored
     dedupe_keys: Callable[[Verified], Items]
     # Answers a call before the body is read (e.g. BC's validationToken echo); None = not a handshake.
     handshake: Callable[[Request], Response | Rejection | None] | None = None
@@ -330,6 +350,93 @@ def acumatica_dedupe_keys(verified: Verified) -> Items:
     return [(f"{body['Id']}|{body['Query']}", body)]
 
 
+# -- monday.com board webhooks (API-FACTS §6.4) ----------------------------------------------------------
+def _monday_challenge(body: Any) -> Response | Rejection | None:
+    """``{"challenge": "<token>"}`` (sent once, when the webhook is created): answered 200 with the same JSON."""
+    if not isinstance(body, dict) or "challenge" not in body or "event" in body:
+        return None
+    token = body["challenge"]
+    if not isinstance(token, str) or len(token) > MAX_VALIDATION_TOKEN:
+        return Rejection(400, "malformed_challenge")
+    return JSONResponse({"challenge": token}, 200)
+
+
+def _monday_event(body: Any) -> Verified | Rejection:
+    """One ``{"event": {"type": ..., ...}}`` per call; stored whole."""
+    event = body.get("event") if isinstance(body, dict) else None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not event["type"]:
+        return Rejection(400, "malformed_body")
+    return Verified(body)
+
+
+def monday_app_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified | Rejection | Response]:
+    """App webhooks (created with an app's token): every event carries ``Authorization: <JWT>``, HS256 with the
+    app's Signing Secret, ``exp`` not passed and ``aud`` equal to this endpoint's configured public URL.
+
+    The challenge is echoed without a JWT: whether monday signs it is UNCONFIRMED (its docs say only that the
+    endpoint must echo it), and the echo stores nothing. A captured JWT is not bound to the body (monday signs no
+    body), so until its ``exp`` it could carry another body: events are signals only, the run re-reads the item
+    through monday's API and acts on what that says, never on the event's values."""
+
+    def verify(request: Request, raw: bytes) -> Verified | Rejection | Response:
+        if not settings.monday_signing_secret or not settings.monday_webhook_url:
+            # Our misconfiguration: a 503 fails the webhook's creation visibly, and monday retries events.
+            return Rejection(503, "not_configured", {"Retry-After": RETRY_AFTER_S})
+        try:
+            body: Any = parse_json(raw)
+        except MalformedJSON:
+            body = MalformedJSON
+        challenge = _monday_challenge(body)
+        if challenge is not None:
+            return challenge
+        authorization = request.headers.get("authorization")
+        if not authorization:
+            return Rejection(401, "missing_signature")
+        # The signature before the body's shape: an unsigned call learns nothing about what is accepted.
+        if valid_monday_jwt(authorization, settings.monday_signing_secret, settings.monday_webhook_url) is None:
+            return Rejection(401, "bad_signature")
+        return _monday_event(body)
+
+    return verify
+
+
+def monday_personal_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified | Rejection | Response]:
+    """Personal-token webhooks carry no JWT and no HMAC: the proof is the URL's last segment, which must equal
+    ``monday_path_secret`` (constant time). A wrong or missing one is 401 (counted), the challenge included, so a
+    webhook created with a wrong URL fails at creation. The secret is in no log line (the receiver logs no paths;
+    uvicorn's access log is off) and never stored."""
+
+    def verify(request: Request, raw: bytes) -> Verified | Rejection | Response:
+        if not settings.monday_path_secret:
+            return Rejection(503, "not_configured", {"Retry-After": RETRY_AFTER_S})
+        if not same_secret(request.path_params.get("secret"), settings.monday_path_secret):
+            return Rejection(401, "bad_secret")
+        try:
+            body = parse_json(raw)
+        except MalformedJSON:
+            return Rejection(400, "malformed_body")
+        challenge = _monday_challenge(body)
+        if challenge is not None:
+            return challenge
+        return _monday_event(body)
+
+    return verify
+
+
+def monday_dedupe_keys(verified: Verified) -> Items:
+    """``triggerUuid`` (else ``originalTriggerUuid``, else a digest of the event), qualified by subscription,
+    item and column: a re-delivered event (same body) is stored once, whatever the order. Whether monday's
+    triggerUuid is unique per event or shared by the events of one trigger is UNCONFIRMED, hence the qualifiers.
+    The whole body is stored: a signal only — the run re-reads the item through the API before acting."""
+    event = verified.body["event"]
+    trigger = event.get("triggerUuid") or event.get("originalTriggerUuid")
+    if not isinstance(trigger, str | int) or isinstance(trigger, bool) or trigger == "":
+        canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        trigger = "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    parts = [trigger, *(event.get(k) for k in ("subscriptionId", "pulseId", "columnId"))]
+    return [("|".join("" if p is None else str(p) for p in parts), verified.body)]
+
+
 def sources(settings: ReceiverSettings) -> list[Source]:
     """Every inbound source the receiver serves. A new one is one entry here."""
     return [
@@ -338,6 +445,8 @@ def sources(settings: ReceiverSettings) -> list[Source]:
         Source(JIRA_SOURCE, JIRA_PATH, jira_verify(settings), jira_dedupe_keys),
         Source(FO_SOURCE, FO_PATH, fo_verify(settings), fo_dedupe_keys),
         Source(ACUMATICA_SOURCE, ACUMATICA_PATH, acumatica_verify(settings), acumatica_dedupe_keys),
+        Source(MONDAY_SOURCE, MONDAY_PATH, monday_app_verify(settings), monday_dedupe_keys),
+        Source(MONDAY_SOURCE, MONDAY_SECRET_PATH, monday_personal_verify(settings), monday_dedupe_keys),
     ]
 
 
@@ -371,7 +480,10 @@ def create_app(inbox: Inbox, settings: ReceiverSettings) -> Starlette:
                         ("CONNECTOR_JIRA_CLIENT_SECRET", settings.jira_app_client_secret),
                         ("CONNECTOR_JIRA_WEBHOOK_SECRET", settings.jira_admin_webhook_secret),
                         ("CONNECTOR_FO_EVENTS_SECRET", settings.fo_events_secret),
-                        ("CONNECTOR_ACUMATICA_PUSH_SECRET", settings.acumatica_push_secret)):
+                        ("CONNECTOR_ACUMATICA_PUSH_SECRET", settings.acumatica_push_secret),
+                        ("CONNECTOR_MONDAY_SIGNING_SECRET", settings.monday_signing_secret),
+                        ("CONNECTOR_MONDAY_WEBHOOK_URL (or CONNECTOR_RECEIVER_PUBLIC_URL)", settings.monday_webhook_url),
+                        ("CONNECTOR_MONDAY_PATH_SECRET", settings.monday_path_secret)):
         if not value:
             log.warning("%s is not set: deliveries that need it will be refused", name)
 
@@ -419,6 +531,8 @@ def create_app(inbox: Inbox, settings: ReceiverSettings) -> Starlette:
             verdict = source.verify(request, raw)
             if isinstance(verdict, Rejection):
                 return await reject(request, source.name, verdict)
+            if isinstance(verdict, Response):   # a handshake that needed the body: answered, nothing stored
+                return verdict
             entries, escaped = escape_unstorable([[key, payload] for key, payload in source.dedupe_keys(verdict)])
             if escaped:
                 log.warning("%s webhook carried NUL or lone surrogate characters: stored escaped", source.name)

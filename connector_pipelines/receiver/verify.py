@@ -127,3 +127,25 @@ def jwt_valid_until(claims: dict[str, Any], leeway_s: int = JWT_LEEWAY_S, max_ag
     when sooner, plus the leeway): how long a replay guard must remember it."""
     exp = int(claims["exp"])
     return (min(exp, int(claims["iat"]) + max_age_s) if "iat" in claims else exp) + leeway_s
+
+
+def valid_monday_jwt(authorization: str | None, secret: str | None, audience: str | None,
+                     leeway_s: int = JWT_LEEWAY_S) -> dict[str, Any] | None:
+    """monday.com app webhooks: ``Authorization: <JWT>`` (raw; a ``Bearer`` prefix is tolerated), HS256 with the
+    app's Signing Secret (API-FACTS §6.4). Returns the claims when valid, else None.
+
+    Checked, as monday's docs ask: the HS256 signature (constant time, inside PyJWT), a required ``exp`` not passed
+    (``leeway_s`` of clock skew) and a required ``aud`` equal to ``audience`` (the endpoint's public URL, exactly);
+    ``nbf``/``iat`` when present. Not checked: ``accountId``, ``userId``, ``shortLivedToken`` (metadata, not proof).
+    Only HS256 is accepted (no ``none``, no algorithm taken from the token header).
+    """
+    raw = (authorization or "").strip()
+    token = bearer_token(raw) or raw
+    if not token or not secret or not audience:
+        return None
+    try:
+        return jwt.decode(token, secret, algorithms=["HS256"], audience=audience, leeway=leeway_s,
+                          options={"require": ["exp", "aud"], "verify_iss": False, "verify_sub": False,
+                                   "verify_jti": False})
+    except jwt.PyJWTError:
+        return None
