@@ -43,6 +43,7 @@ from connector_pipelines.integrations.sync import (
     reconcile,
     repair,
     retry_records,
+    sync_all,
     sync_notified,
     sync_window,
 )
@@ -160,8 +161,13 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     # what the target's adapter offers (Jira: Done -> resolution, its dynamic webhook).
     target = registry.target_module(tgt)
     returns = hasattr(target, "resolution_processor")
-    assets = [_entity_asset(integration, e, partitions, resource_keys, owners) for e in integration.entities]
+    # Mirrors no event announces are read in full on a schedule: one static partition per legal entity.
+    mirror_partitions = dg.StaticPartitionsDefinition([integration.company])
+    assets = [_entity_asset(integration, e, mirror_partitions if e.mirrored_only else partitions, resource_keys, owners)
+              for e in integration.entities]
     asset_keys = [a.key for a in assets]
+    polled_keys = [a.key for a, e in zip(assets, integration.entities, strict=True) if not e.mirrored_only]
+    mirror_keys = [a.key for a, e in zip(assets, integration.entities, strict=True) if e.mirrored_only]
     inboxes = [(src, integration.capabilities.label)] + ([(tgt, integration.target_system.label)] if returns else [])
     backlogs = [inbox_backlog_spec(name, s, label, owners) for s, label in inboxes]
     checks = [_reconcile_check(integration, e, resource_keys) for e in integration.entities]
@@ -170,7 +176,7 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     # without_checks(): AssetSelection.assets() also selects the assets' checks, which would run a full
     # reconciliation against both live systems in every poll run; the reconcile job runs them instead.
     poll_job = dg.define_asset_job(f"{name}__poll_job",
-                                   selection=dg.AssetSelection.assets(*asset_keys).without_checks(),
+                                   selection=dg.AssetSelection.assets(*polled_keys).without_checks(),
                                    tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "poll"},
                                    description=f"Poll {src} windows for exceptions and sync them to "
                                                f"{integration.target_system.label}.")
@@ -185,6 +191,14 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     repair_job = _repair_job(integration, resource_keys, tags)
     jobs = [poll_job, reconcile_job, notification_job, retry_job, repair_job]
     capabilities = integration.capabilities
+    mirror_job = None
+    if mirror_keys:
+        mirror_job = dg.define_asset_job(
+            f"{name}__mirror_job", selection=dg.AssetSelection.assets(*mirror_keys).without_checks(),
+            partitions_def=mirror_partitions, tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "mirror"},
+            description=f"Read every record of the mirrored sets in full and keep one "
+                        f"{integration.target_system.label} record each.")
+        jobs.append(mirror_job)
     if returns:
         resolution_job = _resolution_job(integration, resource_keys, tags)
         jobs.insert(3, resolution_job)
@@ -207,6 +221,11 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     if capabilities.windowed_polling:
         # Sources without a modified timestamp (F&O) are pushed only: their windows replay the inbox on demand.
         schedules.insert(0, _poll_schedule(integration, poll_job, partitions))
+    if mirror_job is not None:
+        schedules.append(dg.build_schedule_from_partitioned_job(
+            mirror_job, name=f"{name}__mirror_schedule", cron_schedule="15 2 * * *",
+            execution_timezone=integration.polling.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="Every night, the full read of each mirrored set per legal entity."))
     if capabilities.subscriptions:
         subscription_job = _subscription_renewal_job(integration, resource_keys, tags)
         jobs.append(subscription_job)
@@ -231,9 +250,13 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
 
 def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partitions, resource_keys, owners):
     key = dg.AssetKey([integration.source, entity.name])
-    if integration.capabilities.windowed_polling:
+    target_label = integration.target_system.label
+    if entity.mirrored_only:
+        window_text = (f"One partition = the legal entity; materializing it reads every {entity.entity_set} record "
+                       f"and keeps one {target_label} record each (unchanged ones cost no {target_label} call).")
+    elif integration.capabilities.windowed_polling:
         window_text = (f"One partition = the {entity.entity_set} changed in one hour (lastModifiedDateTime); "
-                       "materializing it opens or updates one Jira issue per exception.")
+                       f"materializing it opens or updates one {target_label} record per exception.")
     else:
         window_text = (f"Announced by {entity.business_event}. One partition = the business events received in "
                        f"one hour; materializing it re-reads their {entity.entity_set} over OData and opens or "
@@ -251,10 +274,20 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         tags={"connector/entity": entity.name},
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        window = context.partition_time_window
         source = make_source(integration, context.resources)
         writer = make_writer(integration, context.resources, context.run_id)
         before = (source.api_calls(), writer.api_calls())
+        if entity.mirrored_only:
+            report = sync_all(source, writer, entity)
+            _log_quarantined(context.log, report)
+            calls = {integration.source: source.api_calls() - before[0],
+                     integration.target.system: writer.api_calls() - before[1]}
+            md = report_metadata(report.counts(), report.write, calls, report.quarantined)
+            md["legal_entity"] = dg.MetadataValue.text(context.partition_key)
+            context.log.info(f"{entity.name} mirror of {context.partition_key}: {report.counts()}")
+            _fail_if_a_person_is_needed(f"{entity.name} mirror", report.needs_a_person, md)
+            return dg.MaterializeResult(metadata=md)
+        window = context.partition_time_window
         start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
         if integration.capabilities.windowed_polling:
             report = sync_window(source, writer, entity, start, end)

@@ -70,6 +70,9 @@ class TargetField(BaseModel):
     name: str
     template: str
     kind: str = "text"
+    relates_to: str | None = Field(None, description=(
+        "A link to another entity's target record of the same pair (e.g. an invoice item to its vendor's item): "
+        "the template renders that entity's record id; the value written is its target record"))
 
 
 # What a resolution in the target (Done in Jira) does at the source: one of the actions the source system
@@ -161,6 +164,9 @@ class EntitySync(BaseModel):
     entity_set: str = Field(description="The source API's collection, e.g. purchaseInvoices")
     document_label: str = Field(description="What a person calls one record, e.g. 'Purchase invoice'")
     webhook: bool = Field(False, description="The source notifies changes (subscription); polling still catches up")
+    mirror: bool = Field(False, description=(
+        "Every record of the set is kept as one target record (master data, a document board): read in full on "
+        "the pair's mirror schedule (one partition per legal entity), and promptly where events announce them"))
     exception: list[ExceptionRule] = Field(default_factory=list)
     issue_type: str = "Task"
     summary: str
@@ -205,10 +211,12 @@ class EntitySync(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> EntitySync:
-        if not self.exception and not self.business_event:
+        if not self.exception and not self.business_event and not self.mirror:
             raise ValueError(f"entity '{self.name}' needs at least one exception rule (otherwise every record is "
-                             "an exception), unless a business event announces each exception")
-        if self.business_event and not self.exception and self.catch_up is None:
+                             "an exception), unless a business event announces each exception or it is a mirror")
+        if self.mirror and self.exception:
+            raise ValueError(f"entity '{self.name}': a mirror keeps every record; drop its exception rules")
+        if self.business_event and not self.exception and not self.mirror and self.catch_up is None:
             raise ValueError(f"entity '{self.name}' is announced only by events: declare catch_up (a read that finds "
                              "its documents without the events, so a lost event is noticed) or catch_up.unavailable")
         if self.business_event and not self.event_keys:
@@ -235,6 +243,11 @@ class EntitySync(BaseModel):
     @property
     def event_driven(self) -> bool:
         return self.business_event is not None
+
+    @property
+    def mirrored_only(self) -> bool:
+        """A mirror no event announces: its records reach the target only through the scheduled full read."""
+        return self.mirror and not self.business_event and not self.push_query
 
     @property
     def event_only(self) -> bool:
@@ -285,9 +298,10 @@ class IntegrationDefinition(BaseModel):
         if len(names) != len(set(names)):
             raise ValueError(f"entity names must be unique in integration '{self.name}': {names}")
         if not self.capabilities.windowed_polling:
-            polled = [e.name for e in self.entities if not e.event_driven]
+            polled = [e.name for e in self.entities if not e.event_driven and not e.mirror]
             if polled:
-                raise ValueError(f"{self.source} has no windowed polling: entities {polled} need a business_event")
+                raise ValueError(f"{self.source} has no windowed polling: entities {polled} need a business_event "
+                                 "(or mirror: true, a full read on a schedule)")
         events = [e.business_event for e in self.entities if e.business_event]
         if len(events) != len(set(events)):
             raise ValueError(f"one business event may announce one entity only in '{self.name}': {events}")
@@ -300,8 +314,12 @@ class IntegrationDefinition(BaseModel):
                 raise ValueError(f"entity '{e.name}': resolution {e.resolution!r} is not one {self.capabilities.label} "
                                  f"offers ({', '.join(offered)})")
         kinds = self.target_system.field_kinds
+        names = {e.name for e in self.entities}
         for e in self.entities:
             for f in e.fields:
+                if f.relates_to is not None and f.relates_to not in names:
+                    raise ValueError(f"entity '{e.name}', field '{f.name}': relates_to {f.relates_to!r} is not an "
+                                     f"entity of '{self.name}' ({', '.join(sorted(names))})")
                 if f.kind not in kinds:
                     raise ValueError(f"entity '{e.name}', field '{f.name}': kind {f.kind!r} is not a "
                                      f"{self.target_system.label} field kind ({', '.join(kinds)})")

@@ -71,6 +71,10 @@ class MondayBackend:
     def desired(self, entity: EntitySync, record: SourceRecord) -> dict[str, Any]:
         values: dict[str, Any] = {self.settings.external_id_column: record.external_id}
         for mapping in entity.fields:
+            if mapping.relates_to:   # the related record's item (board_relation), once it exists
+                linked = record.links.get(mapping.name)
+                values[mapping.name] = [int(linked)] if linked else None
+                continue
             values[mapping.name] = column_value(mapping.kind, render(mapping.template, record.data))
         if self.settings.link_column and record.url:
             values[self.settings.link_column] = {"url": record.url, "text": f"Open in {self.integration.capabilities.label}"}

@@ -61,7 +61,7 @@ SYSTEMS: dict[str, SystemEntry] = {e.name: e for e in (
     # monday.com: items on boards; the field kinds are its column types the codecs write (systems.monday.codecs).
     SystemEntry("monday", "Monday.com", "monday", target_adapter="connector_pipelines.integrations.monday_target",
                 pool="monday_account",
-                field_kinds=("text", "long_text", "numbers", "status", "date", "link", "dropdown")),
+                field_kinds=("text", "long_text", "numbers", "status", "date", "link", "dropdown", "board_relation")),
 )}
 
 

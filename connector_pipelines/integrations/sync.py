@@ -10,13 +10,13 @@ Entry points, one write path:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from connector_pipelines.core.http import ApiError
 from connector_pipelines.core.ledger import LedgerEntry
-from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
+from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition, render
 from connector_pipelines.integrations.sources.base import SourceAdapter, SourceRecord
 from connector_pipelines.integrations.target import RecordWriter, TargetBackend, TargetItem, WriteReport
 
@@ -48,9 +48,28 @@ class SyncReport:
         return self.write.needs_a_person
 
 
-def _upsert_exceptions(writer: RecordWriter, entity: EntitySync, records: list[SourceRecord]) -> SyncReport:
+def _link(source: SourceAdapter, writer: RecordWriter, entity: EntitySync,
+          records: list[SourceRecord]) -> list[SourceRecord]:
+    """Relation fields (``relates_to``): each record's related source record, as the target record the ledger
+    has for it (None until that one is written: a later run fills the link in, the fingerprint changes)."""
+    relations = [f for f in entity.fields if f.relates_to]
+    if not relations or not records:
+        return records
+    integration = writer.integration
+    wanted = {(r.external_id, f.name): source.external_id(integration.entity(f.relates_to), render(f.template, r.data))
+              for r in records for f in relations}
+    known = writer.ledger.get_many(integration.name, set(wanted.values()))
+    target = {k: e.target_key for k, e in known.items() if e.target_key}
+    return [replace(r, links={f.name: target.get(wanted[(r.external_id, f.name)]) for f in relations})
+            for r in records]
+
+
+def _upsert_exceptions(writer: RecordWriter, entity: EntitySync, records: list[SourceRecord],
+                       source: SourceAdapter | None = None) -> SyncReport:
     """Open or update an issue per exception; for entities with a ``state``, records that stopped being
     exceptions keep their issue current (fields and one comment per change of state)."""
+    if source is not None:
+        records = _link(source, writer, entity, records)
     exceptions = [r for r in records if entity.is_exception(r.data)]
     report = SyncReport(read=len(records), not_exceptions=len(records) - len(exceptions))
     if exceptions:
@@ -62,7 +81,13 @@ def _upsert_exceptions(writer: RecordWriter, entity: EntitySync, records: list[S
 
 def sync_window(source: SourceAdapter, writer: RecordWriter, entity: EntitySync,
                 start: datetime, end: datetime) -> SyncReport:
-    return _upsert_exceptions(writer, entity, source.fetch_changed(entity, start, end))
+    return _upsert_exceptions(writer, entity, source.fetch_changed(entity, start, end), source)
+
+
+def sync_all(source: SourceAdapter, writer: RecordWriter, entity: EntitySync) -> SyncReport:
+    """A mirror's scheduled full read: every record of the set, written through the same path (unchanged
+    records cost one ledger read and no target call)."""
+    return _upsert_exceptions(writer, entity, source.fetch_all(entity), source)
 
 
 def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, writer: RecordWriter,
@@ -87,7 +112,7 @@ def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, wri
         report = reports.setdefault(entity.name, SyncReport())
         if ids:
             records = source.fetch_by_ids(entity, ids)
-            report.merge(_upsert_exceptions(writer, entity, records))
+            report.merge(_upsert_exceptions(writer, entity, records, source))
             found = {r.record_id for r in records}
             deleted = changes.deleted.get(entity.name, set())
             missing = [i for i in ids if i not in found and i not in deleted]
@@ -115,7 +140,7 @@ def retry_records(integration: IntegrationDefinition, source: SourceAdapter, wri
         report = reports.setdefault(name, SyncReport())
         keys = [e.source_key for e in group]
         records = source.fetch_by_ids(entity, [source.parse_external_id(k)[1] for k in keys])
-        report.merge(_upsert_exceptions(writer, entity, records))
+        report.merge(_upsert_exceptions(writer, entity, records, source))
         written = {r.external_id for r in records if entity.is_exception(r.data)}
         readable = {r.external_id for r in records}
         rest = [k for k in keys if k not in written]
@@ -170,7 +195,9 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, target:
     key (a consistent read) before it is called missing."""
     prefix = source.external_id(entity, "")
     unverifiable = None
-    if entity.event_only and not (entity.catch_up and entity.catch_up.readable):
+    if entity.mirror:
+        current = {r.external_id: r for r in source.fetch_all(entity)}
+    elif entity.event_only and not (entity.catch_up and entity.catch_up.readable):
         unverifiable = (entity.catch_up.unavailable if entity.catch_up else None) or "no catch-up read declared"
         current: dict[str, SourceRecord] = {}
     else:
@@ -196,7 +223,8 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, target:
                 missing.append(key)
     # Event-driven without a state rule (e.g. "vendor invoice posted"): no current state defines the
     # exceptions, so an open record is never orphaned by the source's state.
-    orphaned = {} if entity.event_only else {k: v[0].key for k, v in open_by_key.items() if k not in current}
+    orphaned = {} if entity.event_only and not entity.mirror else {
+        k: v[0].key for k, v in open_by_key.items() if k not in current}
     open_issues = sum(len(v) for v in open_by_key.values())
     return Reconciliation(len(current), open_issues, missing, duplicates, stale, orphaned, unverifiable, current)
 
@@ -234,7 +262,7 @@ def repair(integration: IntegrationDefinition, source: SourceAdapter, writer: Re
     if rec.missing:
         ids = [rec.records[k].record_id for k in rec.missing if k in rec.records]
         records = [r for r in source.fetch_by_ids(entity, ids) if entity.event_only or entity.is_exception(r.data)]
-        report.opened = writer.upsert(entity, records)
+        report.opened = writer.upsert(entity, _link(source, writer, entity, records))
     name, target = integration.name, writer.backend
     for key, issue_keys in rec.duplicates.items():
         keep, newer = issue_keys[0], issue_keys[1:]

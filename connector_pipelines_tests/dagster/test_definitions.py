@@ -27,12 +27,18 @@ class Pair:
     """What one shipped defs/<pair>/defs.yaml must become."""
 
     def __init__(self, name: str, source: str, entities: tuple[str, ...], owner: str, *, polls: bool,
-                 subscriptions: bool, target: str = "jira", returns: bool = True) -> None:
+                 subscriptions: bool, target: str = "jira", returns: bool = True,
+                 mirrors: tuple[str, ...] = ()) -> None:
         self.name, self.source, self.entities, self.owner = name, source, entities, owner
         self.entity_keys = {dg.AssetKey([source, e]) for e in entities}
+        self.mirrors = mirrors
+        self.polled_keys = {dg.AssetKey([source, e]) for e in entities if e not in mirrors}
         self.target = target
         jobs = ["poll_job", "notification_job", "reconcile_job", "retry_job", "repair_job"]
         schedules = {"reconcile_schedule": "reconcile_job", "repair_schedule": "repair_job"}
+        if mirrors:   # mirrored sets no event announces: a full read per legal entity, nightly
+            jobs.append("mirror_job")
+            schedules["mirror_schedule"] = "mirror_job"
         if returns:   # the target's changes act back on the source; the target's webhook is kept registered
             jobs += ["resolution_job", f"{target}_webhook_renewal_job"]
             schedules[f"{target}_webhook_renewal_schedule"] = f"{target}_webhook_renewal_job"
@@ -59,8 +65,10 @@ FO = Pair("d365_jira", "finance_operations",
 ACU = Pair("acumatica_jira", "acumatica",
            ("bills_needing_attention", "vendor_payments_needing_attention", "purchase_orders_needing_attention"),
            "team:accounts-payable", polls=True, subscriptions=False)
-MONDAY = Pair("d365_monday", "finance_operations", ("posted_vendor_invoice_items", "confirmed_purchase_order_items"),
-              "team:accounts-payable", polls=False, subscriptions=False, target="monday", returns=False)
+MONDAY = Pair("d365_monday", "finance_operations",
+              ("vendor_items", "posted_vendor_invoice_items", "confirmed_purchase_order_items"),
+              "team:accounts-payable", polls=False, subscriptions=False, target="monday", returns=False,
+              mirrors=("vendor_items",))
 PAIRS = [BC, FO, ACU, MONDAY]
 SOURCES = [p.source for p in PAIRS]
 ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))
@@ -120,7 +128,7 @@ def test_jobs_by_name(repo):
 def test_poll_job_materializes_the_entities_and_reconcile_job_runs_only_the_checks(defs, repo, pair):
     jobs = {j.name: j for j in defs.jobs}
     poll, reconcile = jobs[f"{pair.name}__poll_job"], jobs[f"{pair.name}__reconcile_job"]
-    assert poll.selection.resolve(repo.asset_graph) == pair.entity_keys
+    assert poll.selection.resolve(repo.asset_graph) == pair.polled_keys
     # a poll run must not also run three full reconciliations against both live systems
     assert poll.selection.resolve_checks(repo.asset_graph) == set()
     assert reconcile.selection.resolve(repo.asset_graph) == set()
@@ -170,6 +178,10 @@ def test_entity_assets_are_described_owned_and_hourly_from_go_live(repo, pair, e
     assert node.description and node.description.strip()
     assert node.is_materializable
     partitions = node.partitions_def
+    if entity in pair.mirrors:   # a mirror no event announces: one partition per legal entity
+        assert isinstance(partitions, dg.StaticPartitionsDefinition)
+        assert partitions.get_partition_keys() == ["usmf"]
+        return
     assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
     assert partitions.cron_schedule == "0 * * * *"  # hourly
     assert partitions.timezone == "UTC"

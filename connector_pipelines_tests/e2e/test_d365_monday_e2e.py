@@ -96,3 +96,54 @@ def test_an_event_delivered_three_times_and_a_changed_document_give_one_updated_
     assert len(items) == 1 and items[0]["name"] == f"{po} Monitors and stands"
     assert world.stack.monday.mutation_calls("create_item") == creates
     assert world.stack.monday.mutation_calls("change_multiple_column_values") == changes + 1
+
+
+VENDORS = "4815162341"
+
+
+def mirror(world):
+    result = world.driver.run_job(f"{PAIR}__mirror_job", partition_key=LEGAL_ENTITY)
+    assert result.success
+    return result
+
+
+def test_vendors_are_mirrored_per_legal_entity_and_documents_link_to_their_vendor_s_item(world):
+    from sandboxes.harness.dagster_driver import check_evaluations
+
+    fo = world.stack.fo
+    seeded = seed_fo_documents(world.stack)                      # vendor US-101 in usmf
+    fo.add_vendor(LEGAL_ENTITY, VendorAccountNumber="US-102", VendorOrganizationName="Northwind", CurrencyCode="EUR")
+    fo.add_vendor("demf", VendorAccountNumber="DE-001", VendorOrganizationName="Contoso GmbH", CurrencyCode="EUR")
+
+    mirror(world)
+
+    vendors = by_external_id(world, VENDORS)
+    assert sorted(vendors) == ["fo:vendor_items:usmf:US-101", "fo:vendor_items:usmf:US-102"]   # usmf only
+    assert all(len(v) == 1 for v in vendors.values())
+    assert vendors["fo:vendor_items:usmf:US-102"][0]["name"] == "US-102 Northwind"
+    vendor_item = vendors["fo:vendor_items:usmf:US-101"][0]["id"]
+
+    # the invoice and the order announced afterwards link to their vendor's item
+    fire_fo_events(world.stack, seeded)
+    process(world)
+    [invoice] = [i for v in by_external_id(world, INVOICES).values() for i in v]
+    assert invoice["column_values"]["vendor_link"]["linked_item_ids"] == [vendor_item]
+    [order] = [i for v in by_external_id(world, ORDERS).values() for i in v]
+    assert order["column_values"]["vendor_link"]["linked_item_ids"] == [vendor_item]
+
+    # the nightly mirror again: nothing changed, so no Monday write; a renamed vendor is one update
+    writes = world.stack.monday.mutation_calls("create_item") + world.stack.monday.mutation_calls(
+        "change_multiple_column_values")
+    mirror(world)
+    assert world.stack.monday.mutation_calls("create_item") + world.stack.monday.mutation_calls(
+        "change_multiple_column_values") == writes
+    fo.update_record("VendorsV2", {"dataAreaId": LEGAL_ENTITY, "VendorAccountNumber": "US-102"},
+                     VendorOrganizationName="Northwind Traders")
+    mirror(world)
+    assert by_external_id(world, VENDORS)["fo:vendor_items:usmf:US-102"][0]["name"] == "US-102 Northwind Traders"
+    assert len(by_external_id(world, VENDORS)) == 2
+
+    # reconciliation: every vendor of the legal entity has exactly one item
+    checks = {str(c.asset_key.path[-1]): c for c in
+              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
+    assert checks["vendor_items"].passed, checks["vendor_items"].metadata

@@ -59,6 +59,7 @@ ACU_PROJECT = "ACU"
 ACU_SECRET_HEADER = "X-Connector-Secret"
 # monday.com: the AP team's boards as d365_monday's defs.yaml names them (ids pinned), with its columns.
 MONDAY_BOARDS = {
+    "4815162341": ("Vendors", []),
     "4815162342": ("Vendor invoices", [("status", "status", {"labels": {"0": "Posted", "1": "Approved", "2": "Query",
                                                                          "3": "Paid"}}),
                                        ("invoice_date", "date", {})]),
@@ -69,6 +70,8 @@ MONDAY_BOARDS = {
 }
 MONDAY_COMMON_COLUMNS = [("external_id", "text", {}), ("erp_link", "link", {}), ("vendor", "text", {}),
                          ("amount", "numbers", {}), ("currency", "text", {})]
+for _board in ("4815162342", "4815162343"):   # invoices and orders link to their vendor's item
+    MONDAY_BOARDS[_board][1].append(("vendor_link", "board_relation", {"boardIds": [4815162341]}))
 ACU_PUSH = (("ConnectorBills", "Bill", ["Type", "ReferenceNbr", "Status"]),
             ("ConnectorChecks", "Check", ["Type", "ReferenceNbr", "Status"]),
             ("ConnectorPurchaseOrders", "PurchaseOrder", ["Type", "OrderNbr", "Status"]))

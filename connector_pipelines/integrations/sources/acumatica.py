@@ -91,6 +91,9 @@ class AcumaticaSource:
         rows = self.client.get_many(entity.entity_set, [self.keys(entity, i) for i in ids], select=self._select(entity))
         return [self._record(entity, r) for r in rows]
 
+    def fetch_all(self, entity: EntitySync) -> list[SourceRecord]:
+        return [self._record(entity, row) for row in self.client.list(entity.entity_set, select=self._select(entity))]
+
     def fetch_current_exceptions(self, entity: EntitySync) -> list[SourceRecord]:
         flt = pushdown_filter(entity.exception, lambda _f, v: literal(v))
         rows = self.client.list(entity.entity_set, filter=flt, select=self._select(entity))

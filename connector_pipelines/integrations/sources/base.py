@@ -40,6 +40,7 @@ class SourceRecord:
     data: dict[str, Any]
     url: str | None = None
     number: str | None = None     # what a person calls the document (default: the record's ``number`` field)
+    links: dict[str, str | None] = field(default_factory=dict)   # relation field -> the related target record
 
 
 @dataclass
@@ -88,6 +89,10 @@ class SourceAdapter(Protocol):
     def fetch_by_ids(self, entity: EntitySync, ids: list[str]) -> list[SourceRecord]: ...
 
     def fetch_current_exceptions(self, entity: EntitySync) -> list[SourceRecord]: ...
+
+    def fetch_all(self, entity: EntitySync) -> list[SourceRecord]:
+        """Every record of the set in the integration's company / legal entity (a mirror's scheduled full read)."""
+        ...
 
     def changes_from_notifications(self, entities: list[EntitySync], payloads: list[dict[str, Any]]) -> ChangeSet:
         """Which records of ``entities`` the stored webhook payloads announce (ids keyed by entity name)."""

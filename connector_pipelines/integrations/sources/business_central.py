@@ -78,6 +78,9 @@ class BusinessCentralSource:
         found = self.client.get_many(self.company_id, entity.entity_set, ids)
         return self._records(entity, [found[i] for i in ids if i in found])
 
+    def fetch_all(self, entity: EntitySync) -> list[SourceRecord]:
+        return self._records(entity, list(self.client.list(self.company_id, entity.entity_set)))
+
     def fetch_current_exceptions(self, entity: EntitySync) -> list[SourceRecord]:
         flt = odata_filter(entity.exception, lambda field, value: self.client.literal(entity.entity_set, field, value))
         rows = list(self.client.list(self.company_id, entity.entity_set, filter=flt))

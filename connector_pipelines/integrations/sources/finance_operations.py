@@ -100,6 +100,12 @@ class FinanceOperationsSource:
         records = [self._record(entity, r) for r in rows if all(f in r for f in entity.event_keys)]
         return [r for r in records if r.record_id in wanted]
 
+    def fetch_all(self, entity: EntitySync) -> list[SourceRecord]:
+        """Every record of the set in the legal entity, paged by F&O's nextLink (a mirror's scheduled read)."""
+        rows = self.client.list(entity.entity_set, filter=f"dataAreaId eq {FinanceOperationsClient.literal(self.legal_entity)}",
+                                expand=self._expand(entity), cross_company=True)
+        return [self._record(entity, row) for row in rows]
+
     def fetch_current_exceptions(self, entity: EntitySync) -> list[SourceRecord]:
         """The documents that should have an issue now: those in the exception state, or, for an entity
         announced only by events, those its ``catch_up`` read finds (state rules and/or a recent date
