@@ -80,6 +80,18 @@ class TargetField(BaseModel):
 # an F&O bound OData action or Acumatica's ReleaseBill) and ``update_fields`` (write fields, e.g. take a purchase
 # order off hold) are not idempotent: both need a ``state_check`` and act only while the document is still due.
 
+class WriteBack(BaseModel):
+    """A person's change of one target field (a Monday column) written to the system of record's field, after
+    re-reading both: the item through the target's API (the webhook is only a signal) and the record at the
+    source; a value the connector itself wrote is never written back; what the source refuses (a posted
+    invoice, a read-only field) is answered on the target record, saying why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str = Field(description="The target field a person changes (a Monday column id)")
+    field: str = Field(description="The writable source field that receives the value")
+
+
 class StateCheck(BaseModel):
     """Before a non-idempotent action: the document field that says whether it is still due."""
 
@@ -191,6 +203,8 @@ class EntitySync(BaseModel):
     state: str | None = Field(None, description=(
         "Template of the document's state as a person reads it, e.g. '{Status}': when it changes on a "
         "document with an issue, the issue is updated and gets one comment saying so"))
+    write_back: list[WriteBack] = Field(default_factory=list, description=(
+        "Target fields whose change by a person is written back to the source record"))
     # -- resolution settings ---------------------------------------------------------------------------
     state_check: StateCheck | None = Field(None, description=(
         "source_action / update_fields: act only while this field says the document is due"))

@@ -140,6 +140,9 @@ class JiraBackend:
     def url(self, key: str) -> str:
         return self.jira.browse_url(key)
 
+    def written_values(self, entity: EntitySync, payload: dict[str, Any]) -> dict[str, Any]:
+        return {}   # Jira's return flow is a resolution (Done), not a write-back of fields
+
     def api_calls(self) -> int:
         return self.jira.http.calls
 

@@ -81,6 +81,19 @@ class MondayBackend:
         name = render(entity.summary, record.data)[:NAME_LIMIT] or f"{entity.document_label} {record.record_id}"
         return {"name": name, "column_values": values}
 
+    def written_values(self, entity: EntitySync, payload: dict[str, Any]) -> dict[str, str | None]:
+        """The write-back columns' values in ``payload``, as text (what echo suppression compares)."""
+        values = payload.get("column_values") or {}
+        return {w.column: _text(values.get(w.column)) for w in entity.write_back}
+
+    def read_columns(self, entity: EntitySync, item_id: str) -> dict[str, Any] | None:
+        """One item's decoded columns, read through the API now (a webhook is only a signal); None if gone."""
+        board = self.board(entity)
+        for item in self.client.items_page(board, query_params={"ids": [item_id]}):
+            self._board_of_item[str(item["id"])] = board
+            return item.get("columns") or {}
+        return None
+
     # -- finding ----------------------------------------------------------------------------------------
     def _item(self, item: dict[str, Any], board: str) -> TargetItem:
         key = str(item["id"])
@@ -151,6 +164,169 @@ class MondayBackend:
 
     def api_calls(self) -> int:
         return self.client.http.calls
+
+
+def _text(value: Any) -> str | None:
+    """A column value as comparable text (status label, number, date string)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        return str(value.get("label") or value.get("text") or value.get("date") or value.get("url") or value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# -- the return flow: a person's column change -> the source record (integrations.registry.target_module) -----
+RESOLUTION_EVENTS = "changes of write-back columns"
+# The payload names a column change "update_column_value" (the webhook event is change_column_value).
+CHANGE_EVENTS = frozenset({"update_column_value", "change_column_value", "change_status_column_value",
+                           "change_specific_column_value"})
+
+
+def _write_back_columns(integration: IntegrationDefinition) -> dict[str, tuple[EntitySync, set[str]]]:
+    """Board id -> (its entity, the columns written back)."""
+    out = {}
+    for entity in integration.entities:
+        board = integration.target.boards.get(entity.name)
+        if board and entity.write_back:
+            out[str(board)] = (entity, {w.column for w in entity.write_back})
+    return out
+
+
+def inbox_row_filter(integration: IntegrationDefinition):
+    """Monday events this pair acts on: a column change on a write-back column of one of its boards. Other
+    events stay in the inbox as audit but launch no run."""
+    watched = _write_back_columns(integration)
+
+    def belongs(row) -> bool:
+        event = (row.payload or {}).get("event") or {}
+        hit = watched.get(str(event.get("boardId")))
+        return event.get("type") in CHANGE_EVENTS and hit is not None and event.get("columnId") in hit[1]
+
+    return belongs
+
+
+class WriteBackProcessor:
+    """A batch of Monday column-change events -> the source records behind their items, once each.
+
+    For each event (a signal only): the item is mapped to its source record through the ledger (items the
+    connector did not create are ignored); under the record's lease, the item is read again through the API
+    and each write-back column compared with what the connector last wrote there (the ledger's ``written``):
+    equal = our own echo, nothing to do; different = a person's change, written to the source (which re-reads
+    its record and refuses what it cannot take — the refusal is posted as an update on the item)."""
+
+    def __init__(self, integration: IntegrationDefinition, source: Any, backend: MondayBackend, ledger: Any,
+                 run_id: str | None, *, leases: Any) -> None:
+        self.integration = integration
+        self.source = source
+        self.backend = backend
+        self.ledger = ledger
+        self.run_id = run_id
+        self.leases = leases
+        self.watched = _write_back_columns(integration)
+
+    def browse_url(self, key: str) -> str:
+        return self.backend.url(key)
+
+    def process(self, events: list[dict[str, Any]]):
+        from connector_pipelines.core.failures import describe, is_transient
+        from connector_pipelines.core.leases import ledger_scope
+        from connector_pipelines.integrations.resolution import ResolutionReport
+
+        report = ResolutionReport()
+        latest: dict[str, int] = {}     # item -> its last event in the batch (the re-read sees the latest state)
+        for i, event in enumerate(events):
+            hit = self.watched.get(str(event.get("boardId")))
+            if event.get("type") not in CHANGE_EVENTS or hit is None or event.get("columnId") not in hit[1]:
+                report.ignored += 1
+                continue
+            if str(event.get("pulseId")) in latest:
+                report.repeated += 1
+            latest[str(event.get("pulseId"))] = i
+        scope = ledger_scope(self.integration.name)
+        for item_id, i in latest.items():
+            entity, _ = self.watched[str(events[i].get("boardId"))]
+            entries = [e for e in self.ledger.by_target(self.integration.name, item_id) if e.entity == entity.name]
+            if not entries:
+                report.ignored += 1          # an item the connector did not create
+                continue
+            entry = entries[0]
+            got = self.leases.acquire(scope, [entry.source_key])
+            if not got:
+                report.retry[i] = f"{entry.source_key} is being written by another run"
+                continue
+            try:
+                self._one(entity, item_id, entry, report)
+            except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the batch
+                if is_transient(exc):
+                    report.retry[i] = describe(exc)
+                else:
+                    report.failed += 1
+                    report.failures[item_id] = describe(exc)
+                    report.needs_a_person[item_id] = describe(exc)
+            finally:
+                self.leases.release(scope, got)
+        return report
+
+    def _one(self, entity: EntitySync, item_id: str, entry: Any, report: Any) -> None:
+        columns = self.backend.read_columns(entity, item_id)
+        if columns is None:
+            report.ignored += 1
+            return
+        written = (entry.context or {}).get("written") or {}
+        changes = {w.field: _text(columns.get(w.column)) for w in entity.write_back
+                   if _text(columns.get(w.column)) != written.get(w.column)}
+        if not changes:
+            report.ignored += 1              # the connector's own write coming back: never written back
+            report.refusals[item_id] = "echo of the connector's own write"
+            return
+        record_id = self.source.parse_external_id(entry.source_key)[1]
+        outcome = self.source.write_fields(entity, record_id, changes)
+        report.outcomes[item_id] = outcome.message
+        if outcome.status == "acted":
+            report.acted += 1
+            self.ledger.mark_done(self.integration.name, [{
+                "source_key": entry.source_key, "entity": entity.name, "action": "issue",
+                "target_key": entry.target_key, "target_url": entry.target_url, "fingerprint": None,
+                "context": {**(entry.context or {}),
+                            "written": {**written, **{w.column: changes[w.field] for w in entity.write_back
+                                                      if w.field in changes}}}}], self.run_id)
+        elif outcome.status == "already":
+            report.already += 1
+        else:
+            report.not_applicable += 1
+            self.backend.comment(item_id, f"connector_pipelines: {outcome.message}")
+
+
+def resolution_processor(integration: IntegrationDefinition, source: Any, resources: Any, run_id: str | None):
+    store = resources.connector_store
+    backend = MondayBackend(resources.monday.client(store.vault()), integration)
+    return WriteBackProcessor(integration, source, backend, store.ledger(), run_id, leases=store.leases())
+
+
+def ensure_webhook(integration: IntegrationDefinition, resources: Any) -> dict[str, Any]:
+    """One ``change_column_value`` webhook per board with write-back columns, to the receiver's Monday endpoint
+    (the personal-token path carries its secret, read from the environment at use time, never stored)."""
+    import os
+
+    base = os.environ.get("CONNECTOR_RECEIVER_PUBLIC_URL")
+    secret = os.environ.get("CONNECTOR_MONDAY_PATH_SECRET")
+    if not base:
+        raise MondayError("CONNECTOR_RECEIVER_PUBLIC_URL is not set: monday has nowhere to send column changes")
+    url = f"{base.rstrip('/')}/webhooks/monday" + (f"/{secret}" if secret else "")
+    client = resources.monday.client(resources.connector_store.vault())
+    actions = []
+    for board in sorted(_write_back_columns(integration)):
+        existing = [w for w in client.webhooks(board) if w.get("event") == "change_column_value"]
+        if existing:
+            actions.append("kept")
+            continue
+        client.create_webhook(board, url, "change_column_value")
+        actions.append("created")
+    action = "created" if "created" in actions else "kept"
+    return {"webhook_id": ",".join(sorted(_write_back_columns(integration))) or "-", "action": action,
+            "expires": "never (monday webhooks do not expire)", "boards": len(actions)}
 
 
 def from_resources(integration: IntegrationDefinition, resources: Any, run_id: str | None) -> RecordWriter:

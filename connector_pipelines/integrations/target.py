@@ -101,6 +101,10 @@ class TargetBackend(Protocol):
 
     def url(self, key: str) -> str: ...
 
+    def written_values(self, entity: EntitySync, payload: dict[str, Any]) -> dict[str, Any]:
+        """The values ``payload`` writes to the entity's write-back fields (what echo suppression compares)."""
+        ...
+
     def api_calls(self) -> int: ...
 
 
@@ -185,6 +189,9 @@ class RecordWriter:
             # The state is part of what was written: a change of state alone is a change to write (and comment).
             context["state"] = render(entity.state, record.data)
             hashed = [fields, context["state"]]
+        if entity.write_back:
+            # What the connector writes to the fields a person may change: a change equal to it is our own echo.
+            context["written"] = self.backend.written_values(entity, fields)
         fingerprint = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
         return _Planned(record, fields, fingerprint, context)
 

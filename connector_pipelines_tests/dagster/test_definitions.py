@@ -67,12 +67,11 @@ ACU = Pair("acumatica_jira", "acumatica",
            "team:accounts-payable", polls=True, subscriptions=False)
 MONDAY = Pair("d365_monday", "finance_operations",
               ("vendor_items", "posted_vendor_invoice_items", "confirmed_purchase_order_items"),
-              "team:accounts-payable", polls=False, subscriptions=False, target="monday", returns=False,
-              mirrors=("vendor_items",))
+              "team:accounts-payable", polls=False, subscriptions=False, target="monday", mirrors=("vendor_items",))
 PAIRS = [BC, FO, ACU, MONDAY]
 SOURCES = [p.source for p in PAIRS]
 ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))
-INBOX_KEYS = {dg.AssetKey(["inbox", s]) for s in [*SOURCES, "jira"]}
+INBOX_KEYS = {dg.AssetKey(["inbox", s]) for s in [*SOURCES, "jira", "monday"]}
 BACKLOG_KEYS = set().union(*(p.backlog_keys for p in PAIRS))
 DEAD_LETTERS = "no_dead_letters"
 ENTITIES = [(p, e) for p in PAIRS for e in p.entities]
@@ -189,7 +188,7 @@ def test_entity_assets_are_described_owned_and_hourly_from_go_live(repo, pair, e
     assert partitions.get_first_partition_key() == "2026-11-01-00:00"
 
 
-@pytest.mark.parametrize("source", [*SOURCES, "jira"])
+@pytest.mark.parametrize("source", [*SOURCES, "jira", "monday"])
 def test_inbox_assets_are_external_and_described(repo, source):
     node = repo.asset_graph.get(dg.AssetKey(["inbox", source]))
     assert node.group_name == "inboxes"

@@ -505,7 +505,7 @@ def test_inbox_sensors_tick_on_every_loop_of_the_daemon(defs):
     from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
 
     inbox_sensors = [s for s in defs.sensors if s.name.endswith("_inbox_sensor")]
-    assert len(inbox_sensors) == 7   # a source inbox sensor per pair, a Jira one per Jira pair
+    assert len(inbox_sensors) == 8   # a source inbox sensor and a target one per pair
     assert all(s.minimum_interval_seconds < MIN_INTERVAL_LOOP_TIME for s in inbox_sensors)
 
 

@@ -147,3 +147,74 @@ def test_vendors_are_mirrored_per_legal_entity_and_documents_link_to_their_vendo
     checks = {str(c.asset_key.path[-1]): c for c in
               check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
     assert checks["vendor_items"].passed, checks["vendor_items"].metadata
+
+
+MONDAY_SENSOR = "d365_monday__monday_inbox_sensor"
+
+
+def fo_patches(world) -> int:
+    return sum(n for (method, _), n in world.stack.fo.calls.items() if method == "PATCH")
+
+
+def people_change(world, item_id: str, column: str, value) -> list:
+    """A reviewer changes a column on the board; monday delivers the webhook; the sensor launches the run."""
+    world.stack.monday.change_column_as_user(item_id, column, value)
+    world.stack.monday.deliver_webhooks()
+    tick = world.driver.tick(MONDAY_SENSOR)
+    assert all(r.success for r in tick.runs)
+    return tick.runs
+
+
+def test_a_reviewer_s_change_is_written_to_f_and_o_once_and_the_connector_s_own_writes_never_bounce(world):
+    fo, monday = world.stack.fo, world.stack.monday
+    seeded = seed_fo_documents(world.stack)
+    world.driver.run_job(f"{PAIR}__monday_webhook_renewal_job")      # one change_column_value webhook per board
+    mirror(world)
+    monday.deliver_webhooks()                     # the connector's own creates: no column-change event acts
+    assert all(r.success for r in world.driver.tick(MONDAY_SENSOR).runs)
+    assert fo_patches(world) == 0
+    vendor_item = by_external_id(world, VENDORS)["fo:vendor_items:usmf:US-101"][0]["id"]
+    keys = {"dataAreaId": LEGAL_ENTITY, "VendorAccountNumber": "US-101"}
+
+    runs = people_change(world, vendor_item, "hold", {"label": "All"})
+
+    assert len(runs) == 1
+    assert fo.get_record("VendorsV2", keys)["OnHoldStatus"] == "All" and fo_patches(world) == 1
+    [out] = [e.event_specific_data.metadata for e in runs[0].all_events if e.event_type_value == "STEP_OUTPUT"]
+    assert out["acted"].value == 1
+
+    # the nightly mirror writes the vendor back to the item (now "All" in F&O too): its webhook is an echo
+    fo.update_record("VendorsV2", keys, VendorOrganizationName="Fabrikam Electronics Inc.", OnHoldStatus="Never")
+    mirror(world)                                  # writes "Never" to the item's hold column: the connector's own write
+    assert monday.get_item(vendor_item)["column_values"]["hold"]["text"] == "Never"
+    monday.deliver_webhooks()
+    for run in world.driver.tick(MONDAY_SENSOR).runs:
+        assert run.success
+    assert fo.get_record("VendorsV2", keys)["OnHoldStatus"] == "Never" and fo_patches(world) == 1   # no bounce
+
+    # a reviewer's note on a posted invoice: F&O refuses it, the item says why, nothing changes in F&O
+    fire_fo_events(world.stack, seeded)
+    process(world)
+    [invoice] = [i for v in by_external_id(world, INVOICES).values() for i in v]
+    people_change(world, invoice["id"], "note", "Check the freight line")
+    assert fo_patches(world) == 2                  # refused by F&O: the PATCH was tried, nothing changed
+    after = monday.get_item(invoice["id"])
+    assert any("F&O refused the change of InvoiceDescription" in u and "before posting" in u for u in after["updates"])
+
+
+def test_a_change_delivered_three_times_is_written_once(world):
+    fo, monday = world.stack.fo, world.stack.monday
+    seed_fo_documents(world.stack)
+    world.driver.run_job(f"{PAIR}__monday_webhook_renewal_job")
+    mirror(world)
+    monday.deliver_webhooks()
+    world.driver.tick(MONDAY_SENSOR)
+    vendor_item = by_external_id(world, VENDORS)["fo:vendor_items:usmf:US-101"][0]["id"]
+    monday.redeliver = 3
+    people_change(world, vendor_item, "hold", {"label": "Payment"})
+    for _ in range(2):
+        for run in world.driver.tick(MONDAY_SENSOR).runs:
+            assert run.success
+    keys = {"dataAreaId": LEGAL_ENTITY, "VendorAccountNumber": "US-101"}
+    assert fo.get_record("VendorsV2", keys)["OnHoldStatus"] == "Payment"
+    assert fo_patches(world) == 1

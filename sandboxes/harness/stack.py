@@ -59,7 +59,8 @@ ACU_PROJECT = "ACU"
 ACU_SECRET_HEADER = "X-Connector-Secret"
 # monday.com: the AP team's boards as d365_monday's defs.yaml names them (ids pinned), with its columns.
 MONDAY_BOARDS = {
-    "4815162341": ("Vendors", []),
+    "4815162341": ("Vendors", [("hold", "status", {"labels": {"0": "No", "1": "Invoice", "2": "All", "3": "Payment",
+                                                              "4": "Requisition", "5": "Never"}})]),
     "4815162342": ("Vendor invoices", [("status", "status", {"labels": {"0": "Posted", "1": "Approved", "2": "Query",
                                                                          "3": "Paid"}}),
                                        ("invoice_date", "date", {})]),
@@ -72,6 +73,7 @@ MONDAY_COMMON_COLUMNS = [("external_id", "text", {}), ("erp_link", "link", {}), 
                          ("amount", "numbers", {}), ("currency", "text", {})]
 for _board in ("4815162342", "4815162343"):   # invoices and orders link to their vendor's item
     MONDAY_BOARDS[_board][1].append(("vendor_link", "board_relation", {"boardIds": [4815162341]}))
+MONDAY_BOARDS["4815162342"][1].append(("note", "text", {}))
 ACU_PUSH = (("ConnectorBills", "Bill", ["Type", "ReferenceNbr", "Status"]),
             ("ConnectorChecks", "Check", ["Type", "ReferenceNbr", "Status"]),
             ("ConnectorPurchaseOrders", "PurchaseOrder", ["Type", "OrderNbr", "Status"]))
@@ -163,7 +165,8 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
              "bc_client_state": secrets.token_urlsafe(24), "jira_webhook_secret": secrets.token_urlsafe(24),
              "fo_client_secret": secrets.token_urlsafe(24), "fo_events_secret": secrets.token_urlsafe(24),
              "acumatica_client_secret": secrets.token_urlsafe(24), "acumatica_password": secrets.token_urlsafe(18),
-             "acumatica_push_secret": secrets.token_urlsafe(24), "monday_token": secrets.token_urlsafe(32)}
+             "acumatica_push_secret": secrets.token_urlsafe(24), "monday_token": secrets.token_urlsafe(32),
+             "monday_path_secret": secrets.token_urlsafe(24)}
 
     entra = EntraSandbox()
     entra.register_app(TENANT, BC_CLIENT_ID, creds["bc_client_secret"], [BC_SCOPE])
@@ -254,6 +257,7 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         "CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER": ACU_SECRET_HEADER,
         "CONNECTOR_MONDAY_API_URL": f"{servers['monday'].base_url}/v2",
         "CONNECTOR_MONDAY_TOKEN": creds["monday_token"],
+        "CONNECTOR_MONDAY_PATH_SECRET": creds["monday_path_secret"],
     }
     if database_url:
         env["CONNECTOR_DATABASE_URL"] = database_url
@@ -276,7 +280,8 @@ def start_receiver(stack: Stack, port: int = 0) -> SandboxServer:
                                 fo_events_secret=stack.secrets["fo_events_secret"],
                                 fo_events_secret_header=FO_SECRET_HEADER,
                                 acumatica_push_secret=stack.secrets["acumatica_push_secret"],
-                                acumatica_push_secret_header=ACU_SECRET_HEADER)
+                                acumatica_push_secret_header=ACU_SECRET_HEADER,
+                                monday_path_secret=stack.secrets["monday_path_secret"])
     engine = get_engine(stack.env.get("CONNECTOR_DATABASE_URL"))
     app = create_app(Inbox(engine), settings)
     server = SandboxServer(app, port=port).start()

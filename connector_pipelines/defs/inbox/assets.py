@@ -17,3 +17,7 @@ acumatica_inbox = dg.AssetSpec(
     ["inbox", "acumatica"], group_name="inboxes", kinds={"acumatica"}, owners=["team:accounts-payable"],
     description="Verified Acumatica push notifications (deduplicated on Id + Query; signals only: the run re-reads "
                 "the documents) waiting for the Acumatica inbox sensor.")
+monday_inbox = dg.AssetSpec(
+    ["inbox", "monday"], group_name="inboxes", kinds={"monday"}, owners=["team:accounts-payable"],
+    description="Verified monday.com webhook events (column changes; deduplicated on the trigger) waiting for the "
+                "Monday inbox sensors; signals only: the run re-reads the item through the API.")

@@ -102,6 +102,11 @@ class SourceAdapter(Protocol):
         """Act on the document once (after reading its current state); ``note`` = the person's outcome."""
         ...
 
+    def write_fields(self, entity: EntitySync, record_id: str, values: dict[str, Any]) -> ResolutionOutcome:
+        """Write a person's values to the record (a write-back), if it can still take them: ``acted``,
+        ``already`` (it holds them), ``not_applicable`` (refused: the message says why)."""
+        ...
+
     def describe_missing(self, entity: EntitySync, record_id: str) -> str:
         """Why an announced record could not be read (quarantine reason)."""
         ...

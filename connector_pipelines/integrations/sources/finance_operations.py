@@ -220,6 +220,26 @@ class FinanceOperationsSource:
             return ResolutionOutcome("acted", f"{label}: outcome recorded in F&O ({entity.outcome_field})")
         return ResolutionOutcome("not_applicable", f"{label}: resolution {entity.resolution!r} is not an F&O action")
 
+    def write_fields(self, entity: EntitySync, record_id: str, values: dict[str, Any]) -> ResolutionOutcome:
+        """PATCH the record's fields with If-Match on the ETag just read; F&O's refusal (a posted invoice: "Update
+        is applicable only before posting", a read-only field) is returned, not raised."""
+        current = self._current(entity, record_id)
+        label = f"{entity.document_label} {record_id.split(':', 1)[-1]}"
+        if current is None:
+            return ResolutionOutcome("not_applicable", f"{label} is no longer readable in F&O; nothing was written")
+        changes = {k: v for k, v in values.items() if current.get(k) != v}
+        if not changes:
+            return ResolutionOutcome("already", f"{label} already has " + ", ".join(f"{k} = {v}" for k, v in values.items()))
+        try:
+            self.client.patch(entity.entity_set, self._entity_keys(entity, current), changes, current.get("@odata.etag"))
+        except ApiError as exc:
+            if exc.status in (400, 403, 404):
+                return ResolutionOutcome("not_applicable", f"F&O refused the change of {', '.join(changes)} on "
+                                                           f"{label}: {exc}")
+            raise
+        return ResolutionOutcome("acted", f"{label}: " + ", ".join(f"{k} = {v}" for k, v in changes.items())
+                                 + " written to F&O")
+
     def api_calls(self) -> int:
         return self.client.http.calls
 
