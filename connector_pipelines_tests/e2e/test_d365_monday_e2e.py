@@ -218,3 +218,23 @@ def test_a_change_delivered_three_times_is_written_once(world):
     keys = {"dataAreaId": LEGAL_ENTITY, "VendorAccountNumber": "US-101"}
     assert fo.get_record("VendorsV2", keys)["OnHoldStatus"] == "Payment"
     assert fo_patches(world) == 1
+
+
+def test_a_rate_limit_storm_and_a_locked_board_end_in_success(world):
+    """monday answers 429s (minute limit, FIELD_LIMIT_EXCEEDED) and 423 (a board locked by a concurrent update)
+    in the middle of a batch: the client and its governor wait as told, the run succeeds, nothing is duplicated."""
+    monday = world.stack.monday
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+    monday.faults.retry_after = "1"
+    monday.faults.rate_limit_next = 2
+    monday.faults.field_limit_next = 1
+    monday.faults.field_limit_retry_s = 1
+    monday.lock_board(INVOICES, 1.0)
+
+    runs = process(world)
+
+    assert len(runs) == 1 and runs[0].success
+    assert monday.served_429 >= 2
+    assert len(by_external_id(world, INVOICES)) == 1 and len(by_external_id(world, ORDERS)) == 1
+    assert all(len(v) == 1 for b in (INVOICES, ORDERS) for v in by_external_id(world, b).values())
