@@ -322,6 +322,10 @@ class IntegrationDefinition(BaseModel):
         queries = [e.push_query for e in self.entities if e.push_query]
         if len(queries) != len(set(queries)):
             raise ValueError(f"one push notification query may announce one entity only in '{self.name}': {queries}")
+        if not self.capabilities.writes_fields:
+            writing = [e.name for e in self.entities if e.write_back]
+            if writing:
+                raise ValueError(f"{self.capabilities.label} takes no write-back of fields yet: entities {writing}")
         offered = self.capabilities.resolutions
         for e in self.entities:
             if e.resolution not in offered:

@@ -36,6 +36,7 @@ class SystemEntry:
     windowed_polling: bool = False             # as a source: a modified timestamp to poll hourly windows on
     subscriptions: bool = False                # as a source: push subscriptions the connector creates and renews
     resolutions: tuple[str, ...] = ()          # as a source: what a resolution in the target can do here
+    writes_fields: bool = False                # as a source: takes write-backs of fields (write_fields)
     pool: str | None = None                    # as a target: the Dagster pool its writers share (one rate budget)
     field_kinds: tuple[str, ...] = ()          # as a target: the kinds of mapped field its codecs write
 
@@ -50,7 +51,7 @@ SYSTEMS: dict[str, SystemEntry] = {e.name: e for e in (
     # administrator configures in F&O (nothing to renew). A window = the events received in it.
     SystemEntry("finance_operations", "Dynamics 365 Finance & Operations", "finance_operations",
                 source_adapter="connector_pipelines.integrations.sources.finance_operations",
-                resolutions=("record_outcome", "source_action")),
+                resolutions=("record_outcome", "source_action"), writes_fields=True),
     # Acumatica: LastModifiedDateTime on Bill, Check, PurchaseOrder, Vendor (endpoint 24.200.001); push
     # notifications are an accelerator an administrator configures in Acumatica (nothing to renew).
     SystemEntry("acumatica", "Acumatica", "acumatica",

@@ -81,6 +81,8 @@ def entity0(doc: dict) -> dict:
 BAD_VALUES: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("jira_field_kind_from_another_target", lambda d: entity0(d)["fields"][0].update(kind="board_relation"),
      "()", "kind 'board_relation' is not a Jira field kind (text, number, adf)"),
+    ("write_back_to_a_source_that_takes_none", lambda d: entity0(d).update(write_back=[{"column": "a", "field": "b"}]),
+     "()", "Business Central takes no write-back of fields yet: entities ['blocked_vendors']"),
     ("op_like", lambda d: entity0(d)["exception"][0].update(op="like"),
      "EntitySync]].0.exception.0.op", "'eq', 'ne', 'in', 'not_in' or 'older_than_days'"),
     ("unknown_resolution", lambda d: entity0(d).update(resolution="delete_vendor"),
