@@ -39,6 +39,7 @@ bench: install postgres-up
 	$(BIN)/python -m benchmarks.bc_jira || status=1; \
 	$(BIN)/python -m benchmarks.fo_jira || status=1; \
 	$(BIN)/python -m benchmarks.acumatica_jira || status=1; \
+	$(BIN)/python -m benchmarks.d365_monday || status=1; \
 	$(BIN)/python -m benchmarks.backlog || status=1; \
 	$(BIN)/python -m benchmarks.daemon_latency || status=1; \
 	exit $$status

@@ -203,8 +203,49 @@ def control_app(stack) -> Starlette:
     def acu_deliver() -> dict[str, Any]:
         return {"delivered": stack.acumatica.deliver_notifications()}
 
+    def fo_invoices(prefix: str, n: int, area: str = "usmf") -> dict[str, Any]:
+        """``n`` vendor invoices only (one vendor), not posted yet: ``docs`` for ``fo_fire`` and each invoice's
+        ``keys`` (VendorAccount, InvoiceNumber: what its posted event names)."""
+        fo = stack.fo
+        fo.retry_delay_s = 0
+        vendor = f"{prefix}-V1"
+        fo.add_vendor(area, VendorAccountNumber=vendor, VendorOrganizationName="Bench Vendor", CurrencyCode="USD")
+        invoices = [fo.add_vendor_invoice(area, VendorAccount=vendor, VendorName="Bench Vendor",
+                                          InvoiceNumber=f"{prefix}-INV-{i:05d}", Currency="USD",
+                                          lines=[{"Amount": 100.0 + i}])
+                    for i in range(n)]
+        return {"docs": [["invoice", inv["HeaderReference"]] for inv in invoices],
+                "keys": [[inv["VendorAccount"], inv["InvoiceNumber"]] for inv in invoices]}
+
+    def monday_items(prefix: str, column: str = "external_id") -> dict[str, Any]:
+        """Active items on every Monday board whose ``column`` (the external id) starts with ``prefix``, and the
+        duplicates among them (items beyond the first of one external id)."""
+        by_key: dict[str, int] = {}
+        for board_id in list(stack.monday.store.boards):
+            for item in stack.monday.items(board_id):
+                key = ((item["column_values"].get(column) or {}).get("text") or "")
+                if key.startswith(prefix):
+                    by_key[key] = by_key.get(key, 0) + 1
+        return {"count": len(by_key), "items": sum(by_key.values()),
+                "duplicates": sum(n - 1 for n in by_key.values() if n > 1)}
+
+    def monday_stats() -> dict[str, Any]:
+        """The Monday sandbox's counters (calls, complexity points charged, 429s served) and the personal token's
+        budget window now: points used in the last 60 s, the budget, and seconds until the oldest charge leaves."""
+        mon = stack.monday
+        with mon._lock:
+            now = mon.clock.timestamp()
+            window = mon._budgets.get((stack.secrets["monday_token"], "all"))
+            used = window.used(now) if window else 0
+            reset_in = window.reset_in(now) if window else 0
+            return {"calls": mon.calls, "calls_by_operation": dict(mon.calls_by_operation),
+                    "complexity_used": mon.complexity_used, "served_429": mon.served_429,
+                    "create_item": mon.mutation_calls("create_item"), "window_used": used,
+                    "window_reset_in_s": reset_in, "budget_per_minute": mon.limits.complexity_per_minute}
+
     actions = {"bc_invoices": bc_invoices, "bc_deliver": bc_deliver, "fo_seed": fo_seed, "fo_fire": fo_fire,
-               "fo_deliver": fo_deliver, "acu_bills": acu_bills, "acu_deliver": acu_deliver}
+               "fo_deliver": fo_deliver, "acu_bills": acu_bills, "acu_deliver": acu_deliver,
+               "fo_invoices": fo_invoices, "monday_items": monday_items, "monday_stats": monday_stats}
     routes = [Route("/latency", latency, methods=["POST"]), Route("/stats", stats),
               Route("/meter/reset", reset_meter, methods=["POST"]), Route("/issues", issues),
               Route("/healthz", lambda request: JSONResponse({"status": "ok"}))]
