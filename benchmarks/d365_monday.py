@@ -50,7 +50,7 @@ from benchmarks.common import (
 PAIR = "d365_monday"
 AREA = "usmf"
 SENSOR = "d365_monday__finance_operations_inbox_sensor"
-ENTITY = "posted_vendor_invoice_items"
+ENTITY = "vendor_invoice_items"
 ITEM_PREFIX = f"fo:{ENTITY}:"
 CREATE_ITEM_POINTS = 10_000          # monday's documented cost of one create_item
 MIN_SPEEDUP = 10                     # the targets

@@ -161,13 +161,14 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     # what the target's adapter offers (Jira: Done -> resolution, its dynamic webhook).
     target = registry.target_module(tgt)
     returns = hasattr(target, "resolution_processor")
-    # Mirrors no event announces are read in full on a schedule: one static partition per legal entity.
+    # Mirrors are read in full on a schedule (and from the UI): one static partition per legal entity; events,
+    # where they announce a mirror's records, still bring them promptly through the notification job.
     mirror_partitions = dg.StaticPartitionsDefinition([integration.company])
-    assets = [_entity_asset(integration, e, mirror_partitions if e.mirrored_only else partitions, resource_keys, owners)
+    assets = [_entity_asset(integration, e, mirror_partitions if e.mirror else partitions, resource_keys, owners)
               for e in integration.entities]
     asset_keys = [a.key for a in assets]
-    polled_keys = [a.key for a, e in zip(assets, integration.entities, strict=True) if not e.mirrored_only]
-    mirror_keys = [a.key for a, e in zip(assets, integration.entities, strict=True) if e.mirrored_only]
+    polled_keys = [a.key for a, e in zip(assets, integration.entities, strict=True) if not e.mirror]
+    mirror_keys = [a.key for a, e in zip(assets, integration.entities, strict=True) if e.mirror]
     inboxes = [(src, integration.capabilities.label)] + ([(tgt, integration.target_system.label)] if returns else [])
     backlogs = [inbox_backlog_spec(name, s, label, owners) for s, label in inboxes]
     checks = [_reconcile_check(integration, e, resource_keys) for e in integration.entities]
@@ -189,7 +190,8 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     notification_job = _notification_job(integration, resource_keys, tags)
     retry_job = _retry_job(integration, resource_keys, tags)
     repair_job = _repair_job(integration, resource_keys, tags)
-    jobs = [poll_job, reconcile_job, notification_job, retry_job, repair_job]
+    # A pair whose sets are all mirrors has no time windows to poll or replay: its mirror job reads them.
+    jobs = [*([poll_job] if polled_keys else []), reconcile_job, notification_job, retry_job, repair_job]
     capabilities = integration.capabilities
     mirror_job = None
     if mirror_keys:
@@ -218,7 +220,7 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
         schedules.append(dg.ScheduleDefinition(name=f"{name}__{tgt}_webhook_renewal_schedule", job=webhook_job,
                                                cron_schedule="27 3 * * *",
                                                default_status=dg.DefaultScheduleStatus.RUNNING))
-    if capabilities.windowed_polling:
+    if capabilities.windowed_polling and polled_keys:
         # Sources without a modified timestamp (F&O) are pushed only: their windows replay the inbox on demand.
         schedules.insert(0, _poll_schedule(integration, poll_job, partitions))
     if mirror_job is not None:
@@ -251,9 +253,10 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
 def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partitions, resource_keys, owners):
     key = dg.AssetKey([integration.source, entity.name])
     target_label = integration.target_system.label
-    if entity.mirrored_only:
+    if entity.mirror:
         window_text = (f"One partition = the legal entity; materializing it reads every {entity.entity_set} record "
-                       f"and keeps one {target_label} record each (unchanged ones cost no {target_label} call).")
+                       f"and keeps one {target_label} record each (unchanged ones cost no {target_label} call)"
+                       + (f"; {entity.business_event} brings each one promptly." if entity.business_event else "."))
     elif integration.capabilities.windowed_polling:
         window_text = (f"One partition = the {entity.entity_set} changed in one hour (lastModifiedDateTime); "
                        f"materializing it opens or updates one {target_label} record per exception.")
@@ -262,8 +265,14 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
                        f"one hour; materializing it re-reads their {entity.entity_set} over OData and opens or "
                        "updates one Jira issue per exception (done ones are skipped by the ledger).")
 
+    # An entity whose records link to another's target records (relates_to) comes after it: in a mirror run the
+    # vendors' items exist before the invoices that link to them are written.
+    deps = sorted({dg.AssetKey([integration.source, f.relates_to]) for f in entity.fields if f.relates_to},
+                  key=lambda k: k.to_user_string())
+
     @dg.asset(
         key=key,
+        deps=deps,
         partitions_def=partitions,
         group_name=integration.name,
         kinds={integration.source, integration.target.system},
@@ -277,7 +286,7 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         source = make_source(integration, context.resources)
         writer = make_writer(integration, context.resources, context.run_id)
         before = (source.api_calls(), writer.api_calls())
-        if entity.mirrored_only:
+        if entity.mirror:
             report = sync_all(source, writer, entity)
             _log_quarantined(context.log, report)
             calls = {integration.source: source.api_calls() - before[0],

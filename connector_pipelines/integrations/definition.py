@@ -259,11 +259,6 @@ class EntitySync(BaseModel):
         return self.business_event is not None
 
     @property
-    def mirrored_only(self) -> bool:
-        """A mirror no event announces: its records reach the target only through the scheduled full read."""
-        return self.mirror and not self.business_event and not self.push_query
-
-    @property
     def event_only(self) -> bool:
         """No state of the document defines the exception: every announced document gets an issue."""
         return not self.exception

@@ -34,7 +34,9 @@ class Pair:
         self.mirrors = mirrors
         self.polled_keys = {dg.AssetKey([source, e]) for e in entities if e not in mirrors}
         self.target = target
-        jobs = ["poll_job", "notification_job", "reconcile_job", "retry_job", "repair_job"]
+        jobs = ["notification_job", "reconcile_job", "retry_job", "repair_job"]
+        if self.polled_keys:   # a pair of mirrors only has no time windows to poll or replay
+            jobs.append("poll_job")
         schedules = {"reconcile_schedule": "reconcile_job", "repair_schedule": "repair_job"}
         if mirrors:   # mirrored sets no event announces: a full read per legal entity, nightly
             jobs.append("mirror_job")
@@ -66,8 +68,9 @@ ACU = Pair("acumatica_jira", "acumatica",
            ("bills_needing_attention", "vendor_payments_needing_attention", "purchase_orders_needing_attention"),
            "team:accounts-payable", polls=True, subscriptions=False)
 MONDAY = Pair("d365_monday", "finance_operations",
-              ("vendor_items", "posted_vendor_invoice_items", "confirmed_purchase_order_items"),
-              "team:accounts-payable", polls=False, subscriptions=False, target="monday", mirrors=("vendor_items",))
+              ("vendor_items", "vendor_invoice_items", "purchase_order_items"),
+              "team:accounts-payable", polls=False, subscriptions=False, target="monday",
+              mirrors=("vendor_items", "vendor_invoice_items", "purchase_order_items"))
 PAIRS = [BC, FO, ACU, MONDAY]
 SOURCES = [p.source for p in PAIRS]
 ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))
@@ -126,15 +129,23 @@ def test_jobs_by_name(repo):
 @pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
 def test_poll_job_materializes_the_entities_and_reconcile_job_runs_only_the_checks(defs, repo, pair):
     jobs = {j.name: j for j in defs.jobs}
-    poll, reconcile = jobs[f"{pair.name}__poll_job"], jobs[f"{pair.name}__reconcile_job"]
-    assert poll.selection.resolve(repo.asset_graph) == pair.polled_keys
-    # a poll run must not also run three full reconciliations against both live systems
-    assert poll.selection.resolve_checks(repo.asset_graph) == set()
+    reconcile = jobs[f"{pair.name}__reconcile_job"]
+    for name, keys in ((f"{pair.name}__poll_job", pair.polled_keys),
+                       (f"{pair.name}__mirror_job", pair.entity_keys - pair.polled_keys)):
+        if keys:
+            assert jobs[name].selection.resolve(repo.asset_graph) == keys
+            # a poll or mirror run must not also run full reconciliations against both live systems
+            assert jobs[name].selection.resolve_checks(repo.asset_graph) == set()
+        else:
+            assert name not in jobs
     assert reconcile.selection.resolve(repo.asset_graph) == set()
     assert reconcile.selection.resolve_checks(repo.asset_graph) == (
         {dg.AssetCheckKey(k, CHECK_NAME) for k in pair.entity_keys}
         | {dg.AssetCheckKey(k, DEAD_LETTERS) for k in pair.backlog_keys})
-    assert isinstance(repo.get_job(f"{pair.name}__poll_job").partitions_def, dg.TimeWindowPartitionsDefinition)
+    if pair.polled_keys:
+        assert isinstance(repo.get_job(f"{pair.name}__poll_job").partitions_def, dg.TimeWindowPartitionsDefinition)
+    if pair.mirrors:
+        assert isinstance(repo.get_job(f"{pair.name}__mirror_job").partitions_def, dg.StaticPartitionsDefinition)
 
 
 def test_sensors_by_name_target_and_default_status(repo):

@@ -10,7 +10,7 @@ def test_ping_reports_every_connection_ok(world, capsys):
                  "dynamics 365 f&o odata", "acumatica api", "atlassian oauth", "jira cloud api"):
         assert f"OK    {what}" in out, out
     assert "CRONUS USA, Inc." in out and "10 ok, 0 failed" in out
-    assert "OK    monday.com api" in out and "d365_monday/posted_vendor_invoice_items: Vendor invoices" in out
+    assert "OK    monday.com api" in out and "d365_monday/vendor_invoice_items: Vendor invoices" in out
     assert "endpoint Default/24.200.001" in out
     assert "https://contoso-prod.operations.dynamics.com/.default" in out  # F&O's own scope: env host + /.default
     for secret in ("bc_client_secret", "fo_client_secret", "acumatica_client_secret", "acumatica_password",

@@ -67,7 +67,7 @@ def writer(sb, integration, tmp_path) -> RecordWriter:
 def invoice(n: int, *, amount: float = 100.0, name: str = "Fabrikam") -> SourceRecord:
     data = {"InvoiceNumber": f"INV-{n:04d}", "VendorAccount": "US-101", "VendorName": name, "LinesTotal": amount,
             "Currency": "USD", "InvoiceDate": "2026-12-01"}
-    return SourceRecord("posted_vendor_invoice_items", f"fo:posted_vendor_invoice_items:usmf:US-101:INV-{n:04d}",
+    return SourceRecord("vendor_invoice_items", f"fo:vendor_invoice_items:usmf:US-101:INV-{n:04d}",
                         f"usmf:US-101:INV-{n:04d}", data, f"https://fo.example/?mi=VendorInvoiceJournal&n={n}",
                         number=f"INV-{n:04d}")
 
@@ -85,13 +85,13 @@ def test_column_values_follow_the_declared_kind():
 
 
 def test_records_become_one_typed_item_each_and_re_runs_change_nothing(sb, writer, integration):
-    entity = integration.entity("posted_vendor_invoice_items")
+    entity = integration.entity("vendor_invoice_items")
     report = writer.upsert(entity, [invoice(n) for n in range(30)])
     assert report.created == 30 and report.failed == 0
     found = items(sb)
     assert len(found) == 30 and all(len(v) == 1 for v in found.values())
     cols = found[invoice(3).external_id][0]["column_values"]
-    assert cols["status"]["text"] == "Posted" and cols["amount"]["text"] in ("100", "100.0")
+    assert cols["vendor"]["text"] == "US-101 Fabrikam" and cols["amount"]["text"] in ("100", "100.0")
     assert cols["invoice_date"]["value"]["date"] == "2026-12-01" and "n=3" in cols["erp_link"]["value"]["url"]
     creates = sb.mutation_calls("create_item")
     assert creates == 30
@@ -102,7 +102,7 @@ def test_records_become_one_typed_item_each_and_re_runs_change_nothing(sb, write
 
 
 def test_a_changed_record_updates_its_item_and_a_lost_ledger_still_finds_it(sb, writer, integration, tmp_path):
-    entity = integration.entity("posted_vendor_invoice_items")
+    entity = integration.entity("vendor_invoice_items")
     writer.upsert(entity, [invoice(1)])
     assert writer.upsert(entity, [invoice(1, amount=250.0, name="Fabrikam Ltd")]).updated == 1
     [item] = items(sb)[invoice(1).external_id]
@@ -119,7 +119,7 @@ def test_a_changed_record_updates_its_item_and_a_lost_ledger_still_finds_it(sb, 
 
 
 def test_a_state_change_is_one_item_update(sb, writer, integration):
-    entity = integration.entity("posted_vendor_invoice_items").model_copy(update={"state": "{VendorName}"})
+    entity = integration.entity("vendor_invoice_items").model_copy(update={"state": "{VendorName}"})
     writer.upsert(entity, [invoice(1)])
     assert writer.upsert(entity, [invoice(1, name="Renamed")]).state_comments == 1
     [item] = items(sb)[invoice(1).external_id]
@@ -128,15 +128,18 @@ def test_a_state_change_is_one_item_update(sb, writer, integration):
 
 
 def test_reconcile_and_repair_archive_a_newer_duplicate(sb, writer, integration):
-    entity = integration.entity("posted_vendor_invoice_items")
+    entity = integration.entity("vendor_invoice_items")
     writer.upsert(entity, [invoice(1)])
     sb.create_item_as_user(INVOICES, "made by a person", {"external_id": invoice(1).external_id})
 
     class OneInvoice:
         def external_id(self, entity, record_id):
-            return f"fo:posted_vendor_invoice_items:{record_id}"
+            return f"fo:vendor_invoice_items:{record_id}"
 
         def fetch_current_exceptions(self, entity):
+            return [invoice(1)]
+
+        def fetch_all(self, entity):
             return [invoice(1)]
 
     rec = reconcile(integration, OneInvoice(), writer.backend,
