@@ -279,21 +279,31 @@ def jira_dedupe_keys(verified: Verified) -> Items:
     return [(f["identifier"], {"event": verified.body, "signature_kind": f["signature_kind"], "retry": f["retry"]})]
 
 
+# -- sources proven by a shared secret in a header (F&O business events, Acumatica push notifications) -------
+def secret_header_json(request: Request, raw: bytes, secret: str | None, header: str) -> Any:
+    """The parsed body of a call that carries ``secret`` in ``header`` (compared in constant time), or the
+    Rejection: 503 + Retry-After when our own secret is missing (the sender retries: a misconfiguration, not a
+    forgery), 401 for a missing or wrong secret, 400 for a body that is not JSON."""
+    if not secret:
+        return Rejection(503, "not_configured", {"Retry-After": RETRY_AFTER_S})
+    if not same_secret(request.headers.get(header), secret):
+        return Rejection(401, "bad_secret")
+    try:
+        return parse_json(raw)
+    except MalformedJSON:
+        return Rejection(400, "malformed_body")
+
+
 # -- Dynamics 365 F&O business events (API-FACTS §1.4) ------------------------------------------------
 def fo_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], Verified | Rejection]:
     """The secret configured on F&O's HTTPS endpoint, in a header whose name is a setting (which headers
     F&O can send is UNCONFIRMED), compared in constant time; then each envelope must parse."""
 
     def verify(request: Request, raw: bytes) -> Verified | Rejection:
-        if not settings.fo_events_secret:
-            # Our misconfiguration, not a forgery: F&O retries and keeps the event in its Errors tab.
-            return Rejection(503, "not_configured", {"Retry-After": RETRY_AFTER_S})
-        if not same_secret(request.headers.get(settings.fo_events_secret_header), settings.fo_events_secret):
-            return Rejection(401, "bad_secret")
-        try:
-            body = parse_json(raw)
-        except MalformedJSON:
-            return Rejection(400, "malformed_body")
+        # Unconfigured: a 503, so F&O retries and keeps the event in its Errors tab.
+        body = secret_header_json(request, raw, settings.fo_events_secret, settings.fo_events_secret_header)
+        if isinstance(body, Rejection):
+            return body
         envelopes = body if isinstance(body, list) else [body]
         if not envelopes:
             return Rejection(400, "malformed_body")
@@ -320,21 +330,18 @@ def acumatica_verify(settings: ReceiverSettings) -> Callable[[Request, bytes], V
     time; then the notification must have the documented shape (Query, Id, Inserted/Deleted arrays)."""
 
     def verify(request: Request, raw: bytes) -> Verified | Rejection:
-        if not settings.acumatica_push_secret:
-            # Our misconfiguration: a non-2xx makes Acumatica resend (up to 5 attempts), a 503 says why.
-            return Rejection(503, "not_configured", {"Retry-After": RETRY_AFTER_S})
-        if not same_secret(request.headers.get(settings.acumatica_push_secret_header), settings.acumatica_push_secret):
-            return Rejection(401, "bad_secret")
-        try:
-            body = parse_json(raw)
-        except MalformedJSON:
-            return Rejection(400, "malformed_body")
+        # Unconfigured: a 503, so Acumatica resends (up to 5 attempts).
+        body = secret_header_json(request, raw, settings.acumatica_push_secret, settings.acumatica_push_secret_header)
+        if isinstance(body, Rejection):
+            return body
         if not isinstance(body, dict) or not isinstance(body.get("Query"), str) or not body["Query"] \
                 or body.get("Id") in (None, "") or isinstance(body.get("Id"), dict | list):
             return Rejection(400, "malformed_body")
-        rows = [*(body.get("Inserted") or []), *(body.get("Deleted") or [])]
-        if not all(isinstance(r, dict) for r in rows) or not isinstance(body.get("Inserted") or [], list) \
-                or not isinstance(body.get("Deleted") or [], list):
+        inserted, deleted = body.get("Inserted") or [], body.get("Deleted") or []
+        if not isinstance(inserted, list) or not isinstance(deleted, list):
+            return Rejection(400, "malformed_body")
+        rows = [*inserted, *deleted]
+        if not all(isinstance(r, dict) for r in rows):
             return Rejection(400, "malformed_body")
         if len(rows) > MAX_EVENTS_PER_CALL:
             return Rejection(413, "too_many_entries")
