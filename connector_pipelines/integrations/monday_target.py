@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from connector_pipelines.core.failures import describe, is_transient
+from connector_pipelines.core.leases import ledger_scope
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition, render, to_number
+from connector_pipelines.integrations.resolution import ResolutionReport
 from connector_pipelines.integrations.sources.base import SourceRecord
 from connector_pipelines.integrations.target import CreateOutcome, RecordWriter, TargetItem
 from connector_pipelines.systems.monday.client import MondayClient
@@ -194,15 +197,21 @@ def _write_back_columns(integration: IntegrationDefinition) -> dict[str, tuple[E
     return out
 
 
+def _watched_entity(watched: dict[str, tuple[EntitySync, set[str]]], event: dict[str, Any]) -> EntitySync | None:
+    """The entity whose write-back column ``event`` changed, or None (another event, board or column)."""
+    hit = watched.get(str(event.get("boardId")))
+    if event.get("type") not in CHANGE_EVENTS or hit is None or event.get("columnId") not in hit[1]:
+        return None
+    return hit[0]
+
+
 def inbox_row_filter(integration: IntegrationDefinition):
     """Monday events this pair acts on: a column change on a write-back column of one of its boards. Other
     events stay in the inbox as audit but launch no run."""
     watched = _write_back_columns(integration)
 
     def belongs(row) -> bool:
-        event = (row.payload or {}).get("event") or {}
-        hit = watched.get(str(event.get("boardId")))
-        return event.get("type") in CHANGE_EVENTS and hit is not None and event.get("columnId") in hit[1]
+        return _watched_entity(watched, (row.payload or {}).get("event") or {}) is not None
 
     return belongs
 
@@ -229,24 +238,19 @@ class WriteBackProcessor:
     def browse_url(self, key: str) -> str:
         return self.backend.url(key)
 
-    def process(self, events: list[dict[str, Any]]):
-        from connector_pipelines.core.failures import describe, is_transient
-        from connector_pipelines.core.leases import ledger_scope
-        from connector_pipelines.integrations.resolution import ResolutionReport
-
+    def process(self, events: list[dict[str, Any]]) -> ResolutionReport:
         report = ResolutionReport()
-        latest: dict[str, int] = {}     # item -> its last event in the batch (the re-read sees the latest state)
-        for i, event in enumerate(events):
-            hit = self.watched.get(str(event.get("boardId")))
-            if event.get("type") not in CHANGE_EVENTS or hit is None or event.get("columnId") not in hit[1]:
+        latest: dict[str, tuple[int, EntitySync]] = {}   # item -> its last event in the batch (the re-read sees
+        for i, event in enumerate(events):                # the latest state anyway)
+            entity = _watched_entity(self.watched, event)
+            if entity is None:
                 report.ignored += 1
                 continue
             if str(event.get("pulseId")) in latest:
                 report.repeated += 1
-            latest[str(event.get("pulseId"))] = i
+            latest[str(event.get("pulseId"))] = (i, entity)
         scope = ledger_scope(self.integration.name)
-        for item_id, i in latest.items():
-            entity, _ = self.watched[str(events[i].get("boardId"))]
+        for item_id, (i, entity) in latest.items():
             entries = [e for e in self.ledger.by_target(self.integration.name, item_id) if e.entity == entity.name]
             if not entries:
                 report.ignored += 1          # an item the connector did not create
@@ -269,17 +273,17 @@ class WriteBackProcessor:
                 self.leases.release(scope, got)
         return report
 
-    def _one(self, entity: EntitySync, item_id: str, entry: Any, report: Any) -> None:
+    def _one(self, entity: EntitySync, item_id: str, entry: Any, report: ResolutionReport) -> None:
+        entry = self.ledger.get(self.integration.name, entry.source_key) or entry   # read under the lease: current
         columns = self.backend.read_columns(entity, item_id)
         if columns is None:
             report.ignored += 1
             return
         written = (entry.context or {}).get("written") or {}
-        changes = {w.field: _text(columns.get(w.column)) for w in entity.write_back
-                   if _text(columns.get(w.column)) != written.get(w.column)}
+        now = {w.field: (w.column, _text(columns.get(w.column))) for w in entity.write_back}
+        changes = {field: value for field, (column, value) in now.items() if value != written.get(column)}
         if not changes:
             report.ignored += 1              # the connector's own write coming back: never written back
-            report.refusals[item_id] = "echo of the connector's own write"
             return
         record_id = self.source.parse_external_id(entry.source_key)[1]
         outcome = self.source.write_fields(entity, record_id, changes)
@@ -299,7 +303,8 @@ class WriteBackProcessor:
             self.backend.comment(item_id, f"connector_pipelines: {outcome.message}")
 
 
-def resolution_processor(integration: IntegrationDefinition, source: Any, resources: Any, run_id: str | None):
+def resolution_processor(integration: IntegrationDefinition, source: Any, resources: Any,
+                         run_id: str | None) -> WriteBackProcessor:
     store = resources.connector_store
     backend = MondayBackend(resources.monday.client(store.vault()), integration)
     return WriteBackProcessor(integration, source, backend, store.ledger(), run_id, leases=store.leases())

@@ -173,9 +173,9 @@ class AcumaticaSource:
             after = self.client.get(entity.entity_set, keys, select=[check.field]) or {}
             return ResolutionOutcome("acted", f"{label}: {what} done in Acumatica ({check.field} was {shown}, "
                                               f"now {format_value(after.get(check.field))})")
+        field = check.field if check else "Status"
         return ResolutionOutcome("already", f"{label}: outcome recorded in the connector's ledger "
-                                            f"({entity.state_check.field if check else 'Status'} "
-                                            f"{format_value(current.get(check.field if check else 'Status'))})")
+                                            f"({field} {format_value(current.get(field))})")
 
     def api_calls(self) -> int:
         return self.client.http.calls
