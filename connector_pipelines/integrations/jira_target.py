@@ -29,8 +29,6 @@ from connector_pipelines.integrations.target import CreateOutcome, RecordWriter,
 from connector_pipelines.systems.jira.client import BULK_LIMIT, JiraClient
 from connector_pipelines.systems.jira.errors import JiraConfigError
 
-SEARCH_CHUNK = 50
-
 
 class JiraBackend:
     """One Jira site, as the flow machinery writes to it."""

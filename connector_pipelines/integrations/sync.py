@@ -64,12 +64,11 @@ def _link(source: SourceAdapter, writer: RecordWriter, entity: EntitySync,
             for r in records]
 
 
-def _upsert_exceptions(writer: RecordWriter, entity: EntitySync, records: list[SourceRecord],
-                       source: SourceAdapter | None = None) -> SyncReport:
-    """Open or update an issue per exception; for entities with a ``state``, records that stopped being
-    exceptions keep their issue current (fields and one comment per change of state)."""
-    if source is not None:
-        records = _link(source, writer, entity, records)
+def _upsert_exceptions(source: SourceAdapter, writer: RecordWriter, entity: EntitySync,
+                       records: list[SourceRecord]) -> SyncReport:
+    """Open or update an issue per exception (relation fields linked first); for entities with a ``state``,
+    records that stopped being exceptions keep their issue current (fields and one comment per change of state)."""
+    records = _link(source, writer, entity, records)
     exceptions = [r for r in records if entity.is_exception(r.data)]
     report = SyncReport(read=len(records), not_exceptions=len(records) - len(exceptions))
     if exceptions:
@@ -81,13 +80,13 @@ def _upsert_exceptions(writer: RecordWriter, entity: EntitySync, records: list[S
 
 def sync_window(source: SourceAdapter, writer: RecordWriter, entity: EntitySync,
                 start: datetime, end: datetime) -> SyncReport:
-    return _upsert_exceptions(writer, entity, source.fetch_changed(entity, start, end), source)
+    return _upsert_exceptions(source, writer, entity, source.fetch_changed(entity, start, end))
 
 
 def sync_all(source: SourceAdapter, writer: RecordWriter, entity: EntitySync) -> SyncReport:
     """A mirror's scheduled full read: every record of the set, written through the same path (unchanged
     records cost one ledger read and no target call)."""
-    return _upsert_exceptions(writer, entity, source.fetch_all(entity), source)
+    return _upsert_exceptions(source, writer, entity, source.fetch_all(entity))
 
 
 def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, writer: RecordWriter,
@@ -112,7 +111,7 @@ def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, wri
         report = reports.setdefault(entity.name, SyncReport())
         if ids:
             records = source.fetch_by_ids(entity, ids)
-            report.merge(_upsert_exceptions(writer, entity, records, source))
+            report.merge(_upsert_exceptions(source, writer, entity, records))
             found = {r.record_id for r in records}
             deleted = changes.deleted.get(entity.name, set())
             missing = [i for i in ids if i not in found and i not in deleted]
@@ -140,7 +139,7 @@ def retry_records(integration: IntegrationDefinition, source: SourceAdapter, wri
         report = reports.setdefault(name, SyncReport())
         keys = [e.source_key for e in group]
         records = source.fetch_by_ids(entity, [source.parse_external_id(k)[1] for k in keys])
-        report.merge(_upsert_exceptions(writer, entity, records, source))
+        report.merge(_upsert_exceptions(source, writer, entity, records))
         written = {r.external_id for r in records if entity.is_exception(r.data)}
         readable = {r.external_id for r in records}
         rest = [k for k in keys if k not in written]
