@@ -181,15 +181,32 @@ def wait_daemon_ready(instance, daemon: subprocess.Popen, log: Path, timeout_s: 
     raise RuntimeError(f"the daemon never ticked {FO_SENSOR} in {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
 
 
-def wait_runs_done(instance, daemon: subprocess.Popen, timeout_s: float = 90) -> None:
-    """Let runs in flight finish (a run killed with the daemon would count as failed)."""
+def stop_instigators(instance) -> int:
+    """Stop every sensor and schedule the daemon has ticked, as the UI's Stop does, so that no run is launched
+    while the daemon is being stopped (the ledger retry sensor, the other pairs' inbox sensors and the schedules
+    launch on their own clocks; a run the shutdown interrupts would count as failed)."""
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    states = [s for s in instance.all_instigator_state() if s.status != InstigatorStatus.STOPPED]
+    for state in states:
+        instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
+    return len(states)
+
+
+def wait_runs_done(instance, daemon: subprocess.Popen, timeout_s: float = 90, quiet_s: float = 6.0) -> None:
+    """Let runs in flight finish: none queued or running, and no new run for ``quiet_s`` (a sensor tick that
+    began before its sensor was stopped may still submit one)."""
     import dagster as dg
 
+    active = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]
     deadline = time.monotonic() + timeout_s
+    seen, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline and daemon.poll() is None:
-        if not instance.get_run_ids(filters=dg.RunsFilter(statuses=[
-                dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-                dg.DagsterRunStatus.STARTED]), limit=1):
+        total = instance.get_runs_count()
+        if total != seen or instance.get_run_ids(filters=dg.RunsFilter(statuses=active), limit=1):
+            seen, quiet_since = total, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
             return
         time.sleep(0.5)
 
@@ -265,6 +282,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             time.sleep(POLL_S)
         watcher.stop()
         daemon_alive = daemon.poll() is None
+        stop_instigators(instance)
         wait_runs_done(instance, daemon)
         stop_daemon(daemon)
 
@@ -286,6 +304,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
             "events_per_run": round(len(sent) / len(runs), 1) if runs else None,
             "daemon_ready_s": round(ready_s, 1), "daemon_alive": daemon_alive, "bytecode_cache": args.bytecode_cache,
             "target_p95_s": args.target_p95_s,
+            "failed_runs": failed_runs(instance, all_runs),
         }
         out["load_avg_1m"] = [load_start, round(os.getloadavg()[0], 2)]   # at the first event, at the end
         out["ok"] = bool(not missing and not failed_posts and not out["duplicates"] and latencies
@@ -343,6 +362,31 @@ def stage_timings(instance, database_url: str | None, sent: dict[str, tuple[floa
         if started is not None:
             out["launch"].append(started - dequeued)
             out["work"].append(created[ext] - started)
+    return out
+
+
+def failed_runs(instance, records) -> list[dict[str, Any]]:
+    """Each failed run's job, how it was launched and the first error its event log holds: a failed run is
+    reported with its cause, never only counted."""
+    import dagster as dg
+
+    out = []
+    for rec in records:
+        run = rec.dagster_run
+        if run.status != dg.DagsterRunStatus.FAILURE:
+            continue
+        errors = []
+        for entry in instance.all_logs(run.run_id, of_type={dg.DagsterEventType.STEP_FAILURE,
+                                                            dg.DagsterEventType.RUN_FAILURE,
+                                                            dg.DagsterEventType.ENGINE_EVENT}):
+            info = entry.dagster_event.event_specific_data
+            error = getattr(info, "error", None)
+            if error is not None:
+                errors.append(f"{entry.dagster_event.event_type_value}: {error.to_string()[:1500]}")
+            elif entry.dagster_event.event_type_value == "PIPELINE_FAILURE":
+                errors.append(f"PIPELINE_FAILURE: {entry.message[:500]}")
+        out.append({"job": run.job_name, "tags": {k: v for k, v in run.tags.items() if k.startswith("dagster/")},
+                    "errors": errors[:3]})
     return out
 
 
