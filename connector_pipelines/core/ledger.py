@@ -164,6 +164,22 @@ class Ledger:
         self._upsert(integration, [{**r, "state": DONE, "run_id": run_id, "last_error": None, "retry_after": None,
                                     "verify_after": None} for r in results], bump_attempts=False)
 
+    def remember(self, integration: str, rows: list[dict[str, Any]]) -> None:
+        """Update what existing rows remember (each dict: source_key, entity, action, context), their state and
+        everything else as they are (what a write-back last wrote to a target record)."""
+        for r in rows:
+            if set(r) != {"source_key", "entity", "action", "context"}:
+                raise ValueError("remember() takes source_key, entity, action and context only")
+        now = utcnow()
+
+        def work(conn: Connection) -> None:
+            for r in sorted(rows, key=lambda r: r["source_key"]):   # one lock order for concurrent writers
+                conn.execute(sa.update(ledger).where(ledger.c.integration == integration,
+                                                     ledger.c.source_key == r["source_key"])
+                             .values(context=r["context"], updated_at=now))
+
+        retrying_write(self.engine, work)
+
     def mark_failed(self, integration: str, failures: list[dict[str, Any]], run_id: str | None,
                     state: str = FAILED, count_attempt: bool = False) -> None:
         """Each dict has source_key, entity, action, last_error (+ context, retry_after, verify_after).

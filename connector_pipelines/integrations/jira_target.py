@@ -26,6 +26,14 @@ from connector_pipelines.integrations.definition import (
 )
 from connector_pipelines.integrations.sources.base import SourceRecord
 from connector_pipelines.integrations.target import CreateOutcome, RecordWriter, TargetItem, WriteReport
+from connector_pipelines.integrations.write_back import (
+    OUR_PREFIX,
+    RESOLUTION,
+    Change,
+    Refused,
+    Signal,
+    WriteBackProcessor,
+)
 from connector_pipelines.systems.jira.client import BULK_LIMIT, JiraClient
 from connector_pipelines.systems.jira.errors import JiraConfigError
 
@@ -180,26 +188,118 @@ def from_resources(integration: IntegrationDefinition, resources: Any, run_id: s
                            settings=store.write_settings())
 
 
-# -- the return flow and webhook upkeep (integrations.registry.target_module) ------------------------------
+# -- write-back: Done / a resolution comment -> the source (integrations.write_back) -------------------------
 RESOLUTION_EVENTS = "status transitions, and resolution comments"
 
 
-def resolution_processor(integration: IntegrationDefinition, source: Any, resources: Any, run_id: str | None):
-    """Done in Jira (or a resolution comment) -> the source acts once (integrations.resolution)."""
-    from connector_pipelines.integrations.resolution import ResolutionProcessor
+def comment_text(comment: dict[str, Any]) -> str:
+    body = comment.get("body")
+    return (adf.plain_text(body) if isinstance(body, dict) else str(body or "")).strip()
 
+
+def resolution_note(text: str, prefix: str | None) -> str | None:
+    """The outcome after ``prefix`` when ``text`` starts with it, else None. Our own outcome comments
+    start with "connector_pipelines:", so they never match a sane prefix."""
+    if not prefix or not text.lower().startswith(prefix.lower()):
+        return None
+    return text[len(prefix):].strip() or "(no text)"
+
+
+def resolution_comment(event: dict[str, Any], prefix: str | None) -> str | None:
+    """The outcome text of a ``comment_created`` event whose comment starts with ``prefix``, else None."""
+    if event.get("webhookEvent") != "comment_created":
+        return None
+    return resolution_note(comment_text(event.get("comment") or {}), prefix)
+
+
+def done_transition(event: dict[str, Any], done_category: str = "done") -> bool:
+    """True when the event says it moved the issue into a status of the done category."""
+    if event.get("webhookEvent") != "jira:issue_updated":
+        return False
+    items = (event.get("changelog") or {}).get("items") or []
+    if not any(i.get("field") == "status" for i in items):
+        return False
+    return _category(((event.get("issue") or {}).get("fields") or {}).get("status")) == done_category
+
+
+def _category(status: Any) -> str:
+    return ((status or {}).get("statusCategory") or {}).get("key", "") if isinstance(status, dict) else ""
+
+
+class JiraTrigger:
+    """An issue moved into a status of the done category, or a person's comment starting with the target's
+    ``resolution_comment_prefix`` ("Resolution: …": the rest is the outcome recorded at the source), resolves
+    the source record once. Before acting the issue is read again: a transition counts only if the issue's
+    status category is done *now*, a comment only if Jira returns that comment with the prefix (its text is
+    taken from the API, never from the delivery). Every outcome is commented on the issue."""
+
+    system = "jira"
+    announce = True
+    retry_hint = "Fix the document, then move the issue to Done again."
+    writes = RESOLUTION
+
+    def __init__(self, jira: JiraClient, integration: IntegrationDefinition) -> None:
+        self.jira = jira
+        self.target = integration.target
+
+    def signal(self, event: dict[str, Any]) -> Signal | None:
+        issue_key = ((event.get("issue") or {}).get("key")) or ""
+        if not issue_key:
+            return None
+        if resolution_comment(event, self.target.resolution_comment_prefix) is None and not done_transition(
+                event, self.target.done_status_category):
+            return None
+        return Signal(issue_key)
+
+    def confirm(self, entity: EntitySync, signal: Signal, event: dict[str, Any], entry: Any) -> Change:
+        """The person's outcome note, as Jira's API says it now; raises Refused when Jira does not confirm."""
+        issue_key = signal.target_key
+        prefix = self.target.resolution_comment_prefix
+        if event.get("webhookEvent") == "comment_created":
+            comment_id = str((event.get("comment") or {}).get("id") or "")
+            if not comment_id:
+                raise Refused("the comment event names no comment id")
+            try:
+                comment = self.jira.get_comment(issue_key, comment_id)
+            except ApiError as exc:
+                if exc.status == 404:
+                    raise Refused(f"Jira has no comment {comment_id} on {issue_key}") from None
+                raise
+            note = resolution_note(comment_text(comment), prefix)
+            if note is None:
+                raise Refused(f"comment {comment_id} on {issue_key} does not start with {prefix!r} in Jira")
+            return Change(note=note)
+        try:
+            issue = self.jira.get_issue(issue_key, ["status"])
+        except ApiError as exc:
+            if exc.status == 404:
+                raise Refused(f"Jira has no issue {issue_key}") from None
+            raise
+        status = (issue.get("fields") or {}).get("status") or {}
+        if _category(status) != self.target.done_status_category:
+            raise Refused(f"issue not done in Jira (status {status.get('name', '?')!r} now)")
+        return Change(note=f"resolved in Jira (moved to {status.get('name') or 'done'})")
+
+    def comment(self, issue_key: str, text: str) -> None:
+        self.jira.add_comment(issue_key, adf.doc(adf.paragraph(adf.text(OUR_PREFIX, strong=True), adf.text(text))))
+
+    def url(self, issue_key: str) -> str:
+        return self.jira.browse_url(issue_key)
+
+
+def resolution_processor(integration: IntegrationDefinition, source: Any, resources: Any,
+                         run_id: str | None) -> WriteBackProcessor:
+    """Done in Jira (or a resolution comment) -> the source acts once (integrations.write_back)."""
     store = resources.connector_store
-    jira = resources.jira.client(store.vault())
-    return ResolutionProcessor(integration, source, jira, store.ledger(), run_id, leases=store.leases(),
-                               settings=store.write_settings())
+    trigger = JiraTrigger(resources.jira.client(store.vault()), integration)
+    return WriteBackProcessor(integration, source, trigger, store.ledger(), run_id, leases=store.leases(),
+                              settings=store.write_settings())
 
 
 def inbox_row_filter(integration: IntegrationDefinition):
     """Jira rows this pair can act on: a status transition, or a resolution comment, of an issue in one of
     its projects. Other events (other comments — including the echo of our own outcome comments — and field
     edits) stay in the inbox as audit but launch no run."""
-    from connector_pipelines.integrations.resolution import resolution_comment
-
     project_keys = integration.project_keys()
     comment_prefix = integration.target.resolution_comment_prefix
 
@@ -228,4 +328,4 @@ def ensure_webhook(integration: IntegrationDefinition, resources: Any) -> dict[s
     return ensure_jira_webhook(integration, resources.jira, store.vault(), store.engine())
 
 
-__all__ = ["JiraBackend", "JiraConfigError", "JiraIssueWriter", "WriteReport", "from_resources"]
+__all__ = ["JiraBackend", "JiraConfigError", "JiraIssueWriter", "JiraTrigger", "WriteReport", "from_resources"]

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from connector_pipelines.core.failures import describe, is_transient
-from connector_pipelines.core.leases import ledger_scope
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition, render, to_number
-from connector_pipelines.integrations.resolution import ResolutionReport
 from connector_pipelines.integrations.sources.base import SourceRecord
 from connector_pipelines.integrations.target import CreateOutcome, RecordWriter, TargetItem
+from connector_pipelines.integrations.write_back import (
+    FIELDS,
+    OUR_PREFIX,
+    Change,
+    Refused,
+    Signal,
+    WriteBackProcessor,
+)
 from connector_pipelines.systems.monday.client import MondayClient
 from connector_pipelines.systems.monday.codecs import raw
 from connector_pipelines.systems.monday.errors import MondayError
@@ -216,98 +221,52 @@ def inbox_row_filter(integration: IntegrationDefinition):
     return belongs
 
 
-class WriteBackProcessor:
-    """A batch of Monday column-change events -> the source records behind their items, once each.
+class MondayTrigger:
+    """A person's change of a write-back column on an item writes the changed fields to the source record
+    (integrations.write_back). Before acting the item is read again through the API (the webhook is a signal)
+    and each write-back column compared with what the connector last wrote there: equal = the connector's own
+    write coming back. Only what the source refuses is answered on the item (an update saying why)."""
 
-    For each event (a signal only): the item is mapped to its source record through the ledger (items the
-    connector did not create are ignored); under the record's lease, the item is read again through the API
-    and each write-back column compared with what the connector last wrote there (the ledger's ``written``):
-    equal = our own echo, nothing to do; different = a person's change, written to the source (which re-reads
-    its record and refuses what it cannot take — the refusal is posted as an update on the item)."""
+    system = "monday"
+    writes = FIELDS
+    announce = False
+    retry_hint = "Fix the record in the system of record, then change the column again."
 
-    def __init__(self, integration: IntegrationDefinition, source: Any, backend: MondayBackend, ledger: Any,
-                 run_id: str | None, *, leases: Any) -> None:
-        self.integration = integration
-        self.source = source
+    def __init__(self, backend: MondayBackend, integration: IntegrationDefinition) -> None:
         self.backend = backend
-        self.ledger = ledger
-        self.run_id = run_id
-        self.leases = leases
         self.watched = _write_back_columns(integration)
 
-    def browse_url(self, key: str) -> str:
-        return self.backend.url(key)
+    def signal(self, event: dict[str, Any]) -> Signal | None:
+        entity = _watched_entity(self.watched, event)
+        if entity is None or not event.get("pulseId"):
+            return None
+        return Signal(str(event["pulseId"]), entity.name)
 
-    def process(self, events: list[dict[str, Any]]) -> ResolutionReport:
-        report = ResolutionReport()
-        latest: dict[str, tuple[int, EntitySync]] = {}   # item -> its last event in the batch (the re-read sees
-        for i, event in enumerate(events):                # the latest state anyway)
-            entity = _watched_entity(self.watched, event)
-            if entity is None:
-                report.ignored += 1
-                continue
-            if str(event.get("pulseId")) in latest:
-                report.repeated += 1
-            latest[str(event.get("pulseId"))] = (i, entity)
-        scope = ledger_scope(self.integration.name)
-        for item_id, (i, entity) in latest.items():
-            entries = [e for e in self.ledger.by_target(self.integration.name, item_id) if e.entity == entity.name]
-            if not entries:
-                report.ignored += 1          # an item the connector did not create
-                continue
-            entry = entries[0]
-            got = self.leases.acquire(scope, [entry.source_key])
-            if not got:
-                report.retry[i] = f"{entry.source_key} is being written by another run"
-                continue
-            try:
-                self._one(entity, item_id, entry, report)
-            except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the batch
-                if is_transient(exc):
-                    report.retry[i] = describe(exc)
-                else:
-                    report.failed += 1
-                    report.failures[item_id] = describe(exc)
-                    report.needs_a_person[item_id] = describe(exc)
-            finally:
-                self.leases.release(scope, got)
-        return report
-
-    def _one(self, entity: EntitySync, item_id: str, entry: Any, report: ResolutionReport) -> None:
-        entry = self.ledger.get(self.integration.name, entry.source_key) or entry   # read under the lease: current
-        columns = self.backend.read_columns(entity, item_id)
+    def confirm(self, entity: EntitySync, signal: Signal, event: dict[str, Any], entry: Any) -> Change | None:
+        columns = self.backend.read_columns(entity, signal.target_key)
         if columns is None:
-            report.ignored += 1
-            return
+            raise Refused(f"monday has no item {signal.target_key} on the {entity.name} board")
         written = (entry.context or {}).get("written") or {}
         now = {w.field: (w.column, _text(columns.get(w.column))) for w in entity.write_back}
-        changes = {field: value for field, (column, value) in now.items() if value != written.get(column)}
+        changes = {f: (column, value) for f, (column, value) in now.items() if value != written.get(column)}
         if not changes:
-            report.ignored += 1              # the connector's own write coming back: never written back
-            return
-        record_id = self.source.parse_external_id(entry.source_key)[1]
-        outcome = self.source.write_fields(entity, record_id, changes)
-        report.outcomes[item_id] = outcome.message
-        if outcome.status == "acted":
-            report.acted += 1
-            self.ledger.mark_done(self.integration.name, [{
-                "source_key": entry.source_key, "entity": entity.name, "action": "issue",
-                "target_key": entry.target_key, "target_url": entry.target_url, "fingerprint": None,
-                "context": {**(entry.context or {}),
-                            "written": {**written, **{w.column: changes[w.field] for w in entity.write_back
-                                                      if w.field in changes}}}}], self.run_id)
-        elif outcome.status == "already":
-            report.already += 1
-        else:
-            report.not_applicable += 1
-            self.backend.comment(item_id, f"connector_pipelines: {outcome.message}")
+            return None
+        return Change(fields={f: value for f, (_, value) in changes.items()},
+                      written={column: value for column, value in changes.values()})
+
+    def comment(self, item_id: str, text: str) -> None:
+        self.backend.comment(item_id, f"{OUR_PREFIX}{text}")
+
+    def url(self, item_id: str) -> str:
+        return self.backend.url(item_id)
 
 
 def resolution_processor(integration: IntegrationDefinition, source: Any, resources: Any,
                          run_id: str | None) -> WriteBackProcessor:
     store = resources.connector_store
-    backend = MondayBackend(resources.monday.client(store.vault()), integration)
-    return WriteBackProcessor(integration, source, backend, store.ledger(), run_id, leases=store.leases())
+    trigger = MondayTrigger(MondayBackend(resources.monday.client(store.vault()), integration), integration)
+    return WriteBackProcessor(integration, source, trigger, store.ledger(), run_id, leases=store.leases(),
+                              settings=store.write_settings())
 
 
 def ensure_webhook(integration: IntegrationDefinition, resources: Any) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """MondayBackend (Monday.com as a flow target) through the generic RecordWriter, against the Monday sandbox in
 process: one item per record found by the external-id column, typed columns, updates without creates, state
-comments as item updates, duplicates archived, and the board check `ping` uses."""
+comments as item updates, duplicates archived, the board check `ping` uses; and write-back through the generic
+path with monday's trigger (a column change, re-read, compared with what the connector wrote)."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -16,10 +19,11 @@ from connector_pipelines.core.http import RetrySettings
 from connector_pipelines.core.leases import Leases, new_owner
 from connector_pipelines.core.ledger import DONE, Ledger
 from connector_pipelines.integrations.definition import IntegrationDefinition
-from connector_pipelines.integrations.monday_target import MondayBackend, column_value
-from connector_pipelines.integrations.sources.base import SourceRecord
+from connector_pipelines.integrations.monday_target import MondayBackend, MondayTrigger, column_value
+from connector_pipelines.integrations.sources.base import ResolutionOutcome, SourceRecord
 from connector_pipelines.integrations.sync import reconcile, repair
 from connector_pipelines.integrations.target import RecordWriter
+from connector_pipelines.integrations.write_back import WriteBackProcessor
 from connector_pipelines.systems.monday import MondayClient, RateGovernor
 from connector_pipelines.systems.monday.errors import MondayConfigError
 from sandboxes.common import sync_transport
@@ -156,3 +160,67 @@ def test_the_board_check_names_a_missing_column(integration):
     boards(sandbox, drop="amount")
     with pytest.raises(MondayConfigError, match="amount"):
         MondayBackend(client_for(sandbox), integration).check()
+
+
+class SlowFieldWriter:
+    """The source side of a write-back: counts the PATCHes it is asked for, each taking a while (the window in
+    which a second run would act on what it read before the first finished)."""
+
+    def __init__(self) -> None:
+        self.writes: list[dict] = []
+        self.lock = threading.Lock()
+
+    def parse_external_id(self, source_key: str) -> tuple[str, str]:
+        return source_key.split(":")[1], source_key.split(":", 3)[3]
+
+    def write_fields(self, entity, record_id: str, values: dict) -> ResolutionOutcome:
+        time.sleep(0.3)
+        with self.lock:
+            self.writes.append(values)
+        return ResolutionOutcome("acted", f"{sorted(values)} written to {record_id}")
+
+
+def test_two_runs_acting_on_one_column_change_write_it_once(sb, writer, integration):
+    """Two runs take the same change event at once (a re-delivery launched twice): the second waits for the
+    record's lease, then reads what the first remembered as written — an echo — and writes nothing. Reading the
+    ledger row before taking the lease (or not taking it) writes the change twice."""
+    writer.upsert(integration.entity("vendor_invoice_items"), [invoice(1)])
+    [item] = items(sb)["fo:vendor_invoice_items:usmf:US-101:INV-0001"]
+    sb.change_column_as_user(item["id"], "note", "Freight agreed")
+    event = {"type": "update_column_value", "boardId": int(INVOICES), "pulseId": int(item["id"]), "columnId": "note"}
+    source = SlowFieldWriter()
+    reports = []
+
+    def run(n: int) -> None:
+        processor = WriteBackProcessor(integration, source, MondayTrigger(MondayBackend(client_for(sb), integration),
+                                                                          integration),
+                                       writer.ledger, f"run-{n}", leases=Leases(writer.ledger.engine, new_owner(f"r{n}")),
+                                       settings=WriteSettings(search_lag_bound_s=0.0, claim_wait_s=10.0,
+                                                              lease_ttl_s=30.0))
+        reports.append(processor.process([event]))
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert source.writes == [{"InvoiceDescription": "Freight agreed"}]
+    assert sorted((r.acted, r.echoes) for r in reports) == [(0, 1), (1, 0)]
+    row = writer.ledger.get(integration.name, "fo:vendor_invoice_items:usmf:US-101:INV-0001")
+    assert row.context["written"]["note"] == "Freight agreed" and row.state == DONE
+    outcome = writer.ledger.get(integration.name, "fo:vendor_invoice_items:usmf:US-101:INV-0001#write_back")
+    assert outcome.state == DONE and outcome.context["outcome"] == "acted"
+
+
+def test_an_event_for_an_item_the_connector_did_not_create_or_another_column_is_ignored(sb, writer, integration):
+    writer.upsert(integration.entity("vendor_invoice_items"), [invoice(1)])
+    [item] = items(sb)["fo:vendor_invoice_items:usmf:US-101:INV-0001"]
+    source = SlowFieldWriter()
+    processor = WriteBackProcessor(integration, source, MondayTrigger(MondayBackend(client_for(sb), integration),
+                                                                      integration),
+                                   writer.ledger, "run-x", leases=Leases(writer.ledger.engine, new_owner("x")))
+    base = {"type": "update_column_value", "boardId": int(INVOICES), "pulseId": int(item["id"]), "columnId": "note"}
+    report = processor.process([{**base, "pulseId": 999999}, {**base, "columnId": "amount"},
+                                {**base, "type": "create_item"}, base])
+    assert report.ignored == 3 and report.echoes == 1 and source.writes == []

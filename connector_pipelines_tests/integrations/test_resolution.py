@@ -1,4 +1,5 @@
-"""ResolutionProcessor: a Jira issue moved to Done acts back on the source record exactly once.
+"""Write-back with Jira as the target (integrations.write_back + jira_target.JiraTrigger): a Jira issue moved to
+Done acts back on the source record exactly once.
 
 Events are the sandbox's own webhook payloads (a dynamic webhook is registered, the people act in Jira).
 """
@@ -17,8 +18,9 @@ from connector_pipelines.core.failures import WriteSettings
 from connector_pipelines.core.http import ApiError
 from connector_pipelines.core.leases import Leases, new_owner
 from connector_pipelines.core.ledger import DONE, FAILED, QUARANTINED
-from connector_pipelines.integrations.resolution import ResolutionProcessor, done_transition, resolve_key
+from connector_pipelines.integrations.jira_target import JiraTrigger, done_transition
 from connector_pipelines.integrations.sources.base import ResolutionOutcome
+from connector_pipelines.integrations.write_back import WriteBackProcessor, resolve_key
 from connector_pipelines_tests.integrations.test_jira_writer import CLOUD, COMMENT, Harness, make_harness
 
 
@@ -50,9 +52,9 @@ def done(h: Harness, key: str) -> list[dict[str, Any]]:
     return events_of(h, lambda: h.sandbox.transition_as_user(CLOUD, key, "Done", "acc-person"))
 
 
-def processor(h: Harness, run_id: str = "run-r", **settings) -> ResolutionProcessor:
+def processor(h: Harness, run_id: str = "run-r", **settings) -> WriteBackProcessor:
     values = {"search_lag_bound_s": 0.0, "claim_wait_s": 5.0, "lease_ttl_s": 30.0} | settings
-    return ResolutionProcessor(h.integration, h.source, h.jira, h.ledger, run_id,
+    return WriteBackProcessor(h.integration, h.source, JiraTrigger(h.jira, h.integration), h.ledger, run_id,
                                leases=Leases(h.ledger.engine, new_owner(run_id), ttl_s=values["lease_ttl_s"]),
                                settings=WriteSettings(**values))
 
