@@ -1,8 +1,10 @@
 """Dynamics 365 Finance & Operations sandbox (API-FACTS §1): OData v4 under ``/data`` and business events.
 
-OData: vendors, purchase order headers and lines, vendor invoice headers and lines, with properties from
-Microsoft's CDM attribute lists (``specs/fo-cdm``; PO lines are not there: a minimal, UNCONFIRMED set). Every record
-holds every property of its entity type: what the caller did not set reads as F&O's empty value (``EMPTY``).
+OData: vendors, purchase order headers and lines, vendor invoice headers and lines, and posted general journal
+account entries (read-only: POST, PATCH, DELETE and actions refused), with properties from Microsoft's CDM
+attribute lists (``specs/fo-cdm``; the journal entries' list is vendored in ``vendored_specs/fo-cdm``; PO lines are
+not there: a minimal, UNCONFIRMED set). Every record holds every property of its entity type: what the caller did
+not set reads as F&O's empty value (``EMPTY``).
 ``$filter`` comparisons are typed against ``$metadata`` (a quoted date-time is Edm.String: 400); JSON answers carry
 ``OData-Version: 4.0`` and ``application/json; odata.metadata=minimal``.
 ``$filter $select $top $skip $count $orderby $expand`` (one level), enum literals
@@ -72,7 +74,7 @@ from sandboxes.odata import (
     tokenize,
     with_hint,
 )
-from sandboxes.specs import load_json_spec
+from sandboxes.specs import load_json_spec, load_vendored_json
 
 log = logging.getLogger(__name__)
 NS = "Microsoft.Dynamics.DataEntities"
@@ -110,10 +112,16 @@ class EntityDef:
     keys: list[str]
     props: dict[str, str]   # name -> "string" | "decimal" | "int" | "date" | "datetime" | "enum:<Name>"
     navigation: dict[str, tuple[str, list[str]]] = field(default_factory=dict)   # nav -> (target set, join keys)
+    # The data entity's IsReadOnly = Yes: "only read operations are allowed" (FO-docs
+    # data-entities/behavioral-properties-data-entities.md); the records come from F&O's own processes (posting).
+    read_only: bool = False
 
 
-def _cdm_attributes(cdm_entity: str) -> list[str]:
-    doc = load_json_spec(f"fo-cdm/{cdm_entity}.cdm.json")
+def _cdm_attributes(cdm_entity: str, *, vendored: bool = False) -> list[str]:
+    """The attribute names of a CDM entity file: from shared/specs/fo-cdm, or ``vendored`` from the sandboxes'
+    own vendored_specs/fo-cdm (a file shared/specs does not hold)."""
+    name = f"fo-cdm/{cdm_entity}.cdm.json"
+    doc = load_vendored_json(name) if vendored else load_json_spec(name)
     names: list[str] = []
     for definition in doc.get("definitions", []):
         for attr in definition.get("hasAttributes", []):
@@ -154,9 +162,9 @@ def edm_type(typ: str) -> str:
 
 
 def build_entities() -> dict[str, EntityDef]:
-    def from_cdm(cdm: str, extra: list[str]) -> dict[str, str]:
+    def from_cdm(cdm: str, extra: list[str], *, vendored: bool = False) -> dict[str, str]:
         props = {"dataAreaId": "string"}
-        for n in [*_cdm_attributes(cdm), *extra]:
+        for n in [*_cdm_attributes(cdm, vendored=vendored), *extra]:
             if not n.startswith("Relationship_"):
                 props[n] = _prop_type(n)
         return props
@@ -179,6 +187,15 @@ def build_entities() -> dict[str, EntityDef]:
                   {"VendorInvoiceLines": ("VendorInvoiceLines", ["dataAreaId", "HeaderReference"])}),
         EntityDef("VendorInvoiceLines", "VendorInvoiceLine", ["dataAreaId", "HeaderReference", "InvoiceLineNumber"],
                   from_cdm("VendorInvoiceLineEntity", [])),
+        # Posted ledger lines (GeneralJournalAccountEntryEntity, CDM 1.2, vendored). UNCONFIRMED [3rd]: the public
+        # names GeneralJournalAccountEntries / GeneralJournalAccountEntry (third-party clients use them; Microsoft's
+        # 8.1.2 extensibility list opened the entity's PublicCollectionName, PublicEntityName and IsPublic to
+        # extensions), the key (its only unique attribute, the backing row's RecId; CDM types it string), dataAreaId
+        # (the CDM file has the PrimaryCompanyContext relationship the company-specific entities have), and that
+        # the entity is IsReadOnly (a posted ledger entry is never changed: corrections are new vouchers).
+        EntityDef("GeneralJournalAccountEntries", "GeneralJournalAccountEntry",
+                  ["dataAreaId", "GeneralJournalAccountEntryRecId"],
+                  from_cdm("GeneralJournalAccountEntryEntity.1.2", [], vendored=True), read_only=True),
     ]
     return {e.entity_set: e for e in entities}
 
@@ -377,6 +394,9 @@ class FinanceOperationsSandbox:
         self.posted_invoices_readable = True      # posted headers stay readable (update refused)
         self.send_legacy_legal_entity = False     # older payloads: LegalEntity instead of BusinessEventLegalEntity
         self.odata_headers_on_errors = True       # errors carry the OData content type and OData-Version too
+        # a write to a read-only entity (IsReadOnly = Yes): F&O's status and message are not documented; 405 with
+        # Allow: GET is what an OData service answers for a method the resource does not support
+        self.read_only_write_status = 405
         # service protection (§1.3): None = off; (requests, window_s) = sliding window per environment
         self.service_protection: tuple[int, float] | None = None
         self._window: list[float] = []
@@ -387,6 +407,7 @@ class FinanceOperationsSandbox:
         self._posted: set[tuple] = set()
         self._seq = Counter()
         self._etag = 0
+        self._recid = 5637144575                  # RecIds are unique per environment (F&O's start at 5637144576)
         self._actions: dict[tuple[str, str], Callable[[dict[str, Any], dict[str, Any]], Any]] = {}
         self._action_calls: Counter[str] = Counter()
         self.calls: Counter[tuple[str, str]] = Counter()
@@ -475,6 +496,34 @@ class FinanceOperationsSandbox:
                 self._insert("VendorInvoiceLines", area, {"HeaderReference": header["HeaderReference"],
                                                           "InvoiceLineNumber": i, **line})
         return header
+
+    def post_general_journal(self, area: str, lines: list[dict[str, Any]], *, journal_number: str | None = None,
+                             voucher: str | None = None, accounting_date: str | None = None, currency: str = "USD",
+                             description: str = "") -> list[dict[str, Any]]:
+        """Post a general journal voucher: one GeneralJournalAccountEntries record per line (``LedgerAccount``,
+        ``TransactionCurrencyAmount``: debit positive, credit negative; any other property of the entity). Like
+        F&O's posting, a voucher whose lines do not sum to zero is refused."""
+        amounts = [Decimal(str(line.get("TransactionCurrencyAmount", 0))) for line in lines]
+        if not lines or sum(amounts) != 0:
+            raise ValueError(f"the transactions on the voucher do not balance: {sum(amounts)}")
+        with self._lock:
+            journal_number = journal_number or self._number("GJ-")
+            voucher = voucher or self._number("GNJL")
+            posted = []
+            for line, amount in zip(lines, amounts, strict=True):
+                self._recid += 1
+                props = {"JournalNumber": journal_number, "Voucher": voucher, "TransactionCurrencyCode": currency,
+                         "AccountingDate": accounting_date or f"{datetime.now(UTC).date().isoformat()}T12:00:00Z",
+                         "PostingLayer": "Current", "PostingType": "LedgerJournal", "JournalCategory": "Daily",
+                         "Description": description, "DataArea": area.lower(),
+                         "GeneralJournalAccountEntryRecId": str(self._recid),
+                         "TransactionCurrencyDebitAmount": max(amount, Decimal(0)),
+                         "TransactionCurrencyCreditAmount": max(-amount, Decimal(0)),
+                         "AccountingCurrencyAmount": amount, "ReportingCurrencyAmount": amount,
+                         "IsCredit": "Yes" if amount < 0 else "No", **line}
+                props.setdefault("AccountDisplayValue", props.get("LedgerAccount", ""))
+                posted.append(self._insert("GeneralJournalAccountEntries", area, props))
+        return posted
 
     def _find(self, entity_set: str, keys: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         entity = self.entities[entity_set]
@@ -780,6 +829,10 @@ class FinanceOperationsSandbox:
             # entity set names are case-sensitive: vendorsv2 is not VendorsV2
             raise ODataError(404, "", f"No HTTP resource was found that matches the request URI '{base}/{rest}'.")
         entity = self.entities[m.group("set")]
+        if entity.read_only and method != "GET":
+            raise ODataError(self.read_only_write_status, "", f"The entity '{NS}.{entity.type_name}' is read-only: "
+                                                             f"{method} is not allowed on '{entity.entity_set}'.",
+                             {"Allow": "GET"})
         if m.group("keys") is None:
             if m.group("tail"):
                 raise ODataError(404, "", f"No HTTP resource was found that matches '{rest}'.")

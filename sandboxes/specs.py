@@ -1,4 +1,5 @@
-"""Where the vendors' official specs live: ../shared/specs beside the checkout, or CONNECTOR_SPECS_DIR."""
+"""Where the vendors' official specs live: ../shared/specs beside the checkout, or CONNECTOR_SPECS_DIR; and the few
+vendor files the sandboxes keep themselves (``vendored_specs/``, byte-for-byte, provenance in its README.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+VENDORED_DIR = Path(__file__).resolve().parent / "vendored_specs"
 
 
 def specs_dir() -> Path:
@@ -23,4 +25,11 @@ def specs_dir() -> Path:
 @cache
 def load_json_spec(name: str) -> Any:
     with open(specs_dir() / name, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@cache
+def load_vendored_json(name: str) -> Any:
+    """A vendor file shared/specs does not hold, kept beside the sandboxes (``vendored_specs/<name>``)."""
+    with open(VENDORED_DIR / name, encoding="utf-8") as f:
         return json.load(f)

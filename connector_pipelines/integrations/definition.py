@@ -179,6 +179,10 @@ class EntitySync(BaseModel):
     mirror: bool = Field(False, description=(
         "Every record of the set is kept as one target record (master data, a document board): read in full on "
         "the pair's mirror schedule (one partition per legal entity), and promptly where events announce them"))
+    read_only: bool = Field(False, description=(
+        "The pair never writes to this set at the source (posted ledger entries, a data entity F&O marks "
+        "IsReadOnly): no write_back, outcome_field, action, updates or state_check; a person's change of its "
+        "target records is never written back"))
     exception: list[ExceptionRule] = Field(default_factory=list)
     issue_type: str = "Task"
     summary: str
@@ -241,6 +245,15 @@ class EntitySync(BaseModel):
         if self.resolution == "update_fields" and not (self.updates and self.state_check):
             raise ValueError(f"entity '{self.name}': resolution update_fields needs updates and "
                              "state_check (the write is not idempotent: read the state first)")
+        if self.read_only:
+            writes = [name for name, value in (("write_back", self.write_back), ("outcome_field", self.outcome_field),
+                                               ("action", self.action), ("updates", self.updates),
+                                               ("state_check", self.state_check)) if value]
+            if self.resolution != "record_outcome":
+                writes.append(f"resolution {self.resolution}")
+            if writes:
+                raise ValueError(f"entity '{self.name}' is read_only: the source is never written, drop "
+                                 f"{', '.join(writes)}")
         if self.push_query and self.business_event:
             raise ValueError(f"entity '{self.name}': one announcement per entity: business_event or push_query")
         return self

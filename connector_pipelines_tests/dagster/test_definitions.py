@@ -68,9 +68,9 @@ ACU = Pair("acumatica_jira", "acumatica",
            ("bills_needing_attention", "vendor_payments_needing_attention", "purchase_orders_needing_attention"),
            "team:accounts-payable", polls=True, subscriptions=False)
 MONDAY = Pair("d365_monday", "finance_operations",
-              ("vendor_items", "vendor_invoice_items", "purchase_order_items"),
+              ("vendor_items", "vendor_invoice_items", "purchase_order_items", "journal_entry_items"),
               "team:accounts-payable", polls=False, subscriptions=False, target="monday",
-              mirrors=("vendor_items", "vendor_invoice_items", "purchase_order_items"))
+              mirrors=("vendor_items", "vendor_invoice_items", "purchase_order_items", "journal_entry_items"))
 PAIRS = [BC, FO, ACU, MONDAY]
 SOURCES = [p.source for p in PAIRS]
 ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))

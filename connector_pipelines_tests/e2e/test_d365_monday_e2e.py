@@ -264,3 +264,119 @@ def test_a_rate_limit_storm_and_a_locked_board_end_in_success(world):
     assert monday.served_429 >= 2
     assert len(by_external_id(world, INVOICES)) == 1 and len(by_external_id(world, ORDERS)) == 1
     assert all(len(v) == 1 for b in (INVOICES, ORDERS) for v in by_external_id(world, b).values())
+
+
+JOURNALS = "4815162344"
+JOURNAL_SET = "GeneralJournalAccountEntries"
+
+
+def journal_key(entry: dict) -> str:
+    return f"fo:journal_entry_items:{entry['dataAreaId']}:{entry['GeneralJournalAccountEntryRecId']}"
+
+
+def fo_writes(world) -> list:
+    """Every F&O request that is not a read (POST, PATCH, DELETE), by method and route."""
+    return [(method, route, n) for (method, route), n in world.stack.fo.calls.items() if method != "GET"]
+
+
+def test_posted_journal_entries_are_mirrored_read_only_one_item_each_with_typed_columns(world):
+    from datetime import date
+
+    from sandboxes.harness.dagster_driver import check_evaluations
+
+    fo, monday = world.stack.fo, world.stack.monday
+    seeded = seed_fo_documents(world.stack)                          # one posted voucher, two ledger lines, usmf
+    seed_fo_documents(world.stack, suffix="-DE", area="demf")        # another legal entity's: not this pair's
+    debit, credit = seeded["journal_entries"]
+
+    mirror(world)
+
+    entries = by_external_id(world, JOURNALS)
+    assert sorted(entries) == sorted([journal_key(debit), journal_key(credit)])   # usmf's lines only
+    assert all(len(v) == 1 for v in entries.values())
+    item = entries[journal_key(debit)][0]
+    columns = item["column_values"]
+    assert item["name"] == f"{debit['Voucher']} 605100"
+    assert columns["journal_number"]["text"] == "GJ-2026-0001" and columns["voucher"]["text"] == debit["Voucher"]
+    assert columns["account"]["text"] == "605100-001-022" and columns["currency"]["text"] == "USD"
+    assert columns["amount"]["value"] is not None and float(columns["amount"]["text"].replace(",", "")) == 1500.0
+    assert float(entries[journal_key(credit)][0]["column_values"]["amount"]["text"].replace(",", "")) == -1500.0
+    assert columns["posting_date"]["value"]["date"] == date.today().isoformat()
+    assert columns["description"]["text"] == "Freight accrual"
+    assert "cmp=usmf" in columns["erp_link"]["value"]["url"] and "mi=LedgerTransVoucher" in columns["erp_link"]["value"]["url"]
+
+    # a second mirror run with nothing posted: no duplicate, no Monday write at all
+    writes = monday.mutation_calls("create_item") + monday.mutation_calls("change_multiple_column_values")
+    mirror(world)
+    assert monday.mutation_calls("create_item") + monday.mutation_calls("change_multiple_column_values") == writes
+    assert sorted(by_external_id(world, JOURNALS)) == sorted(entries)
+    assert all(len(v) == 1 for v in by_external_id(world, JOURNALS).values())
+
+    # a new posting: its lines are added, the others stay one item each
+    reversal = fo.post_general_journal(LEGAL_ENTITY, [
+        {"LedgerAccount": "605100", "AccountDisplayValue": "605100-001-022", "TransactionCurrencyAmount": -200.0},
+        {"LedgerAccount": "200150", "AccountDisplayValue": "200150", "TransactionCurrencyAmount": 200.0}],
+        description="Freight accrual correction")
+    mirror(world)
+    after = by_external_id(world, JOURNALS)
+    assert sorted(after) == sorted([journal_key(e) for e in (debit, credit, *reversal)])
+    assert all(len(v) == 1 for v in after.values())
+
+    checks = {str(c.asset_key.path[-1]): c for c in
+              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
+    assert checks["journal_entry_items"].passed, checks["journal_entry_items"].metadata
+    # the ledger was only read
+    assert not [w for w in fo_writes(world) if JOURNAL_SET in w[1]] and fo_patches(world) == 0
+
+
+def test_a_person_s_change_on_a_journal_item_never_reaches_f_and_o(world):
+    """The journal board has no write-back column: the webhook upkeep leaves it unwatched, and even a column-change
+    webhook someone adds to it by hand delivers events that launch no run and write nothing to F&O, while a
+    reviewer's change on a write-back board in the same world is still written (the return path is live)."""
+    from connector_pipelines.core.inbox import Inbox
+    from connector_pipelines.systems.monday import MondayClient
+
+    fo, monday, stack = world.stack.fo, world.stack.monday, world.stack
+    seeded = seed_fo_documents(stack)
+    entry = seeded["journal_entries"][0]
+    keys = {"dataAreaId": LEGAL_ENTITY, "GeneralJournalAccountEntryRecId": entry["GeneralJournalAccountEntryRecId"]}
+    world.driver.run_job(f"{PAIR}__monday_webhook_renewal_job")
+    mirror(world)
+    monday.deliver_webhooks()
+    assert all(r.success for r in world.driver.tick(MONDAY_SENSOR).runs)
+    assert not [w for w in monday.store.webhooks.values() if w.board_id == JOURNALS]   # only write-back boards
+
+    # an administrator adds a column-change webhook to the journal board, to the receiver's Monday endpoint
+    url = f"{stack.env['CONNECTOR_RECEIVER_PUBLIC_URL']}/webhooks/monday/{stack.secrets['monday_path_secret']}"
+    client = MondayClient.connect(stack.env["CONNECTOR_MONDAY_API_URL"], token=stack.secrets["monday_token"])
+    try:
+        client.create_webhook(JOURNALS, url, "change_column_value")
+    finally:
+        client.close()
+    [item] = by_external_id(world, JOURNALS)[journal_key(entry)]
+    delivered = len(monday.webhook_deliveries)
+    inbox = Inbox(get_engine(world.database_url))
+    stored = inbox.count("monday")
+
+    runs = people_change(world, item["id"], "amount", "9999")
+    runs += people_change(world, item["id"], "description", "Reclass to 605200")
+
+    # monday delivered both changes and the receiver stored them ...
+    posts = [d for d in monday.webhook_deliveries[delivered:] if not d.get("challenge")]
+    assert len(posts) == 2 and all(d["status"] in (200, 202) for d in posts)
+    assert all(d["body"]["event"]["boardId"] in (int(JOURNALS), JOURNALS) for d in posts)
+    assert inbox.count("monday") == stored + 2
+    # ... but they are no write-back: no run, no F&O write, the posted entry as it was, nothing said on the item
+    assert runs == []
+    assert fo_writes(world) == [] and fo_patches(world) == 0
+    record = fo.get_record(JOURNAL_SET, keys)
+    assert record["TransactionCurrencyAmount"] == 1500.0 and record["Description"] == "Freight accrual"
+    assert monday.get_item(item["id"])["updates"] == []
+    assert monday.get_item(item["id"])["column_values"]["description"]["text"] == "Reclass to 605200"  # still there
+
+    # the same world's write-back path works: a vendor put on hold is one PATCH, on VendorsV2 only
+    vendor_item = by_external_id(world, VENDORS)["fo:vendor_items:usmf:US-101"][0]["id"]
+    runs = people_change(world, vendor_item, "hold", {"label": "All"})
+    assert len(runs) == 1
+    assert [(m, r) for m, r, _ in fo_writes(world)] == [("PATCH", "/data/VendorsV2({keys})")] and fo_patches(world) == 1
+    assert fo.get_record(JOURNAL_SET, keys)["TransactionCurrencyAmount"] == 1500.0

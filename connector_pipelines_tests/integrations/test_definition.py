@@ -70,3 +70,34 @@ def test_render_and_numbers():
     assert render("{missing}x", rec) == "x"
     assert to_number("1,234.50") == 1234.5
     assert to_number("n/a") is None
+
+
+MONDAY_YAML = DEFS_YAML.parents[1] / "d365_monday" / "defs.yaml"
+
+
+def d365_monday() -> dict:
+    return yaml.safe_load(MONDAY_YAML.read_text())["attributes"]
+
+
+def test_posted_journal_entries_are_a_read_only_mirror_on_their_own_board():
+    d = IntegrationDefinition.model_validate(d365_monday())
+    journal = d.entity("journal_entry_items")
+    assert journal.read_only and journal.mirror and journal.entity_set == "GeneralJournalAccountEntries"
+    assert not journal.write_back and journal.outcome_field is None and journal.resolution == "record_outcome"
+    assert d.target.boards["journal_entry_items"] not in {d.target.boards[e.name] for e in d.entities
+                                                           if e.name != "journal_entry_items"}
+    assert [e.name for e in d.entities if e.read_only] == ["journal_entry_items"]
+
+
+@pytest.mark.parametrize("patch, message", [
+    (lambda e: e.update(write_back=[{"column": "amount", "field": "TransactionCurrencyAmount"}]), "drop write_back"),
+    (lambda e: e.update(outcome_field="Description"), "drop outcome_field"),
+    (lambda e: e.update(resolution="source_action", action="Reverse",
+                        state_check={"field": "IsCorrection", "due": ["No"]}), "resolution source_action"),
+])
+def test_a_read_only_entity_takes_nothing_that_writes_to_the_source(patch, message):
+    attrs = d365_monday()
+    patch(next(e for e in attrs["entities"] if e["name"] == "journal_entry_items"))
+    with pytest.raises(ValidationError) as err:
+        IntegrationDefinition.model_validate(attrs)
+    assert "read_only" in str(err.value) and message in str(err.value)

@@ -3,9 +3,11 @@ business events (§1.4). A sandbox that accepts what F&O would reject is a bug, 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from sandboxes.tls import make_tls
 
 BASE = "http://fo.test/data"
 PO = "PurchaseOrderHeadersV2"
+JOURNAL = "GeneralJournalAccountEntries"
 REJECTED = "Microsoft.Dynamics.DataEntities.VersioningDocumentState'Rejected'"
 
 
@@ -167,7 +170,7 @@ def test_expand_is_one_level_only(http):
     error(http.get(PO, params={"$expand": "Vendor"}), 400)
 
 
-def test_metadata_lists_the_five_sets_with_their_keys_enums_and_deployed_actions(fo, http):
+def test_metadata_lists_the_six_sets_with_their_keys_enums_and_deployed_actions(fo, http):
     fo.deploy_workflow_resubmit()
     root = ET.fromstring(http.get("$metadata").content)
     ns = {"e": "http://docs.oasis-open.org/odata/ns/edm"}
@@ -176,11 +179,13 @@ def test_metadata_lists_the_five_sets_with_their_keys_enums_and_deployed_actions
                     PO: "Microsoft.Dynamics.DataEntities.PurchaseOrderHeaderV2",
                     "PurchaseOrderLinesV2": "Microsoft.Dynamics.DataEntities.PurchaseOrderLineV2",
                     "VendorInvoiceHeaders": "Microsoft.Dynamics.DataEntities.VendorInvoiceHeader",
-                    "VendorInvoiceLines": "Microsoft.Dynamics.DataEntities.VendorInvoiceLine"}
+                    "VendorInvoiceLines": "Microsoft.Dynamics.DataEntities.VendorInvoiceLine",
+                    JOURNAL: "Microsoft.Dynamics.DataEntities.GeneralJournalAccountEntry"}
     keys = {t.get("Name"): [k.get("Name") for k in t.iterfind("e:Key/e:PropertyRef", ns)]
             for t in root.iterfind(".//e:EntityType", ns)}
     assert keys["VendorInvoiceLine"] == ["dataAreaId", "HeaderReference", "InvoiceLineNumber"]
     assert keys["VendorV2"] == ["dataAreaId", "VendorAccountNumber"]
+    assert keys["GeneralJournalAccountEntry"] == ["dataAreaId", "GeneralJournalAccountEntryRecId"]
     props = {p.get("Name"): p.get("Type") for p in root.iterfind(".//e:EntityType[@Name='PurchaseOrderHeaderV2']/e:Property", ns)}
     assert props["DocumentApprovalStatus"] == "Microsoft.Dynamics.DataEntities.VersioningDocumentState"
     assert props["ReasonComment"] == "Edm.String" and len(props) > 100   # from the CDM attribute list
@@ -511,3 +516,79 @@ def test_filters_orderby_and_flows_work_with_the_empty_values(fo, http):
                         params={"$expand": "VendorInvoiceLines"}).json()
     assert [line["Amount"] for line in expanded["VendorInvoiceLines"]] == [5.0]
     assert expanded["VendorInvoiceLines"][0]["ItemNumber"] == ""
+
+
+# -- posted general journal entries: read-only ------------------------------------------------------------------
+VENDORED = Path(__file__).resolve().parents[2] / "sandboxes" / "vendored_specs"
+
+
+def journal_url(entry: dict) -> str:
+    return f"{JOURNAL}(dataAreaId='{entry['dataAreaId']}',GeneralJournalAccountEntryRecId='{entry['GeneralJournalAccountEntryRecId']}')"
+
+
+def test_the_vendored_cdm_file_is_the_one_its_provenance_names_and_gives_the_journal_entries_their_properties(http):
+    """The file is byte-for-byte what the README's sha256 names; the sandbox's properties are its attributes."""
+    raw = (VENDORED / "fo-cdm" / "GeneralJournalAccountEntryEntity.1.2.cdm.json").read_bytes()
+    assert hashlib.sha256(raw).hexdigest() in (VENDORED / "README.md").read_text()
+    doc = json.loads(raw)
+    assert json.dumps(doc, indent=2).encode() == raw            # CDM's own formatting, untouched
+    [definition] = doc["definitions"]
+    attributes = [a["name"] for a in definition["hasAttributes"] if "dataType" in a]
+    root = ET.fromstring(http.get("$metadata").content)
+    ns = {"e": "http://docs.oasis-open.org/odata/ns/edm"}
+    props = {p.get("Name"): p.get("Type")
+             for p in root.iterfind(".//e:EntityType[@Name='GeneralJournalAccountEntry']/e:Property", ns)}
+    assert list(props) == ["dataAreaId", *attributes] and len(attributes) == 25
+    assert props["TransactionCurrencyAmount"] == "Edm.Decimal" and props["AccountingDate"] == "Edm.DateTimeOffset"
+    assert props["IsCredit"] == f"{NS}.NoYes" and props["GeneralJournalAccountEntryRecId"] == "Edm.String"
+
+
+def test_posted_journal_entries_are_read_and_filtered_like_any_entity(fo, http):
+    debit, credit = fo.post_general_journal("usmf", [
+        {"LedgerAccount": "605100", "AccountDisplayValue": "605100-001-022", "TransactionCurrencyAmount": 1500.0},
+        {"LedgerAccount": "200150", "TransactionCurrencyAmount": -1500.0}],
+        journal_number="GJ-1", accounting_date="2026-11-30T12:00:00Z", description="Freight accrual")
+    fo.post_general_journal("demf", [{"LedgerAccount": "605100", "TransactionCurrencyAmount": 10.0},
+                                     {"LedgerAccount": "200150", "TransactionCurrencyAmount": -10.0}])
+    assert debit["Voucher"] == credit["Voucher"] and debit["JournalNumber"] == "GJ-1"
+    assert debit["GeneralJournalAccountEntryRecId"] != credit["GeneralJournalAccountEntryRecId"]
+    assert (debit["TransactionCurrencyDebitAmount"], debit["TransactionCurrencyCreditAmount"]) == (1500.0, 0.0)
+    assert (credit["TransactionCurrencyDebitAmount"], credit["TransactionCurrencyCreditAmount"]) == (0.0, 1500.0)
+    assert credit["IsCredit"] == "Yes" and credit["AccountDisplayValue"] == "200150"
+    rows = http.get(JOURNAL).json()["value"]                     # the default company only
+    assert sorted(r["GeneralJournalAccountEntryRecId"] for r in rows) == sorted(
+        [debit["GeneralJournalAccountEntryRecId"], credit["GeneralJournalAccountEntryRecId"]])
+    flt = f"dataAreaId eq 'usmf' and TransactionCurrencyAmount gt 0 and IsCredit eq {NS}.NoYes'No'"
+    [row] = http.get(JOURNAL, params={"$filter": flt, "cross-company": "true"}).json()["value"]
+    assert row["LedgerAccount"] == "605100" and row["AccountingDate"] == "2026-11-30T12:00:00Z"
+    assert http.get(journal_url(debit)).json()["Description"] == "Freight accrual"
+    assert len(http.get(JOURNAL, params={"cross-company": "true"}).json()["value"]) == 4
+    with pytest.raises(ValueError, match="do not balance"):
+        fo.post_general_journal("usmf", [{"LedgerAccount": "605100", "TransactionCurrencyAmount": 5.0}])
+
+
+def test_a_posted_journal_entry_refuses_every_write_as_a_read_only_entity(fo, http):
+    debit, _ = fo.post_general_journal("usmf", [{"LedgerAccount": "605100", "TransactionCurrencyAmount": 1500.0},
+                                                {"LedgerAccount": "200150", "TransactionCurrencyAmount": -1500.0}])
+    url = journal_url(debit)
+    etag = http.get(url).json()["@odata.etag"]
+    for r in (http.post(JOURNAL, json={"dataAreaId": "usmf", "GeneralJournalAccountEntryRecId": "1",
+                                       "LedgerAccount": "605100", "TransactionCurrencyAmount": 1.0}),
+              http.patch(url, json={"TransactionCurrencyAmount": 9999.0}, headers={"If-Match": etag}),
+              http.patch(url, json={"Description": "Reclass"}),
+              http.delete(url, headers={"If-Match": "*"}),
+              http.post(f"{url}/{NS}.Reverse", json={})):
+        assert "read-only" in error(r, 405) and r.headers["allow"] == "GET"
+    # inside a $batch changeset too: refused, nothing changed
+    changeset = batch_body("cs", [http_part("PATCH", f"{BASE}/{url}", {"Description": "batched"})]).decode()
+    body = batch_body("b", [f"Content-Type: multipart/mixed; boundary=cs\r\n\r\n{changeset}"])
+    r = http.post("$batch", content=body, headers={"Content-Type": "multipart/mixed; boundary=b"})
+    assert r.status_code == 200 and "HTTP/1.1 405 Method Not Allowed" in r.text
+    row = fo.get_record(JOURNAL, {"dataAreaId": "usmf",
+                                  "GeneralJournalAccountEntryRecId": debit["GeneralJournalAccountEntryRecId"]})
+    assert row["TransactionCurrencyAmount"] == 1500.0 and row["Description"] == "" and row["@odata.etag"] == etag
+    assert len(fo.records(JOURNAL)) == 2
+    # the status is a setting (F&O's own answer to a write on a read-only entity is not documented)
+    fo.read_only_write_status = 400
+    error(http.patch(url, json={"Description": "Reclass"}), 400)
+

@@ -93,8 +93,9 @@ FO_SENSITIVE = {"vendor bank account": "BANK-7731-0042", "invoice bank account":
                 "order dimensions": "220190-003-044-CC88"}
 
 
-def seed_fo_documents(stack: Stack, suffix: str = "", area: str = LEGAL_ENTITY) -> dict[str, dict[str, Any]]:
-    """Documents in F&O (no events yet): the business flows below fire the events."""
+def seed_fo_documents(stack: Stack, suffix: str = "", area: str = LEGAL_ENTITY) -> dict[str, Any]:
+    """Documents in F&O (no events yet): the business flows below fire the events. Plus one posted general
+    journal voucher (a freight accrual: two ledger lines, ``journal_entries``), which no event announces."""
     fo = stack.fo
     assert fo is not None
     today = date.today().isoformat()
@@ -116,10 +117,15 @@ def seed_fo_documents(stack: Stack, suffix: str = "", area: str = LEGAL_ENTITY) 
                                      OrderVendorAccountNumber=f"US-101{suffix}", CurrencyCode="USD",
                                      DocumentApprovalStatus="InReview", AccountingDate=today,
                                      lines=[{"LineAmount": 9800.0, "ItemNumber": "L-14"}])
-    return {"invoice": invoice, "confirmed_po": confirmed, "rejected_po": rejected}
+    journal = fo.post_general_journal(area, [
+        {"LedgerAccount": "605100", "AccountDisplayValue": "605100-001-022", "TransactionCurrencyAmount": 1500.0},
+        {"LedgerAccount": "200150", "AccountDisplayValue": "200150", "TransactionCurrencyAmount": -1500.0}],
+        journal_number=f"GJ-2026-{suffix or '0001'}", accounting_date=f"{today}T12:00:00Z",
+        description="Freight accrual")
+    return {"invoice": invoice, "confirmed_po": confirmed, "rejected_po": rejected, "journal_entries": journal}
 
 
-def fire_fo_events(stack: Stack, seeded: dict[str, dict[str, Any]], area: str = LEGAL_ENTITY) -> None:
+def fire_fo_events(stack: Stack, seeded: dict[str, Any], area: str = LEGAL_ENTITY) -> None:
     """People work in F&O: post the invoice, confirm one PO, the workflow rejects the other."""
     fo = stack.fo
     assert fo is not None
@@ -128,7 +134,7 @@ def fire_fo_events(stack: Stack, seeded: dict[str, dict[str, Any]], area: str = 
     fo.reject_purchase_order_workflow(area, seeded["rejected_po"]["PurchaseOrderNumber"])
 
 
-def fo_external_ids(seeded: dict[str, dict[str, Any]], area: str = LEGAL_ENTITY) -> dict[str, str]:
+def fo_external_ids(seeded: dict[str, Any], area: str = LEGAL_ENTITY) -> dict[str, str]:
     inv = seeded["invoice"]
     return {"vendor invoice posted": f"fo:vendor_invoices_posted:{area}:{inv['VendorAccount']}:{inv['InvoiceNumber']}",
             "purchase order confirmed":

@@ -74,6 +74,10 @@ MONDAY_COMMON_COLUMNS = [("external_id", "text", {}), ("erp_link", "link", {}), 
 for _board in ("4815162342", "4815162343"):   # invoices and orders link to their vendor's item
     MONDAY_BOARDS[_board][1].append(("vendor_link", "board_relation", {"boardIds": [4815162341]}))
 MONDAY_BOARDS["4815162342"][1].append(("note", "text", {}))
+# Posted journal entries, mirrored read-only (amount and currency are among the common columns).
+MONDAY_BOARDS["4815162344"] = ("Journal entries", [("journal_number", "text", {}), ("voucher", "text", {}),
+                                                   ("account", "text", {}), ("posting_date", "date", {}),
+                                                   ("description", "text", {})])
 ACU_PUSH = (("ConnectorBills", "Bill", ["Type", "ReferenceNbr", "Status"]),
             ("ConnectorChecks", "Check", ["Type", "ReferenceNbr", "Status"]),
             ("ConnectorPurchaseOrders", "PurchaseOrder", ["Type", "OrderNbr", "Status"]))
