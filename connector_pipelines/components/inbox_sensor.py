@@ -13,7 +13,10 @@ Each tick, bounded, reading only the project's database and Dagster's own run re
    run key, with the retry budget's backoff; after the last attempt they are dead letters.
 It reports the reader's backlog — rows it has not looked at, plus rows it owes work on — and its dead
 letters on the pair's ``[<pair>, inbox, <source>]`` asset. Rows the filter does not take (another pair's
-Jira project, our own comments) are passed by the cursor and never count as pending.
+Jira project, our own comments) are passed by the cursor and never count as pending. When it has read
+new rows, it also records an observation of the shared ``[inbox, <source>]`` asset (the receiver writes
+that table, no run materializes it): the UI shows when deliveries last arrived. Every reader of an inbox
+observes it, so an inbox two pairs read is observed twice per arrival, each naming its reader.
 """
 
 
@@ -25,6 +28,7 @@ from datetime import UTC, timedelta
 
 import dagster as dg
 
+from connector_pipelines.components.run_tags import tag_run_of_pair
 from connector_pipelines.core.db import utcnow
 from connector_pipelines.core.failures import RetryBudget
 from connector_pipelines.core.inbox import InboxRow, age_s
@@ -57,6 +61,11 @@ def reader_name(pair: str, source: str) -> str:
     return f"{pair}:{source}"
 
 
+def inbox_asset_key(source: str) -> dg.AssetKey:
+    """The receiver's inbox of ``source`` (defs/inbox/assets.py), shared by every pair that reads it."""
+    return dg.AssetKey(["inbox", source])
+
+
 def backlog_asset_key(pair: str, source: str) -> dg.AssetKey:
     return dg.AssetKey([pair, "inbox", source])
 
@@ -82,6 +91,7 @@ def build_inbox_sensor(name: str, pair: str, source: str, job: dg.JobDefinition,
     op_name = op_node.name
     reader = reader_name(pair, source)
     backlog = backlog_asset_key(pair, source)
+    inbox_key = inbox_asset_key(source)
 
     def request(run_key: str, ids: list[int], kind: str) -> dg.RunRequest:
         return dg.RunRequest(
@@ -98,6 +108,7 @@ def build_inbox_sensor(name: str, pair: str, source: str, job: dg.JobDefinition,
         cursor = int(context.cursor or 0)
         run_requests: list[dg.RunRequest] = []
         notes: list[str] = []
+        new_rows, newest = 0, None
 
         # 1. new rows, in commit order — unless this sensor's last batch is still waiting for or starting its
         # run. Each run is a new process (DefaultRunLauncher: seconds of start-up and code loading), so under
@@ -113,6 +124,7 @@ def build_inbox_sensor(name: str, pair: str, source: str, job: dg.JobDefinition,
             if not rows:
                 break
             cursor = int(rows[-1].seq or cursor)
+            new_rows, newest = new_rows + len(rows), rows[-1]
             # Rows queued by an earlier evaluation of this cursor keep their batch (and run key).
             fresh = dispatch.not_dispatched([r.id for r in rows if row_filter is None or row_filter(r)])
             if fresh:
@@ -157,27 +169,34 @@ def build_inbox_sensor(name: str, pair: str, source: str, job: dg.JobDefinition,
             "dead_letters": dg.MetadataValue.int(counts["dead"]),
             "processed": dg.MetadataValue.int(counts["processed"]),
             "oldest_pending_age_s": dg.MetadataValue.float(round(age_s(oldest), 1))})
+        events: list[dg.AssetObservation] = [observation]
+        if newest is not None:   # deliveries arrived: the inbox itself shows when (its "last observed")
+            events.append(dg.AssetObservation(asset_key=inbox_key, metadata={
+                "new_rows": dg.MetadataValue.int(new_rows),
+                "latest_received_at": dg.MetadataValue.timestamp(newest.received_at.replace(tzinfo=UTC)),
+                "latest_seq": dg.MetadataValue.int(cursor),
+                "reader": dg.MetadataValue.text(reader)}))
         for note in notes:
             context.log.info(note)
         if not run_requests and str(cursor) == (context.cursor or "0"):
             reason = (f"New {source} inbox rows for {pair} (after seq {cursor}) wait: the last batch has not started "
                       "running yet." if held and unseen else
                       f"No new {source} inbox rows for {pair} after seq {cursor}, and none due again.")
-            return dg.SensorResult(skip_reason=dg.SkipReason(reason),
-                                   asset_events=[observation])
-        return dg.SensorResult(run_requests=run_requests, cursor=str(cursor), asset_events=[observation])
+            return dg.SensorResult(skip_reason=dg.SkipReason(reason), asset_events=events)
+        return dg.SensorResult(run_requests=run_requests, cursor=str(cursor), asset_events=events)
 
     return _sensor
 
 
 def inbox_backlog_spec(pair: str, source: str, label: str, owners: list[str] | None) -> dg.AssetSpec:
     return dg.AssetSpec(backlog_asset_key(pair, source), group_name=pair, kinds={source}, owners=owners,
-                        deps=[dg.AssetKey(["inbox", source])],
+                        deps=[inbox_asset_key(source)],
                         description=f"The {label} deliveries {pair} acts on: rows not yet looked at, queued or due "
                                     "again (pending), and dead letters. Observed by the pair's inbox sensor.")
 
 
-def dead_letter_check(pair: str, source: str) -> dg.AssetChecksDefinition:
+def dead_letter_check(pair: str, source: str, tags: dict[str, str] | None = None) -> dg.AssetChecksDefinition:
+    """``no_dead_letters`` on the pair's backlog of ``source``; ``tags``: the pair's run tags (run_tags)."""
     key = backlog_asset_key(pair, source)
     reader = reader_name(pair, source)
 
@@ -186,6 +205,8 @@ def dead_letter_check(pair: str, source: str) -> dg.AssetChecksDefinition:
                                 "error is permanent). `connector-pipelines inbox` lists them; `inbox replay` retries.",
                     blocking=False)
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        if tags:
+            tag_run_of_pair(context.instance, context.op_execution_context.run_id, tags)
         dispatch = context.resources.connector_store.inbox().dispatch(reader)
         dead = dispatch.dead_letters(limit=50)
         counts = dispatch.counts()

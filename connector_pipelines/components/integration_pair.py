@@ -13,6 +13,9 @@ For the pair:
 - ``<pair>__subscription_renewal_job`` / ``<pair>__jira_webhook_renewal_job`` and their schedules;
 - ``<pair>__reconcile_job`` + schedule running the checks, including ``no_dead_letters`` on the pair's
   inbox backlog assets ``[<pair>, inbox, <source>]``.
+In the lineage the receiver's inbox ``[inbox, <source>]`` feeds the pair's backlog and each entity its
+deliveries announce. Every job carries the pair's ``connector/*`` run tags, and a run of the assets
+launched from the UI gets them from its steps (components.run_tags).
 
 Failures (core.failures): ops raise ``Failure(allow_retries=False)`` and jobs carry
 ``dagster/retry_on_asset_or_op_failure=false``: the ledger and the inbox own the retry budget. Inbox
@@ -30,9 +33,11 @@ from connector_pipelines.components.inbox_sensor import (
     InboxBatchConfig,
     build_inbox_sensor,
     dead_letter_check,
+    inbox_asset_key,
     inbox_backlog_spec,
     reader_name,
 )
+from connector_pipelines.components.run_tags import pair_tags, tag_run_of_pair
 from connector_pipelines.core.failures import RetryBudget, describe, is_transient
 from connector_pipelines.core.inbox import InboxRow
 from connector_pipelines.core.memory import batch_heap
@@ -54,7 +59,8 @@ MAX_LINKS_IN_METADATA = 25
 NO_STEP_RETRY_TAGS = {"dagster/retry_on_asset_or_op_failure": "false"}
 INBOX_JOB_TAGS = {**NO_STEP_RETRY_TAGS, "dagster/max_retries": "0"}
 
-__all__ = ["InboxBatchConfig", "IntegrationPairComponent", "build_inbox_sensor", "build_integration_defs"]
+__all__ = ["InboxBatchConfig", "IntegrationPairComponent", "build_inbox_sensor", "build_integration_defs",
+           "inbox_sources"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,6 +151,21 @@ def _batch_failed(dispatch, rows: list[InboxRow], run_id: str, exc: BaseExceptio
                                  f"{len(rows)} inbox row(s) {retry}.", allow_retries=False) from exc
 
 
+def inbox_sources(integration: IntegrationDefinition) -> list[tuple[str, str]]:
+    """The inboxes a pair reads, as (system, label): its source's, and its target's when a person's change
+    there acts back on the source (the target adapter has a resolution processor)."""
+    src = [(integration.source, integration.capabilities.label)]
+    if hasattr(registry.target_module(integration.target.system), "resolution_processor"):
+        return [*src, (integration.target.system, integration.target_system.label)]
+    return src
+
+
+def announced(entity: EntitySync) -> bool:
+    """The source's own deliveries announce the set's records (a BC subscription, an F&O business event, an
+    Acumatica push notification): the source's inbox feeds its asset (an edge in the lineage)."""
+    return entity.webhook or entity.business_event is not None or entity.push_query is not None
+
+
 # ------------------------------------------------------------------------------------------------
 # the factory
 # ------------------------------------------------------------------------------------------------
@@ -152,7 +173,7 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     name = integration.name
     src, tgt = integration.source, integration.target.system
     resource_keys = resource_keys_for(integration)
-    tags = {"connector/integration": name, "connector/source": src, "connector/target": tgt}
+    tags = pair_tags(name, src, tgt)   # on every job; steps of Dagster's implicit asset job add them (run_tags)
     partitions = dg.HourlyPartitionsDefinition(start_date=f"{integration.polling.go_live}-00:00",
                                                timezone=integration.polling.timezone, end_offset=1)
     owners = integration.owners or None
@@ -164,15 +185,15 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     # Mirrors are read in full on a schedule (and from the UI): one static partition per legal entity; events,
     # where they announce a mirror's records, still bring them promptly through the notification job.
     mirror_partitions = dg.StaticPartitionsDefinition([integration.company])
-    assets = [_entity_asset(integration, e, mirror_partitions if e.mirror else partitions, resource_keys, owners)
-              for e in integration.entities]
+    assets = [_entity_asset(integration, e, mirror_partitions if e.mirror else partitions, resource_keys, owners,
+                            tags) for e in integration.entities]
     asset_keys = [a.key for a in assets]
     polled_keys = [a.key for a, e in zip(assets, integration.entities, strict=True) if not e.mirror]
     mirror_keys = [a.key for a, e in zip(assets, integration.entities, strict=True) if e.mirror]
-    inboxes = [(src, integration.capabilities.label)] + ([(tgt, integration.target_system.label)] if returns else [])
+    inboxes = inbox_sources(integration)
     backlogs = [inbox_backlog_spec(name, s, label, owners) for s, label in inboxes]
-    checks = [_reconcile_check(integration, e, resource_keys) for e in integration.entities]
-    checks += [dead_letter_check(name, s) for s, _ in inboxes]
+    checks = [_reconcile_check(integration, e, resource_keys, tags) for e in integration.entities]
+    checks += [dead_letter_check(name, s, tags) for s, _ in inboxes]
 
     # without_checks(): AssetSelection.assets() also selects the assets' checks, which would run a full
     # reconciliation against both live systems in every poll run; the reconcile job runs them instead.
@@ -208,18 +229,27 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
         webhook_job = _target_webhook_renewal_job(integration, resource_keys, tags)
         jobs.append(webhook_job)
 
+    src_label, tgt_label = capabilities.label, integration.target_system.label
     schedules = [
         dg.ScheduleDefinition(name=f"{name}__reconcile_schedule", job=reconcile_job, cron_schedule="7 * * * *",
                               execution_timezone=integration.polling.timezone,
-                              default_status=dg.DefaultScheduleStatus.RUNNING),
+                              default_status=dg.DefaultScheduleStatus.RUNNING,
+                              description=f"Every hour: check that each current {src_label} exception"
+                                          f"{' (each record of a mirrored set)' if mirror_keys else ''} has exactly "
+                                          f"one open {tgt_label} record (missing, duplicate and stale ones fail the check) "
+                                          "and that no delivery is parked as a dead letter."),
         dg.ScheduleDefinition(name=f"{name}__repair_schedule", job=repair_job, cron_schedule="37 * * * *",
                               execution_timezone=integration.polling.timezone,
-                              default_status=dg.DefaultScheduleStatus.RUNNING),
+                              default_status=dg.DefaultScheduleStatus.RUNNING,
+                              description=f"Every hour, half an hour after the reconcile: open the {tgt_label} records "
+                                          "found missing and close newer duplicates as duplicates of the oldest."),
     ]
     if hasattr(target, "ensure_webhook"):
-        schedules.append(dg.ScheduleDefinition(name=f"{name}__{tgt}_webhook_renewal_schedule", job=webhook_job,
-                                               cron_schedule="27 3 * * *",
-                                               default_status=dg.DefaultScheduleStatus.RUNNING))
+        schedules.append(dg.ScheduleDefinition(
+            name=f"{name}__{tgt}_webhook_renewal_schedule", job=webhook_job, cron_schedule="27 3 * * *",
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description=f"Every night: register the {tgt_label} webhook if it is missing and refresh it before it "
+                        f"expires, so what people do in {tgt_label} keeps reaching {src_label}."))
     if capabilities.windowed_polling and polled_keys:
         # Sources without a modified timestamp (F&O) are pushed only: their windows replay the inbox on demand.
         schedules.insert(0, _poll_schedule(integration, poll_job, partitions))
@@ -231,13 +261,17 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     if capabilities.subscriptions:
         subscription_job = _subscription_renewal_job(integration, resource_keys, tags)
         jobs.append(subscription_job)
-        schedules.append(dg.ScheduleDefinition(name=f"{name}__subscription_renewal_schedule", job=subscription_job,
-                                               cron_schedule="17 */6 * * *",
-                                               default_status=dg.DefaultScheduleStatus.RUNNING))
+        schedules.append(dg.ScheduleDefinition(
+            name=f"{name}__subscription_renewal_schedule", job=subscription_job, cron_schedule="17 */6 * * *",
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description=f"Every six hours: create missing {src_label} webhook subscriptions and renew those close to "
+                        "expiry, so changed documents keep being announced within seconds (polling still catches "
+                        "up)."))
     sensors = [
         build_inbox_sensor(f"{name}__{src}_inbox_sensor", name, src, notification_job, tags,
-                           description=f"Launch one {name} notification run per batch of {src} webhook rows, and "
-                                       "retry batches that failed or whose run died."),
+                           description=f"Each batch of {src_label} webhook deliveries becomes one {name} run that "
+                                       f"reads the documents they announce and opens or updates their {tgt_label} "
+                                       "records; batches that failed, or whose run died, are retried."),
         _ledger_retry_sensor(integration, retry_job, tags),
     ]
     if returns:
@@ -250,7 +284,8 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
                           jobs=jobs)
 
 
-def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partitions, resource_keys, owners):
+def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partitions, resource_keys, owners,
+                  tags: dict[str, str]):
     key = dg.AssetKey([integration.source, entity.name])
     target_label = integration.target_system.label
     if entity.mirror:
@@ -266,8 +301,10 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
                        "updates one Jira issue per exception (done ones are skipped by the ledger).")
 
     # An entity whose records link to another's target records (relates_to) comes after it: in a mirror run the
-    # vendors' items exist before the invoices that link to them are written.
-    deps = sorted({dg.AssetKey([integration.source, f.relates_to]) for f in entity.fields if f.relates_to},
+    # vendors' items exist before the invoices that link to them are written. An entity the source's deliveries
+    # announce is fed by the source's inbox (the notification runs; an event-only window replays it).
+    deps = sorted({dg.AssetKey([integration.source, f.relates_to]) for f in entity.fields if f.relates_to}
+                  | ({inbox_asset_key(integration.source)} if announced(entity) else set()),
                   key=lambda k: k.to_user_string())
 
     @dg.asset(
@@ -283,6 +320,7 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         tags={"connector/entity": entity.name},
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        tag_run_of_pair(context.instance, context.run_id, tags)
         source = make_source(integration, context.resources)
         writer = make_writer(integration, context.resources, context.run_id)
         before = (source.api_calls(), writer.api_calls())
@@ -317,7 +355,7 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
     return _asset
 
 
-def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, resource_keys):
+def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, resource_keys, tags: dict[str, str]):
     key = dg.AssetKey([integration.source, entity.name])
 
     @dg.asset_check(asset=key, name="every_exception_has_one_open_issue", required_resource_keys=resource_keys,
@@ -326,6 +364,7 @@ def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, res
                                 "announced only by events, every document the catch-up read finds has an issue.",
                     blocking=False)
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        tag_run_of_pair(context.instance, context.op_execution_context.run_id, tags)
         source = make_source(integration, context.resources)
         store = context.resources.connector_store
         writer = make_writer(integration, context.resources, context.op_execution_context.run_id)
@@ -504,8 +543,8 @@ def _ledger_retry_sensor(integration: IntegrationDefinition, job: dg.JobDefiniti
 
     @dg.sensor(name=f"{name}__ledger_retry_sensor", job=job, minimum_interval_seconds=interval_s,
                required_resource_keys={"connector_store"}, default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Launch a {name} retry run for ledger records whose retry time has come "
-                           "(transient failures with backoff; creates deferred past the search lag).")
+               description=f"Records of {name} whose automatic retry is due (a transient failure after its backoff, "
+                           "a create deferred past the target's search lag) are written again in one retry run.")
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         due = context.resources.connector_store.ledger().due_for_retry(name, limit=batch_size)
         if not due:

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import dagster as dg
 import pytest
@@ -141,9 +141,18 @@ def inbox_ids(request: dg.RunRequest, op_name: str = BC_OP) -> list[int]:
 
 
 def observation(result, source: str = BC, pair: str = PAIR) -> dict:
+    """The reader's backlog observation (the tick may also observe the shared inbox: inbox_observations)."""
     events = [e for e in result.asset_events if isinstance(e, dg.AssetObservation)]
-    assert [e.asset_key for e in events] == [dg.AssetKey([pair, "inbox", source])]
-    return {k: v.value for k, v in events[0].metadata.items()}
+    backlog = dg.AssetKey([pair, "inbox", source])
+    assert {e.asset_key for e in events} <= {backlog, dg.AssetKey(["inbox", source])}
+    [event] = [e for e in events if e.asset_key == backlog]
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def inbox_observations(result, source: str = BC) -> list[dict]:
+    """Observations of the receiver's [inbox, <source>] asset: recorded when the tick read new rows."""
+    return [{k: v.value for k, v in e.metadata.items()} for e in result.asset_events
+            if isinstance(e, dg.AssetObservation) and e.asset_key == dg.AssetKey(["inbox", source])]
 
 
 def empty_backlog(**overrides) -> dict:
@@ -281,6 +290,30 @@ def test_observation_carries_pending_queued_and_the_oldest_owed_age(defs, instan
     seen = observation(tick(defs.resolve_sensor_def(BC_SENSOR), instance, store, cursor=result.cursor))
     assert seen["pending"] == 2 and seen["queued"] == 2 and seen["processed"] == 1
     assert 120 <= seen["oldest_pending_age_s"] < 180
+
+
+def test_new_rows_are_observed_on_the_receiver_s_inbox_so_the_ui_shows_when_deliveries_arrived(
+        defs, instance, store):
+    """The inbox is an external asset the receiver writes: it shows 'last observed' = the latest arrival."""
+    sensor = defs.resolve_sensor_def(BC_SENSOR)
+    empty = tick(sensor, instance, store)
+    assert inbox_observations(empty) == []              # nothing arrived: nothing to say about the inbox
+    ids = put(store, BC, [bc_payload(i) for i in range(3)])
+    result = tick(sensor, instance, store, cursor=empty.cursor)
+    [seen] = inbox_observations(result)
+    newest = store.inbox().get([ids[-1]])[0].received_at
+    assert seen == {"new_rows": 3, "latest_seq": int(result.cursor), "reader": f"{PAIR}:{BC}",
+                    "latest_received_at": newest.replace(tzinfo=UTC).timestamp()}
+    assert inbox_observations(tick(sensor, instance, store, cursor=result.cursor)) == []   # read already
+
+
+def test_rows_no_pair_takes_still_count_as_arrivals_on_the_inbox(defs, instance, store):
+    sensor = defs.resolve_sensor_def(JIRA_SENSOR)
+    put(store, "jira", [jira_payload("OTHER-1", "OTHER")])       # another project's: no run, still a delivery
+    result = tick(sensor, instance, store)
+    assert result.run_requests == []
+    [seen] = inbox_observations(result, "jira")
+    assert seen["new_rows"] == 1 and seen["reader"] == f"{PAIR}:jira"
 
 
 def test_a_tick_builds_no_vendor_client(defs, instance, store):
