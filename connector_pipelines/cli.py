@@ -6,6 +6,10 @@
 - ``jira consent``: the Atlassian OAuth 2.0 (3LO) consent flow with a local callback; the rotating
   refresh token goes straight into the vault.
 - ``ledger``: what the ledger holds per state, and the failed / quarantined records with their errors.
+- ``inbox``: per reader (pair + source), what it owes and its dead letters; replay them.
+
+A mistake the operator can fix (an unknown pair, a setting or the database not configured, a vault key
+missing) ends the command with one line saying what to do and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,8 +21,18 @@ import os
 import sys
 from collections.abc import Callable
 
-from connector_pipelines.components.resources import MissingSetting, resources_from_env
+from connector_pipelines.components.resources import ConnectorStore, MissingSetting, resources_from_env
+from connector_pipelines.core.db import DatabaseNotConfigured
+from connector_pipelines.core.vault import VaultError
 from connector_pipelines.systems.atlassian.oauth import DEFAULT_CONSENT_PORT
+
+
+class UsageError(Exception):
+    """A command asked for something that does not exist (an unknown pair or source): said in one line."""
+
+
+# What stops a command with one line and exit status 2 (main): the operator fixes the setting and runs it again.
+OPERATOR_ERRORS = (UsageError, MissingSetting, DatabaseNotConfigured, VaultError)
 
 
 def _line(ok: bool, what: str, detail: str) -> bool:
@@ -161,13 +175,29 @@ def _definitions() -> list:
             for f in sorted(folder.glob("*/defs.yaml"))]
 
 
+def _pair(name: str):
+    """The definition of pair ``name``; an unknown name stops the command, naming the pairs that exist."""
+    pairs = {d.name: d for d in _definitions()}
+    if name not in pairs:
+        raise UsageError(f"no integration pair {name!r}; the pairs are: {', '.join(sorted(pairs))}")
+    return pairs[name]
+
+
+def _store() -> ConnectorStore:
+    """The project's database (inbox, ledger, vault) for a command; opened at once, so a missing
+    DAGSTER_HOME / CONNECTOR_DATABASE_URL is said before anything else is done."""
+    store = resources_from_env(for_dagster=False)["connector_store"]
+    store.engine()
+    return store
+
+
 def cmd_vault(args: argparse.Namespace) -> int:
     from connector_pipelines.core.vault import Vault
 
     if args.vault_cmd == "generate-key":
         print(Vault.generate_key())
         return 0
-    vault = resources_from_env(for_dagster=False)["connector_store"].vault()
+    vault = _store().vault()
     if args.vault_cmd == "list":
         for name in vault.names():
             print(name)
@@ -205,7 +235,7 @@ def cmd_jira_consent(args: argparse.Namespace) -> int:
         print("set CONNECTOR_JIRA_CLIENT_ID, CONNECTOR_JIRA_CLIENT_SECRET and CONNECTOR_JIRA_SITE_URL first",
               file=sys.stderr)
         return 2
-    site = run_consent_flow(res["connector_store"].vault(), jira.credential_name, jira.client_id, jira.client_secret,
+    site = run_consent_flow(_store().vault(), jira.credential_name, jira.client_id, jira.client_secret,
                             auth_base=jira.auth_url, api_base=jira.api_url, site_url=jira.site_url,
                             scopes=args.scopes.split(), port=args.port, open_browser=not args.no_browser)
     print(f"consent stored for {site.url} (cloudId {site.id}) in vault entry {jira.credential_name}")
@@ -213,7 +243,8 @@ def cmd_jira_consent(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    ledger = resources_from_env(for_dagster=False)["connector_store"].ledger()
+    _pair(args.integration)
+    ledger = _store().ledger()
     print(json.dumps(ledger.counts(args.integration), indent=2))
     for state in ("intent", "failed", "quarantined"):
         for e in ledger.in_state(args.integration, state):
@@ -226,8 +257,13 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 def cmd_inbox(args: argparse.Namespace) -> int:
     """Per reader (pair + source): what it owes, and its dead letters with their errors; replay on demand."""
-    inbox = resources_from_env(for_dagster=False)["connector_store"].inbox()
-    sources = [args.source] if args.source else sorted({args.source_default, "jira"})
+    from connector_pipelines.components.integration_pair import inbox_sources
+
+    readable = [s for s, _label in inbox_sources(_pair(args.integration))]
+    if args.source and args.source not in readable:
+        raise UsageError(f"{args.integration} reads no {args.source!r} inbox; its inboxes are: {', '.join(readable)}")
+    sources = [args.source] if args.source else readable
+    inbox = _store().inbox()
     status = 0
     for source in sources:
         dispatch = inbox.dispatch(f"{args.integration}:{source}")
@@ -243,8 +279,6 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     return status
 
 
-PAIR_SOURCES = {"bc_jira": "business_central", "d365_jira": "finance_operations", "acumatica_jira": "acumatica",
-                "d365_monday": "finance_operations"}
 JIRA_SCOPES = "read:jira-work write:jira-work read:jira-user manage:jira-webhook offline_access"
 
 
@@ -276,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=cmd_jira_consent)
 
     led = sub.add_parser("ledger", help="record states and failures of one integration")
-    led.add_argument("integration")
+    led.add_argument("integration", help="the pair, e.g. bc_jira (an unknown name lists the pairs)")
     led.set_defaults(fn=cmd_ledger)
 
     ib = sub.add_parser("inbox", help="deliveries an integration owes work on, and its dead letters")
@@ -285,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("replay", "make dead letters due again now, with a fresh retry budget")):
         cmd = ibs.add_parser(name, help=text)
         cmd.add_argument("integration", help="e.g. bc_jira")
-        cmd.add_argument("--source", help="business_central, finance_operations, acumatica or jira (default: the pair's two)")
+        cmd.add_argument("--source", help="one of the pair's inboxes: its source (business_central, finance_operations, "
+                                          "acumatica) or its target (jira, monday); default: each inbox it reads")
         if name == "replay":
             cmd.add_argument("--ids", help="comma-separated inbox row ids (default: every dead letter)")
         else:
@@ -293,12 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     ib.set_defaults(fn=cmd_inbox)
 
     args = parser.parse_args(argv)
-    if args.cmd == "inbox":
-        args.source_default = PAIR_SOURCES.get(args.integration, "jira")
     try:
         return args.fn(args)
-    except MissingSetting as exc:
-        print(f"configuration: {exc}", file=sys.stderr)
+    except OPERATOR_ERRORS as exc:
+        print(f"connector-pipelines {args.cmd}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -175,15 +175,19 @@ webhook_registrations = sa.Table(
 )
 
 
+class DatabaseNotConfigured(RuntimeError):
+    """Neither CONNECTOR_DATABASE_URL nor DAGSTER_HOME is set: the message says what to set."""
+
+
 def default_database_url() -> str:
     url = os.environ.get(DATABASE_URL_ENV)
     if url:
         return url
     home = os.environ.get("DAGSTER_HOME")
     if not home:
-        raise RuntimeError(
-            f"Neither {DATABASE_URL_ENV} nor DAGSTER_HOME is set: the project needs a database for its "
-            "inbox, ledger and vault (set DAGSTER_HOME for the embedded SQLite default)."
+        raise DatabaseNotConfigured(
+            "set DAGSTER_HOME to a folder (the project's SQLite database is kept there, beside Dagster's) or "
+            f"{DATABASE_URL_ENV} to a database URL: the inbox, ledger and vault need a database, and neither is set"
         )
     Path(home).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(home) / 'connector_pipelines.sqlite'}"

@@ -4,7 +4,7 @@ Keys come from the environment (``CONNECTOR_VAULT_KEYS``, comma-separated Fernet
 key encrypts; every key decrypts (``MultiFernet``), so rotating a key is a migration, not an outage:
 
 1. prepend a new key: ``CONNECTOR_VAULT_KEYS=<new>,<old>``;
-2. ``Vault.from_env().rotate()`` re-encrypts every credential with the new key;
+2. ``connector-pipelines vault rotate`` (``Vault.rotate()``) re-encrypts every credential with the new key;
 3. drop the old key from the variable.
 
 ``locked(name)`` is the one place a rotating secret (Atlassian's refresh token) may be read and
@@ -49,10 +49,9 @@ LOCK_TIMEOUT_S = 300.0
 
 Value = dict[str, Any] | str
 
-_GENERATE_HINT = (
-    "generate one with `python -c \"from connector_pipelines.core.vault import Vault; "
-    "print(Vault.generate_key())\"`"
-)
+# The project's own command (connector_pipelines.cli), never a Python one-liner.
+GENERATE_KEY_COMMAND = "connector-pipelines vault generate-key"
+_GENERATE_HINT = f"generate one with `{GENERATE_KEY_COMMAND}`"
 
 
 class VaultError(Exception):
@@ -134,7 +133,7 @@ class Vault:
             raise VaultError(
                 f"credential {name!r} could not be decrypted with the configured keys (was {VAULT_KEYS_ENV} "
                 "rotated without keeping the old key? Put the old key back after the new one, run "
-                "Vault.rotate(), then drop it)"
+                "`connector-pipelines vault rotate`, then drop it)"
             ) from None
         if not isinstance(envelope, dict) or envelope.get("n") != name:
             raise VaultError(f"credential {name!r} holds a ciphertext sealed for another credential; refusing it")
