@@ -225,6 +225,19 @@ class AcumaticaResource(dg.ConfigurableResource):
                 setattr(self, attr, None)
 
 
+MONDAY_BOARD_SCOPE = "monday-board"
+MONDAY_BOARD_LEASE_S = 90.0      # longer than one mutation request (monday cuts a call at 60 s)
+
+
+def board_guard(engine, wait_s: float):
+    """``board_id -> context manager``: a lease on the board, shared by every process on ``engine`` (a dead
+    holder's lease lapses after MONDAY_BOARD_LEASE_S); yields False when not had within ``wait_s``."""
+    from connector_pipelines.core.leases import Leases, new_owner
+
+    leases = Leases(engine, new_owner("monday-board"), ttl_s=MONDAY_BOARD_LEASE_S)
+    return lambda board_id: leases.hold(MONDAY_BOARD_SCOPE, board_id, wait_s)
+
+
 class MondayResource(dg.ConfigurableResource):
     """monday.com's GraphQL API (docs/monday.md): the token is read from the vault at use time (``credential_name``,
     ``{"token": …}``), or bound as ``dg.EnvVar``; the API version is pinned; every client of a token in this
@@ -237,11 +250,14 @@ class MondayResource(dg.ConfigurableResource):
     mutations_per_minute_per_board: int | None = Field(default=None, description=(
         "Pace mutations per board (an ASSUMPTION: monday documents no such cap); None = no pacing"))
     ca_bundle: str | None = Field(default=None, description="Extra CA bundle (PEM) for TLS to the API")
+    board_wait_s: float = Field(default=120.0, description=(
+        "How long a mutation waits for a board another process of this deployment is writing"))
 
     _client: Any = PrivateAttr(default=None)
 
     def client(self, vault: Vault):
-        """This run's client (built on first use, closed when the run ends)."""
+        """This run's client (built on first use, closed when the run ends). Its mutations on a board take turns
+        with every other process on the project's database (a lease per board, ``board_guard``)."""
         if self._client is None:
             from connector_pipelines.systems.monday.auth import VaultToken
             from connector_pipelines.systems.monday.client import MondayClient
@@ -249,7 +265,8 @@ class MondayResource(dg.ConfigurableResource):
             token = self.token or VaultToken(vault, self.credential_name)
             self._client = MondayClient.connect(self.api_url, token=token, api_version=self.api_version,
                                                 mutations_per_minute_per_board=self.mutations_per_minute_per_board,
-                                                verify=self.ca_bundle or True)
+                                                verify=self.ca_bundle or True,
+                                                board_guard=board_guard(vault.engine, self.board_wait_s))
         return self._client
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

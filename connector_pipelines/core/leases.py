@@ -30,7 +30,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -126,6 +127,17 @@ class Leases:
                 return False
             time.sleep(random.uniform(0.05, 0.3))
         return True
+
+    @contextmanager
+    def hold(self, scope: str, key: str, timeout_s: float) -> Iterator[bool]:
+        """Hold one key for the block (a mutex shared by every process on the database); yields False, holding
+        nothing, when another live owner kept it for ``timeout_s`` — the caller decides what that means."""
+        got = self.wait_for(scope, key, timeout_s)
+        try:
+            yield got
+        finally:
+            if got:
+                self.release(scope, [key])
 
     def held_by_others(self, scope: str, keys: Iterable[str]) -> dict[str, tuple[str, datetime]]:
         """Live leases of other owners on these keys: key -> (owner, expires_at)."""

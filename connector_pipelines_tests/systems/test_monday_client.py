@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
@@ -728,3 +729,81 @@ def test_clients_of_one_token_share_the_process_governor():
         assert b.governor.observed == 1 and TOKEN not in repr(a.governor)
     finally:
         reset_governors()
+
+
+class OverlapTransport(httpx.BaseTransport):
+    """Counts mutation requests in flight at once (each held 50 ms, as a slow network would)."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        mutation = json.loads(request.read() or b"{}").get("query", "").lstrip().startswith("mutation")
+        if mutation:
+            with self.lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            time.sleep(0.05)
+        try:
+            return self.inner.handle_request(request)
+        finally:
+            if mutation:
+                with self.lock:
+                    self.in_flight -= 1
+
+
+def _two_processes_create(sb: MondaySandbox, board: str, guard_for: Callable[[], Any]) -> OverlapTransport:
+    """Two clients with their own governors (two run workers) create items on one board at the same time."""
+    transport = OverlapTransport(sync_transport(sb.app))
+    clients = [MondayClient.connect(SB_API, token=TOKEN, governor=RateGovernor(), transport=transport,
+                                    retry=TINY_RETRY, board_guard=guard_for()) for _ in range(2)]
+    for c in clients:
+        c.board(board)
+    start = threading.Barrier(2)
+
+    def work(n: int) -> None:
+        start.wait()
+        for i in range(6):
+            clients[n].create_item(board, f"W{n}-{i}", {"ext": f"W-{n}-{i}"})
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(sb.items(board)) == 12
+    return transport
+
+
+def test_two_processes_never_mutate_one_board_at_once_with_the_shared_board_guard(sb, boards, tmp_path):
+    from connector_pipelines.components.resources import board_guard
+
+    engine = get_engine(f"sqlite:///{tmp_path}/leases.sqlite")
+    guarded = _two_processes_create(sb, boards["bills"], lambda: board_guard(engine, 10.0))
+    assert guarded.max_in_flight == 1
+    # the control: without the guard the two processes' governors know nothing of each other
+    control = sb.add_board("Control", [{"id": "ext", "title": "External id", "type": "text"}])
+    unguarded = _two_processes_create(sb, control, lambda: None)
+    assert unguarded.max_in_flight == 2
+
+
+def test_a_board_another_process_keeps_is_a_transient_lock_error(sb, boards, tmp_path):
+    from connector_pipelines.components.resources import MONDAY_BOARD_SCOPE, board_guard
+    from connector_pipelines.core.leases import Leases
+
+    engine = get_engine(f"sqlite:///{tmp_path}/leases.sqlite")
+    other = Leases(engine, "another-worker", ttl_s=60)
+    assert other.acquire(MONDAY_BOARD_SCOPE, [boards["bills"]])
+    client = MondayClient.connect(SB_API, token=TOKEN, governor=RateGovernor(), transport=sync_transport(sb.app),
+                                  retry=TINY_RETRY, board_guard=board_guard(engine, 0.3))
+    client.board(boards["bills"])
+    with pytest.raises(MondayBoardLocked) as caught:
+        client.create_item(boards["bills"], "X", {"ext": "X-1"})
+    assert is_transient(caught.value) and "another process" in str(caught.value)
+    assert sb.items(boards["bills"]) == []
+    other.release(MONDAY_BOARD_SCOPE, [boards["bills"]])
+    client.create_item(boards["bills"], "X", {"ext": "X-1"})
+    assert len(sb.items(boards["bills"])) == 1

@@ -16,7 +16,10 @@ Rules this client keeps (API-FACTS §6):
   them before acting. A mutation is never re-sent after a timeout or a 5xx (it may have happened: the caller
   looks the item up by its external key first, DESIGN §3.4);
 - a 401 re-reads the token (the vault) once and resends;
-- mutations on one board are serialised (and optionally paced) by the governor;
+- mutations on one board are serialised (and optionally paced) by the governor inside the process, and across
+  the deployment's processes by ``board_guard`` when given (the Dagster resource passes a database lease: run
+  workers of the same board take turns); a board another process keeps past the guard's wait is a transient
+  ``MondayBoardLocked``;
 - items come out flat: ``{"id", "name", "group_id", "columns": {col_id: decoded}, "linked_item_ids": {...}}``;
   column values are written from Python values through the codecs of the board's column types (``Raw`` values
   pass through);
@@ -37,7 +40,8 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -142,8 +146,12 @@ class MondayClient:
     def __init__(self, http: ResilientClient, token: TokenSource, *, api_path: str = "/v2",
                  api_version: str = DEFAULT_API_VERSION, governor: RateGovernor, max_rate_retries: int = 6,
                  max_retry_wait_s: float = 90.0, max_lock_retries: int = 6, lock_backoff_s: float = 0.5,
-                 cursor_restarts: int = 3, batch_size: int = DEFAULT_BATCH) -> None:
+                 cursor_restarts: int = 3, batch_size: int = DEFAULT_BATCH,
+                 board_guard: Callable[[str], AbstractContextManager[bool]] | None = None) -> None:
         self.http = http
+        # Mutations on one board from several processes: ``board_guard(board_id)`` holds a lock they share (the
+        # resource passes a database lease); it yields False when another process kept the board too long.
+        self.board_guard = board_guard
         self._token = token
         self.api_path = api_path or "/"
         self.api_version = api_version
@@ -200,9 +208,15 @@ class MondayClient:
         """Send one document (retrying whole refusals); returns ``(body, errors)`` — errors not raised here."""
         doc, kind, _, fields = _prepare(document)
         if board_id is not None and kind == "write":
-            with self.governor.mutation(board_id, count=max(1, fields)):
+            with self.governor.mutation(board_id, count=max(1, fields)), self._guard(str(board_id)) as held:
+                if not held:
+                    raise MondayBoardLocked(f"board {board_id} is being written by another process of this "
+                                            "deployment; try again later", operation=op)
                 return self._post_unlocked(doc, variables, op, kind, fields)
         return self._post_unlocked(doc, variables, op, kind, fields)
+
+    def _guard(self, board_id: str) -> AbstractContextManager[bool]:
+        return self.board_guard(board_id) if self.board_guard is not None else nullcontext(True)
 
     def _post_unlocked(self, doc: str, variables: Mapping[str, Any] | None, op: str, kind: str,
                        fields: int) -> tuple[Any, list[MondayApiError]]:

@@ -14,8 +14,10 @@ board "can corrupt" its data) and, when ``mutations_per_minute_per_board`` is se
 any 60 s. **ASSUMPTION**: the "40 mutations per minute per board" figure is not in monday's docs (only
 duplicate_board/duplicate_group/create_board have a documented 40/min), so pacing is off unless configured.
 
-The lock and the pacing hold inside this process only; several processes on one token share monday's budget
-through its answers (a refused query waits ``retry_in_seconds``), not through this object. UNCONFIRMED: whether
+The lock and the pacing hold inside this process only. Across processes, the budget is shared through monday's
+answers (every answer's ``complexity.after`` is the token's budget left, whoever spent it; a refused query waits
+``retry_in_seconds``), and one board's mutations take turns through the client's ``board_guard`` (a database
+lease the Dagster resource passes), not through this object. UNCONFIRMED: whether
 an app token's separate read and write budgets are what ``complexity`` reports per query (``split_read_write``
 keeps one state per kind; off by default).
 
