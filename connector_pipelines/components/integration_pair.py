@@ -5,7 +5,12 @@ For each entity of the definition:
   go-live) that syncs the window's exceptions to Jira — finance ops re-run a failed window from the UI;
 - an asset check ``every_exception_has_one_open_issue`` (reconciliation against the live systems).
 For the pair:
-- ``<pair>__poll_job`` + ``<pair>__poll_schedule`` (current and previous window);
+- ``<pair>__poll_job`` + ``<pair>__poll_schedule`` (current and previous window); for a source without a
+  modified timestamp (F&O: windows = events received in an hour) ``<pair>__window_close_schedule`` replays
+  each hour once it has ended;
+- a notification batch records, per announced set and hour it received deliveries in, a materialization of
+  that window (event-driven sets whose records are all settled) or an observation (records waiting for a
+  retry or a person; polled sets, whose polls materialize them) — ``covered_windows``;
 - ``<pair>__notification_job`` + ``<pair>__<source>_inbox_sensor`` (one run per inbox batch);
 - ``<pair>__resolution_job`` + ``<pair>__jira_inbox_sensor`` (Jira done -> act on the source);
 - ``<pair>__retry_job`` + ``<pair>__ledger_retry_sensor`` (records whose automatic retry is due);
@@ -166,6 +171,59 @@ def announced(entity: EntitySync) -> bool:
     return entity.webhook or entity.business_event is not None or entity.push_query is not None
 
 
+def covered_windows(integration: IntegrationDefinition, source: Any, rows: list[InboxRow],
+                    partitions: dg.TimeWindowPartitionsDefinition, total: SyncReport,
+                    ) -> list[dg.AssetMaterialization | dg.AssetObservation]:
+    """What a batch of deliveries did to each entity's hourly windows (the hour each delivery was received),
+    so an asset's partitions show the work webhook runs did (issue 13):
+    - an event-driven set (its window = the events received in that hour): the window is *materialized* when
+      every record the batch brought for it is settled (written, unchanged, or no longer an exception);
+    - a window holding a record that needs a person, or one still due for an automatic retry, gets an
+      *observation* saying so instead — it stays as it was, and the hourly window close re-runs it, which
+      fails (red in the UI) while the record still cannot be written, and turns green once it can;
+    - a polled set (its window = records changed in that hour, which polling reads) is only observed: a
+      webhook batch does not prove the window complete.
+    Mirrors (one partition per legal entity, read in full) are left to their own runs."""
+    unsettled = set(total.write.failures) | set(total.quarantined) | set(total.write.deferred)
+    by_hour: dict[str, list[InboxRow]] = {}
+    for row in rows:
+        received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=UTC)
+        if received < partitions.start:
+            continue                       # received before go-live: no window holds it
+        by_hour.setdefault(partitions.get_partition_key_for_timestamp(received.timestamp()), []).append(row)
+    polled = integration.capabilities.windowed_polling
+    events: list[dg.AssetMaterialization | dg.AssetObservation] = []
+    entities = [e for e in integration.entities if not e.mirror and announced(e)]
+    for key, group in sorted(by_hour.items()):
+        changes = source.changes_from_notifications(entities, [r.payload for r in group])
+        for entity in entities:
+            ids = changes.ids.get(entity.name, set())
+            if not ids:
+                continue
+            waiting = sorted(k for k in (source.external_id(entity, i) for i in ids) if k in unsettled)
+            md: dict[str, Any] = {"deliveries": dg.MetadataValue.int(len(group)),
+                                  "records": dg.MetadataValue.int(len(ids)),
+                                  "by": dg.MetadataValue.text(f"{integration.capabilities.label} webhook batch")}
+            asset_key = dg.AssetKey([integration.source, entity.name])
+            if waiting:
+                md["not_settled"] = dg.MetadataValue.int(len(waiting))
+                md["not_settled_records"] = _md_list({k: total.write.failures.get(k)
+                                                      or total.quarantined.get(k) or "deferred (search lag)"
+                                                      for k in waiting[:MAX_LINKS_IN_METADATA]})
+                events.append(dg.AssetObservation(asset_key=asset_key, partition=key, metadata=md,
+                                                  description="records of this window wait for a retry or a "
+                                                              "person; the window close re-runs it"))
+            elif polled:
+                events.append(dg.AssetObservation(asset_key=asset_key, partition=key, metadata=md,
+                                                  description="records brought by webhooks; the window's poll "
+                                                              "materializes it"))
+            else:
+                events.append(dg.AssetMaterialization(asset_key=asset_key, partition=key, metadata=md,
+                                                      description="every event of this batch received in the "
+                                                                  "window is settled"))
+    return events
+
+
 # ------------------------------------------------------------------------------------------------
 # the factory
 # ------------------------------------------------------------------------------------------------
@@ -208,7 +266,7 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
         tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "reconcile"},
         description=f"Reconcile every current exception against the open {integration.target_system.label} records; "
                     "list dead letters.")
-    notification_job = _notification_job(integration, resource_keys, tags)
+    notification_job = _notification_job(integration, resource_keys, tags, partitions)
     retry_job = _retry_job(integration, resource_keys, tags)
     repair_job = _repair_job(integration, resource_keys, tags)
     # A pair whose sets are all mirrors has no time windows to poll or replay: its mirror job reads them.
@@ -251,8 +309,12 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
             description=f"Every night: register the {tgt_label} webhook if it is missing and refresh it before it "
                         f"expires, so what people do in {tgt_label} keeps reaching {src_label}."))
     if capabilities.windowed_polling and polled_keys:
-        # Sources without a modified timestamp (F&O) are pushed only: their windows replay the inbox on demand.
         schedules.insert(0, _poll_schedule(integration, poll_job, partitions))
+    elif polled_keys:
+        # Sources without a modified timestamp (F&O) are pushed only: their windows replay the inbox. Each hour,
+        # once its events are in, the window is closed: replayed once more, so it is green when all its records
+        # are settled and red (a failed run) while one still needs a person.
+        schedules.insert(0, _window_close_schedule(integration, poll_job, partitions))
     if mirror_job is not None:
         schedules.append(dg.build_schedule_from_partitioned_job(
             mirror_job, name=f"{name}__mirror_schedule", cron_schedule="15 2 * * *",
@@ -349,7 +411,9 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         md = report_metadata(report.counts(), report.write, calls, report.quarantined)
         md["window"] = dg.MetadataValue.text(f"{window.start.isoformat()} .. {window.end.isoformat()}")
         context.log.info(f"{entity.name} {md['window'].text}: {report.counts()}")
-        _fail_if_a_person_is_needed(f"{entity.name} window", report.needs_a_person, md)
+        # A window is complete only when every record in it is settled: one announced but not readable at the
+        # source is quarantined for a person, and fails the window too (red until it is fixed and re-run).
+        _fail_if_a_person_is_needed(f"{entity.name} window", {**report.quarantined, **report.needs_a_person}, md)
         return dg.MaterializeResult(metadata=md)
 
     return _asset
@@ -402,7 +466,8 @@ def _single_op_job(op_def: dg.OpDefinition, name: str, tags: dict[str, str], tri
     return _job
 
 
-def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.JobDefinition:
+def _notification_job(integration: IntegrationDefinition, resource_keys, tags,
+                      partitions: dg.TimeWindowPartitionsDefinition) -> dg.JobDefinition:
     name = integration.name
     reader = reader_name(name, integration.source)
 
@@ -435,6 +500,8 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags) -
         # Every announced record is now in the ledger (done, due for retry, deferred or needing a person):
         # the deliveries themselves are processed.
         dispatch.processed([r.id for r in rows], context.run_id)
+        for event in covered_windows(integration, source, rows, partitions, total):
+            context.log_event(event)
         _fail_if_a_person_is_needed("notification batch", total.needs_a_person, md)
         return dg.Output(None, metadata=md)
 
@@ -655,6 +722,22 @@ def _poll_schedule(integration: IntegrationDefinition, poll_job, partitions) -> 
                 yield dg.RunRequest(run_key=f"{key}@{now.isoformat()}", partition_key=key)
 
     return poll_schedule
+
+
+def _window_close_schedule(integration: IntegrationDefinition, window_job, partitions) -> dg.ScheduleDefinition:
+    @dg.schedule(name=f"{integration.name}__window_close_schedule", job=window_job, cron_schedule="5 * * * *",
+                 execution_timezone=integration.polling.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+                 description="Every hour, close the hour that just ended: replay the business events received in it "
+                             "(records already written cost no target call), so its window turns green when every "
+                             "record is settled, or fails — to be re-run from the UI — while one needs a person.")
+    def window_close_schedule(context: dg.ScheduleEvaluationContext):
+        now = context.scheduled_execution_time or datetime.now(UTC)
+        key = _last_partition_key(partitions, now - timedelta(hours=1))
+        if key:
+            yield dg.RunRequest(run_key=f"{key}@close", partition_key=key,
+                                tags={"connector/trigger": "window_close"})
+
+    return window_close_schedule
 
 
 class IntegrationPairComponent(dg.Component, dg.Resolvable, IntegrationDefinition):

@@ -46,6 +46,8 @@ class Pair:
             schedules[f"{target}_webhook_renewal_schedule"] = f"{target}_webhook_renewal_job"
         if polls:
             schedules["poll_schedule"] = "poll_job"
+        elif set(entities) - set(mirrors):   # windows of events received in an hour: closed once it ends
+            schedules["window_close_schedule"] = "poll_job"
         if subscriptions:
             jobs.append("subscription_renewal_job")
             schedules["subscription_renewal_schedule"] = "subscription_renewal_job"
@@ -170,8 +172,9 @@ def test_schedules_by_name_target_and_default_status(repo):
         assert schedules[name].default_status == dg.DefaultScheduleStatus.RUNNING, name
     assert schedules["bc_jira__poll_schedule"].cron_schedule == "*/15 * * * *"
     assert schedules["bc_jira__poll_schedule"].execution_timezone == "UTC"
-    # F&O is pushed (business events): no poll schedule, no subscription to renew
+    # F&O is pushed (business events): no poll schedule, no subscription to renew; each hour's window is closed
     assert "d365_jira__poll_schedule" not in schedules and "d365_jira__subscription_renewal_schedule" not in schedules
+    assert schedules["d365_jira__window_close_schedule"].cron_schedule == "5 * * * *"
     # Acumatica is polled (push notifications only accelerate it, configured in Acumatica: nothing to renew)
     assert schedules["acumatica_jira__poll_schedule"].cron_schedule == "*/15 * * * *"
     assert "acumatica_jira__subscription_renewal_schedule" not in schedules

@@ -270,3 +270,64 @@ def test_a_window_replay_heals_what_a_lost_batch_missed(world):
     result = world.driver.run_job(f"{PAIR}__poll_job", partition_key=key)
     assert result.success
     one_issue_each(world, seeded)
+
+
+def window_status(world, entity: str) -> tuple[set[str], set[str]]:
+    """(materialized, failed) partitions of an entity's asset, as the Dagster UI's partition bar reads them."""
+    from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+    key = dg.AssetKey(["finance_operations", entity])
+    partitions = world.defs.resolve_asset_graph().get(key).partitions_def
+    with dg.partition_loading_context(dynamic_partitions_store=world.instance):
+        value = get_and_update_asset_status_cache_value(world.instance, key, partitions)
+    if value is None:
+        return set(), set()
+    return (set(value.deserialize_materialized_partition_subsets(partitions).get_partition_keys()),
+            set(value.deserialize_failed_partition_subsets(partitions).get_partition_keys()))
+
+
+def test_a_webhook_batch_shows_on_its_windows_and_a_window_holding_a_broken_record_is_red_until_fixed(world):
+    """Issue 13: the event-driven assets show what the webhook runs did. A batch materializes each window whose
+    records it settled; the window holding a record F&O cannot return only gets an observation; closing that
+    hour fails its run (red) while the record is broken, and re-running it after the fix turns it green."""
+    seeded = seed_fo_documents(world.stack)
+    fire_fo_events(world.stack, seeded)
+    world.stack.fo.fire("PurchaseOrderConfirmedBusinessEvent", LEGAL_ENTITY, PurchaseOrderNumber="PO-GHOST",
+                        PurchaseJournal="PJ-1", VendorAccount="US-101")
+    [run] = process_events(world)
+    hour = world.driver.current_partition(["finance_operations", "purchase_orders_confirmed"])
+
+    for entity in ("vendor_invoices_posted", "purchase_orders_rejected_in_workflow"):
+        assert window_status(world, entity) == ({hour}, set()), entity
+    assert window_status(world, "purchase_orders_confirmed") == (set(), set())
+    [observed] = [o for o in (e.asset_observation for e in world.instance.all_logs(
+        run.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION)) if o.asset_key.path[-1] == "purchase_orders_confirmed"]
+    assert observed.partition == hour and observed.metadata["not_settled"].value == 1
+    assert "PO-GHOST" in observed.metadata["not_settled_records"].value
+
+    # the hour is closed (the window close schedule's run): still broken -> the window fails, named
+    closed = world.driver.run_job(f"{PAIR}__poll_job", partition_key=hour, raise_on_error=False,
+                                  tags={"connector/trigger": "window_close"})
+    assert not closed.success
+    assert window_status(world, "purchase_orders_confirmed") == (set(), {hour})
+    assert hour in window_status(world, "vendor_invoices_posted")[0]
+
+    # the order exists in F&O now: re-running the failed window turns it green
+    world.stack.fo.add_purchase_order(LEGAL_ENTITY, PurchaseOrderNumber="PO-GHOST", PurchaseOrderName="Chairs",
+                                      OrderVendorAccountNumber="US-101", CurrencyCode="USD",
+                                      DocumentApprovalStatus="Approved", lines=[{"LineAmount": 10.0}])
+    again = world.driver.run_job(f"{PAIR}__poll_job", partition_key=hour)
+    assert again.success
+    assert window_status(world, "purchase_orders_confirmed") == ({hour}, set())
+    assert "fo:purchase_orders_confirmed:usmf:PO-GHOST" in issues_by_external_id(world.stack)
+
+
+def test_the_window_close_schedule_asks_for_the_hour_that_just_ended(world):
+    schedule = world.defs.resolve_schedule_def(f"{PAIR}__window_close_schedule")
+    from datetime import UTC, datetime
+
+    with dg.build_schedule_context(instance=world.instance, repository_def=world.defs.get_repository_def(),
+                                   scheduled_execution_time=datetime(2026, 12, 3, 14, 5, tzinfo=UTC)) as ctx:
+        [request] = list(schedule.evaluate_tick(ctx).run_requests)
+    assert request.partition_key == "2026-12-03-13:00"        # the pair's windows are UTC hours
+    assert request.tags["connector/trigger"] == "window_close"
