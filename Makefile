@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test smoke sandbox bench chaos lint clean postgres-up
+.PHONY: install browser demo test smoke sandbox bench chaos lint clean postgres-up
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -13,8 +13,24 @@ $(BIN)/python:
 
 ## --compile-bytecode: every Dagster run is a new process; without .pyc files (this machine sets
 ## PYTHONDONTWRITEBYTECODE) each one recompiles Dagster from source, ~3 s more per run start.
-install: $(BIN)/python
+install: $(BIN)/python browser
 	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -e '.[dev]'
+
+## The browser test (connector_pipelines_tests/ui) drives Debian's chromium headless through its chromedriver:
+## installed with apt when missing (as root, or through sudo), skipped quietly when both are there.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "make install: chromium and chromedriver are missing and apt-get is not available;" \
+	         "install Debian's chromium and chromium-driver (the browser test needs them)" >&2; exit 1; fi; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	    echo "make install: installing chromium needs root: run 'apt-get install -y chromium chromium-driver' as root" >&2; \
+	    exit 1; fi; \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null || { echo "make install: apt-get could not install chromium chromium-driver" >&2; exit 1; }; \
+	fi
 
 ## Everything needed, then sandboxes + receiver + `dagster dev` on SQLite with demo data.
 demo: install
