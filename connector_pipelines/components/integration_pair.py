@@ -232,7 +232,7 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     src, tgt = integration.source, integration.target.system
     resource_keys = resource_keys_for(integration)
     tags = pair_tags(name, src, tgt)   # on every job; steps of Dagster's implicit asset job add them (run_tags)
-    partitions = dg.HourlyPartitionsDefinition(start_date=f"{integration.polling.go_live}-00:00",
+    partitions = dg.HourlyPartitionsDefinition(start_date=integration.polling.first_window(),
                                                timezone=integration.polling.timezone, end_offset=1)
     owners = integration.owners or None
 

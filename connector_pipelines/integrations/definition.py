@@ -7,6 +7,7 @@ these fields). It is plain pydantic so it is validated and unit-tested without D
 
 from __future__ import annotations
 
+import os
 import string
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -284,12 +285,26 @@ class PollingSettings(BaseModel):
     cron: str = "*/15 * * * *"
     timezone: str = "UTC"
 
-
     @field_validator("go_live")
     @classmethod
     def _iso_date(cls, v: str) -> str:
         date.fromisoformat(v)
         return v
+
+    def first_window(self) -> str:
+        """The start of the first hourly window, as Dagster's partitions take it ("YYYY-MM-DD-HH:MM"):
+        ``go_live`` at midnight, or ``CONNECTOR_GO_LIVE`` where the deployment sets one for every pair (a date
+        or "YYYY-MM-DD-HH:00"; the demo sets the hour it starts, so its partition bars hold its own hours
+        only, not a month of windows that never ran)."""
+        override = os.environ.get("CONNECTOR_GO_LIVE", "").strip()
+        if not override:
+            return f"{self.go_live}-00:00"
+        try:
+            if len(override) == 10:
+                return f"{date.fromisoformat(override).isoformat()}-00:00"
+            return datetime.strptime(override, "%Y-%m-%d-%H:%M").strftime("%Y-%m-%d-%H:%M")
+        except ValueError:
+            raise ValueError(f"CONNECTOR_GO_LIVE={override!r} is neither YYYY-MM-DD nor YYYY-MM-DD-HH:00") from None
 
 
 class IntegrationDefinition(BaseModel):

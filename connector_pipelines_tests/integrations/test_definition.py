@@ -101,3 +101,19 @@ def test_a_read_only_entity_takes_nothing_that_writes_to_the_source(patch, messa
     with pytest.raises(ValidationError) as err:
         IntegrationDefinition.model_validate(attrs)
     assert "read_only" in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize(("override", "first"), [(None, "2026-11-01-00:00"), ("2026-12-03", "2026-12-03-00:00"),
+                                                 ("2026-12-03-19:00", "2026-12-03-19:00")])
+def test_the_first_window_is_go_live_unless_the_deployment_sets_one(monkeypatch, override, first):
+    if override is None:
+        monkeypatch.delenv("CONNECTOR_GO_LIVE", raising=False)
+    else:
+        monkeypatch.setenv("CONNECTOR_GO_LIVE", override)
+    assert IntegrationDefinition.model_validate(bc_jira()).polling.first_window() == first
+
+
+def test_a_malformed_go_live_override_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CONNECTOR_GO_LIVE", "03/12/2026")
+    with pytest.raises(ValueError, match="CONNECTOR_GO_LIVE='03/12/2026' is neither"):
+        IntegrationDefinition.model_validate(bc_jira()).polling.first_window()
