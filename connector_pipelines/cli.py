@@ -251,7 +251,10 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             when = f"retry after {e.retry_after:%Y-%m-%d %H:%M:%S}Z" if e.retry_after else "needs a person"
             if state == "intent" and not e.retry_after:
                 when = "being written"
-            print(f"{state:<11} {e.source_key:<60} attempts={e.attempts} {when} run={e.run_id} {e.last_error or ''}")
+            context = e.context or {}
+            document = context.get("summary") or context.get("document") or ""   # the record in business words
+            print(f"{state:<11} {e.source_key:<60} attempts={e.attempts} {when} run={e.run_id} "
+                  f"{document + ' — ' if document else ''}{e.last_error or ''}")
     return 0
 
 

@@ -42,14 +42,23 @@ from connector_pipelines.components.inbox_sensor import (
     inbox_backlog_spec,
     reader_name,
 )
+from connector_pipelines.components.record_views import (
+    NEEDS_A_PERSON,
+    needs_a_person_check,
+    needs_a_person_evaluation,
+    redrive_job,
+    resolution_observations,
+)
 from connector_pipelines.components.run_tags import pair_tags, tag_run_of_pair
 from connector_pipelines.core.failures import RetryBudget, describe, is_transient
 from connector_pipelines.core.inbox import InboxRow
 from connector_pipelines.core.memory import batch_heap
 from connector_pipelines.integrations import registry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition
+from connector_pipelines.integrations.documents import Finding, findings_markdown, sentence
 from connector_pipelines.integrations.sync import (
     SyncReport,
+    findings,
     reconcile,
     repair,
     retry_records,
@@ -252,11 +261,17 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     backlogs = [inbox_backlog_spec(name, s, label, owners) for s, label in inboxes]
     checks = [_reconcile_check(integration, e, resource_keys, tags) for e in integration.entities]
     checks += [dead_letter_check(name, s, tags) for s, _ in inboxes]
+    checks += [needs_a_person_check(integration, e, tags) for e in integration.entities]
 
     # without_checks(): AssetSelection.assets() also selects the assets' checks, which would run a full
-    # reconciliation against both live systems in every poll run; the reconcile job runs them instead.
+    # reconciliation against both live systems in every poll run; the reconcile job runs them instead. The
+    # ledger's cheap no_record_needs_a_person is evaluated with every materialization (record_views).
+    def with_ledger_check(keys: list[dg.AssetKey]) -> dg.AssetSelection:
+        return (dg.AssetSelection.assets(*keys).without_checks()
+                | dg.AssetSelection.checks(*(dg.AssetCheckKey(k, NEEDS_A_PERSON) for k in keys)))
+
     poll_job = dg.define_asset_job(f"{name}__poll_job",
-                                   selection=dg.AssetSelection.assets(*polled_keys).without_checks(),
+                                   selection=with_ledger_check(polled_keys),
                                    tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "poll"},
                                    description=f"Poll {src} windows for exceptions and sync them to "
                                                f"{integration.target_system.label}.")
@@ -270,12 +285,13 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
     retry_job = _retry_job(integration, resource_keys, tags)
     repair_job = _repair_job(integration, resource_keys, tags)
     # A pair whose sets are all mirrors has no time windows to poll or replay: its mirror job reads them.
-    jobs = [*([poll_job] if polled_keys else []), reconcile_job, notification_job, retry_job, repair_job]
+    jobs = [*([poll_job] if polled_keys else []), reconcile_job, notification_job, retry_job, repair_job,
+            redrive_job(integration, resource_keys, {**tags, **NO_STEP_RETRY_TAGS})]
     capabilities = integration.capabilities
     mirror_job = None
     if mirror_keys:
         mirror_job = dg.define_asset_job(
-            f"{name}__mirror_job", selection=dg.AssetSelection.assets(*mirror_keys).without_checks(),
+            f"{name}__mirror_job", selection=with_ledger_check(mirror_keys),
             partitions_def=mirror_partitions, tags={**tags, **NO_STEP_RETRY_TAGS, "connector/trigger": "mirror"},
             description=f"Read every record of the mirrored sets in full and keep one "
                         f"{integration.target_system.label} record each.")
@@ -432,15 +448,19 @@ def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, res
         source = make_source(integration, context.resources)
         store = context.resources.connector_store
         writer = make_writer(integration, context.resources, context.op_execution_context.run_id)
-        r = reconcile(integration, source, writer.backend, entity, store.ledger())
-        md = {
+        ledger = store.ledger()
+        r = reconcile(integration, source, writer.backend, entity, ledger,
+                      settle_s=store.write_settings().reconcile_settle_s)
+        md: dict[str, Any] = {
             "current_exceptions": dg.MetadataValue.int(r.exceptions),
             "open_issues": dg.MetadataValue.int(r.open_issues),
             "missing": dg.MetadataValue.int(len(r.missing)),
             "duplicates": dg.MetadataValue.int(len(r.duplicates)),
             "stale_done_in_jira": dg.MetadataValue.int(len(r.stale)),
             "orphaned": dg.MetadataValue.int(len(r.orphaned)),
+            "in_flight": dg.MetadataValue.int(len(r.in_flight)),
         }
+        md.update(_findings_metadata(integration, findings(integration, writer.backend, entity, r, ledger)))
         if r.unverifiable:
             md["cannot_verify"] = dg.MetadataValue.text(f"completeness cannot be verified: {r.unverifiable}")
         if not r.passed:
@@ -449,9 +469,31 @@ def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, res
         # Only "cannot verify" (nothing wrong was found) is a warning; anything found wrong is an error.
         only_unverifiable = not (r.missing or r.duplicates or r.stale)
         severity = dg.AssetCheckSeverity.WARN if only_unverifiable else dg.AssetCheckSeverity.ERROR
-        return dg.AssetCheckResult(passed=r.passed, metadata=md, severity=severity)
+        return dg.AssetCheckResult(passed=r.passed, metadata=md, severity=severity,
+                                   description=md["summary"].value if "summary" in md else None)
 
     return _check
+
+
+def _findings_metadata(integration: IntegrationDefinition, found: list[Finding]) -> dict[str, Any]:
+    """A reconciliation's findings shown directly on the check: a table naming each document in business words
+    with its ERP and target links (problems first, then changes in flight), the first problem in one line
+    with both links, and a one-line summary (the check's description)."""
+    if not found:
+        return {}
+    problems = [f for f in found if f.problem != "in flight"]
+    ordered = problems + [f for f in found if f.problem == "in flight"]
+    md: dict[str, Any] = {"documents": dg.MetadataValue.md(findings_markdown(
+        ordered, integration.capabilities.label, integration.target_system.label))}
+    if problems:
+        first = problems[0]
+        md["summary"] = dg.MetadataValue.text(sentence(problems))
+        md["first_problem"] = dg.MetadataValue.text(f"{first.problem}: {first.document.words} — {first.detail}")
+        if first.document.url:
+            md["first_problem_erp_record"] = dg.MetadataValue.url(first.document.url)
+        if first.targets:
+            md["first_problem_target_record"] = dg.MetadataValue.url(first.targets[0][1])
+    return md
 
 
 def _single_op_job(op_def: dg.OpDefinition, name: str, tags: dict[str, str], trigger: str,
@@ -551,6 +593,14 @@ def _resolution_job(integration: IntegrationDefinition, resource_keys, tags) -> 
             dispatch.failed(retry, context.run_id, "; ".join(sorted(set(report.retry.values())))[:2000],
                             budget.next_from_now)
         dispatch.processed([r.id for i, r in enumerate(rows) if i not in report.retry], context.run_id)
+        # Where finance ops look: each entity's asset records the outcomes (an observation), and its
+        # no_record_needs_a_person check lists the resolutions the source refused.
+        ledger = store.ledger()
+        for event in resolution_observations(integration, ledger, report, processor.browse_url):
+            context.log_event(event)
+        for entity_name in sorted({e for e, _ in report.about.values()}):
+            context.log_event(needs_a_person_evaluation(integration, integration.entity(entity_name), ledger,
+                                                        context.instance))
         if report.needs_a_person:
             raise dg.Failure(description=f"{len(report.needs_a_person)} resolution(s) failed permanently; the issues "
                                          "say why and the next Done runs them again.", metadata=md,

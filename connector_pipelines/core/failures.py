@@ -84,17 +84,23 @@ class WriteSettings:
     only after a search made at least this long after the create could have happened.
     ``claim_wait_s``: how long a writer waits for records another writer holds before leaving them to it.
     ``lease_ttl_s``: a writer's claim on a record lives this long without a heartbeat.
+    ``reconcile_settle_s``: a document the source changed less than this long ago and without a target record
+    yet is *in flight* for reconciliation (its webhook run or the next poll writes it), not missing; the default
+    is the poll interval (15 minutes), so a lapsed webhook is not a false alarm either.
     """
 
     search_lag_bound_s: float = 60.0
     claim_wait_s: float = 30.0
     lease_ttl_s: float = 60.0
     retry: RetryBudget = RetryBudget()
+    reconcile_settle_s: float = 900.0
 
     @classmethod
     def from_env(cls) -> WriteSettings:
-        """CONNECTOR_SEARCH_LAG_BOUND_S (60), CONNECTOR_CLAIM_WAIT_S (30), CONNECTOR_LEASE_TTL_S (60)."""
+        """CONNECTOR_SEARCH_LAG_BOUND_S (60), CONNECTOR_CLAIM_WAIT_S (30), CONNECTOR_LEASE_TTL_S (60),
+        CONNECTOR_RECONCILE_SETTLE_S (900)."""
         return cls(search_lag_bound_s=_env_float("CONNECTOR_SEARCH_LAG_BOUND_S", 60.0),
                    claim_wait_s=_env_float("CONNECTOR_CLAIM_WAIT_S", 30.0),
                    lease_ttl_s=_env_float("CONNECTOR_LEASE_TTL_S", 60.0),
-                   retry=RetryBudget.from_env())
+                   retry=RetryBudget.from_env(),
+                   reconcile_settle_s=_env_float("CONNECTOR_RECONCILE_SETTLE_S", 900.0))

@@ -105,6 +105,57 @@ class Ledger:
             rows = dict(conn.execute(q.group_by(ledger.c.state)).all())
         return {s: int(rows.get(s, 0)) for s in STATES}
 
+    def needing_a_person(self, integration: str, entity: str | None = None, keys: Iterable[str] | None = None,
+                         limit: int | None = None) -> list[LedgerEntry]:
+        """Rows no automatic retry will write: quarantined, or failed without a ``retry_after`` (a permanent
+        error, or the retry budget spent) — record rows and write-back rows (``#resolve``, ``#write_back``)
+        alike, oldest change first. ``keys``: only these source keys."""
+        q = sa.select(ledger).where(ledger.c.integration == integration, sa.or_(
+            ledger.c.state == QUARANTINED, sa.and_(ledger.c.state == FAILED, ledger.c.retry_after.is_(None))))
+        if entity:
+            q = q.where(ledger.c.entity == entity)
+        out: list[LedgerEntry] = []
+        with self.engine.connect() as conn:
+            if keys is None:
+                out = [_entry(r) for r in conn.execute(q.order_by(ledger.c.updated_at, ledger.c.id).limit(limit))]
+            else:
+                for chunk in _chunks(list(dict.fromkeys(keys))):
+                    out += [_entry(r) for r in conn.execute(q.where(ledger.c.source_key.in_(chunk)))]
+                out = sorted(out, key=lambda e: (e.updated_at or datetime.min, e.id or 0))[:limit]
+        return out
+
+    def attention(self, integration: str, entity: str | None = None) -> dict[str, int]:
+        """How many rows need a person, wait for an automatic retry (or a search-lag check), or are being
+        written right now (an intent without a retry time)."""
+        needs = sa.or_(ledger.c.state == QUARANTINED, sa.and_(ledger.c.state == FAILED, ledger.c.retry_after.is_(None)))
+        retrying = sa.and_(ledger.c.state.in_((FAILED, INTENT)), ledger.c.retry_after.is_not(None))
+        writing = sa.and_(ledger.c.state == INTENT, ledger.c.retry_after.is_(None))
+        q = sa.select(*(sa.func.sum(sa.case((c, 1), else_=0)) for c in (needs, retrying, writing))).where(
+            ledger.c.integration == integration, ledger.c.state.in_((FAILED, INTENT, QUARANTINED)))  # not done
+        if entity:
+            q = q.where(ledger.c.entity == entity)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).one()
+        return {"needs_a_person": int(row[0] or 0), "retrying": int(row[1] or 0), "being_written": int(row[2] or 0)}
+
+    def latest(self, integration: str, entity: str, actions: Iterable[str], limit: int = 10) -> list[LedgerEntry]:
+        """The rows of ``entity`` with one of ``actions`` (e.g. its resolution, ``write_back``) changed last,
+        newest first."""
+        q = (sa.select(ledger).where(ledger.c.integration == integration, ledger.c.entity == entity,
+                                     ledger.c.action.in_(list(actions)))
+             .order_by(ledger.c.updated_at.desc(), ledger.c.id.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [_entry(r) for r in conn.execute(q)]
+
+    def action_counts(self, integration: str, entity: str, actions: Iterable[str]) -> dict[str, int]:
+        """Rows of ``entity`` with one of ``actions`` per state."""
+        q = (sa.select(ledger.c.state, sa.func.count()).where(
+            ledger.c.integration == integration, ledger.c.entity == entity, ledger.c.action.in_(list(actions)))
+             .group_by(ledger.c.state))
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(q).all())
+        return {s: int(rows.get(s, 0)) for s in STATES}
+
     def due_for_retry(self, integration: str, now: datetime | None = None, limit: int = 500,
                       action: str = "issue") -> list[LedgerEntry]:
         """Rows whose automatic retry is due (``retry_after`` passed), oldest first."""

@@ -11,12 +11,15 @@ Entry points, one write path:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from connector_pipelines.core.db import utcnow
+from connector_pipelines.core.failures import WriteSettings
 from connector_pipelines.core.http import ApiError
-from connector_pipelines.core.ledger import LedgerEntry
+from connector_pipelines.core.ledger import FAILED, QUARANTINED, LedgerEntry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition, render
+from connector_pipelines.integrations.documents import Document, Finding, of_entry, of_record, when
 from connector_pipelines.integrations.sources.base import SourceAdapter, SourceRecord
 from connector_pipelines.integrations.target import RecordWriter, TargetBackend, TargetItem, WriteReport
 
@@ -123,10 +126,11 @@ def sync_notified(integration: IntegrationDefinition, source: SourceAdapter, wri
 
 
 def retry_records(integration: IntegrationDefinition, source: SourceAdapter, writer: RecordWriter,
-                  entries: list[LedgerEntry]) -> dict[str, SyncReport]:
-    """Retry ledger rows whose ``retry_after`` passed: re-read their records (few calls), write those
-    still exceptions through the normal path, and settle the rest (an uncertain create is verified
-    in Jira first)."""
+                  entries: list[LedgerEntry], *, keep_unreadable: bool = False) -> dict[str, SyncReport]:
+    """Retry ledger rows whose ``retry_after`` passed, or that a person re-drives once the cause is fixed:
+    re-read their records (few calls), write those still exceptions through the normal path, and settle the
+    rest (an uncertain create is verified in Jira first). ``keep_unreadable`` (a re-drive): a record the source
+    still does not return stays quarantined with the reason, instead of being settled as gone."""
     reports: dict[str, SyncReport] = {}
     by_entity: dict[str, list[LedgerEntry]] = {}
     for e in entries:
@@ -143,8 +147,15 @@ def retry_records(integration: IntegrationDefinition, source: SourceAdapter, wri
         written = {r.external_id for r in records if entity.is_exception(r.data)}
         readable = {r.external_id for r in records}
         rest = [k for k in keys if k not in written]
+        unreadable = [k for k in rest if k not in readable]
+        if keep_unreadable and unreadable:
+            reasons = {k: f"{source.describe_missing(entity, source.parse_external_id(k)[1])} (re-driven)"
+                       for k in unreadable}
+            kept = writer.keep_quarantined(entity, reasons)
+            report.quarantined.update({k: reasons[k] for k in kept})
+            unreadable = []
         for why, subset in (("no longer an exception", [k for k in rest if k in readable]),
-                            ("no longer readable at the source", [k for k in rest if k not in readable])):
+                            ("no longer readable at the source", unreadable)):
             if subset:
                 report.write.merge(writer.settle(entity, subset, why))
     return reports
@@ -177,21 +188,45 @@ class Reconciliation:
     orphaned: dict[str, str]
     unverifiable: str | None = None          # why completeness cannot be checked (event-only, no catch-up read)
     records: dict[str, SourceRecord] = field(default_factory=dict)   # the current exceptions, by external id
+    # exceptions without a target record that the source changed within the settle time: the run their change
+    # started (a webhook batch, the next poll) is still writing them — listed, not failed, not repaired
+    in_flight: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return not self.missing and not self.duplicates and not self.stale and not self.unverifiable
 
 
+def _changed_recently(record: SourceRecord | None, now: datetime, settle_s: float) -> bool:
+    """Changed at the source less than ``settle_s`` ago. A time ahead of ours by more than a minute (a source
+    clock or time zone we cannot trust) is not taken as recent: it must not hide a record for hours."""
+    if record is None or record.modified_at is None or settle_s <= 0:
+        return False
+    moment = record.modified_at if record.modified_at.tzinfo else record.modified_at.replace(tzinfo=UTC)
+    age = (now - moment).total_seconds()
+    return -60 <= age < settle_s
+
+
 def reconcile(integration: IntegrationDefinition, source: SourceAdapter, target: TargetBackend,
-              entity: EntitySync, ledger=None) -> Reconciliation:
+              entity: EntitySync, ledger=None, *, settle_s: float | None = None,
+              now: datetime | None = None) -> Reconciliation:
     """Every current exception must have exactly one open target record (event-only entities: one record of
     any status for every document the catch-up read finds); an open record whose source record is no longer
     an exception is orphaned (reported, not failed: the person closing it may be on it). Duplicates are
     found among all open records of the entity, whatever the source says now.
 
     Search lags: an exception that search does not show but the ledger has a target record for is read by
-    key (a consistent read) before it is called missing."""
+    key (a consistent read) before it is called missing.
+
+    Changes in flight: a document created or changed moments before this read has no target record *yet* —
+    its webhook run (seconds behind) or the next poll writes it. An exception without a target record that the
+    source changed less than ``settle_s`` ago (``CONNECTOR_RECONCILE_SETTLE_S``, the poll interval by default)
+    is listed as in flight, not missing — unless its write already failed for good (the ledger says it needs a
+    person); one written while this check ran (its ledger row is newer than the read) is not an orphan. Sources
+    without a modified time (F&O) settle nothing."""
+    started = utcnow()
+    now = now or datetime.now(UTC)
+    settle_s = WriteSettings.from_env().reconcile_settle_s if settle_s is None else settle_s
     prefix = source.external_id(entity, "")
     unverifiable = None
     if entity.mirror:
@@ -208,7 +243,7 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, target:
     open_by_key = target.open_items(entity, prefix)
     duplicates = {k: [i.key for i in sorted(v, key=lambda i: i.order)] for k, v in open_by_key.items() if len(v) > 1}
 
-    missing, stale = [], {}
+    missing, stale, in_flight = [], {}, []
     for key in current:
         items = found.get(key, [])
         open_ = [i for i in items if not i.done]
@@ -220,12 +255,61 @@ def reconcile(integration: IntegrationDefinition, source: SourceAdapter, target:
                 stale[key] = items[0].key
             else:
                 missing.append(key)
+    recent = [k for k in missing if _changed_recently(current.get(k), now, settle_s)]
+    stuck = {k for k, e in ledger.get_many(integration.name, recent).items()   # failed for good: not in flight
+             if e.state == QUARANTINED or (e.state == FAILED and e.retry_after is None)} if recent and ledger else set()
+    for key in recent:
+        if key not in stuck:
+            missing.remove(key)
+            in_flight.append(key)
     # Event-driven without a state rule (e.g. "vendor invoice posted"): no current state defines the
     # exceptions, so an open record is never orphaned by the source's state.
     orphaned = {} if entity.event_only and not entity.mirror else {
         k: v[0].key for k, v in open_by_key.items() if k not in current}
+    if orphaned and ledger is not None:
+        # written after the source was read (a document created meanwhile): not an orphan, in flight
+        for key, entry in ledger.get_many(integration.name, orphaned).items():
+            if entry.updated_at is not None and entry.updated_at >= started:
+                orphaned.pop(key)
     open_issues = sum(len(v) for v in open_by_key.values())
-    return Reconciliation(len(current), open_issues, missing, duplicates, stale, orphaned, unverifiable, current)
+    return Reconciliation(len(current), open_issues, missing, duplicates, stale, orphaned, unverifiable, current,
+                          in_flight)
+
+
+def findings(integration: IntegrationDefinition, target: TargetBackend, entity: EntitySync, rec: Reconciliation,
+             ledger=None) -> list[Finding]:
+    """What a reconciliation found, each record named in the entity's words with its ERP and target links:
+    missing (with what the ledger knows of its write), duplicated, done in the target while still an exception
+    (stale), orphaned (open, no longer an exception), and in flight (listed only)."""
+    label = target.label
+    keys = [*rec.missing, *rec.duplicates, *rec.stale, *rec.orphaned, *rec.in_flight]
+    entries = ledger.get_many(integration.name, keys) if ledger is not None and keys else {}
+
+    def doc(key: str) -> Document:
+        record = rec.records.get(key)
+        return of_record(entity, record) if record is not None else of_entry(entity, entries.get(key), key)
+
+    def why_missing(key: str) -> str:
+        entry = entries.get(key)
+        if entry is None:
+            return f"never written: no {label} record and no ledger row"
+        if entry.state in ("failed", "quarantined"):
+            retry = f"retried after {when(entry.retry_after)}" if entry.retry_after else "needs a person"
+            return f"{entry.state} ({retry}): {entry.last_error or ''}"[:300]
+        return f"ledger says {entry.state}" + (f" as {entry.target_key}" if entry.target_key else "")
+
+    out = [Finding("missing", doc(k), [], why_missing(k)) for k in rec.missing]
+    out += [Finding("duplicate", doc(k), [(i, target.url(i)) for i in v],
+                    f"{len(v)} open {label} records; the repair keeps the oldest") for k, v in rec.duplicates.items()]
+    out += [Finding(f"done in {label}", doc(k), [(i, target.url(i))],
+                    "still an exception at the source; reopen, or finish it there") for k, i in rec.stale.items()]
+    out += [Finding("orphaned", doc(k), [(i, target.url(i))], "open, but no longer an exception at the source")
+            for k, i in rec.orphaned.items()]
+    for k in rec.in_flight:
+        record = rec.records.get(k)
+        age = f" {when(record.modified_at)}" if record is not None and record.modified_at else ""
+        out.append(Finding("in flight", doc(k), [], f"changed at the source{age}; the run it started writes it"))
+    return out
 
 
 def _read_lagging(target: TargetBackend, ledger, integration: IntegrationDefinition,

@@ -40,6 +40,7 @@ from connector_pipelines.core.http import ApiError
 from connector_pipelines.core.leases import Leases, ledger_scope
 from connector_pipelines.core.ledger import DONE, FAILED, INTENT, Ledger, LedgerEntry
 from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition, render
+from connector_pipelines.integrations.documents import words_of
 from connector_pipelines.integrations.sources.base import SourceRecord
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,8 @@ class RecordWriter:
     # -- planning ---------------------------------------------------------------------------------
     def _plan(self, entity: EntitySync, record: SourceRecord) -> _Planned:
         fields = self.backend.desired(entity, record)
-        context = {"document": record.number or record.data.get("number") or record.record_id, "entity": entity.name}
+        # The record's words (number, rendered summary, ERP link) name it wherever the UI lists it later.
+        context = {**words_of(entity, record), "entity": entity.name}
         hashed: Any = fields
         if entity.state:
             # The state is part of what was written: a change of state alone is a change to write (and comment).
@@ -450,6 +452,22 @@ class RecordWriter:
 
         self._claimed(keys, report, work)
         return report
+
+
+    def keep_quarantined(self, entity: EntitySync, reasons: dict[str, str]) -> list[str]:
+        """Records a re-drive found still unreadable at the source: quarantined again with the reason, under
+        their lease (a record another run wrote meanwhile is left as it is). Returns the keys kept."""
+        kept: list[str] = []
+
+        def work(claimed: list[str]) -> None:
+            known = self.ledger.get_many(self.integration.name, claimed)
+            rows = [{"source_key": k, "entity": entity.name, "action": "issue", "last_error": reasons[k][:2000]}
+                    for k in claimed if not (known.get(k) and known[k].state == DONE)]
+            self.ledger.quarantine(self.integration.name, rows, self.run_id)
+            kept.extend(r["source_key"] for r in rows)
+
+        self._claimed(list(reasons), WriteReport(), work)
+        return kept
 
 
 def _states(entries: dict[str, LedgerEntry]) -> dict[str, str]:

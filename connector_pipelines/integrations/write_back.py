@@ -120,6 +120,7 @@ class WriteBackReport:
     refusals: dict[str, str] = field(default_factory=dict)   # target key -> why the event was not acted on
     retry: dict[int, str] = field(default_factory=dict)      # event index -> transient error (try again later)
     needs_a_person: dict[str, str] = field(default_factory=dict)  # target key -> permanent failure
+    about: dict[str, tuple[str, str]] = field(default_factory=dict)  # target key -> (entity, source record key)
 
     def counts(self) -> dict[str, int]:
         return {"acted": self.acted, "already_done_at_source": self.already, "needs_a_person": self.not_applicable,
@@ -199,6 +200,7 @@ class WriteBackProcessor:
                 report.repeated += 1
                 return "settled"
         entity = self.integration.entity(entry.entity)
+        report.about[target_key] = (entity.name, owner.source_key)
         action = entity.resolution if resolution else "write_back"
         row = {"source_key": key, "entity": entity.name, "action": action}
         try:

@@ -46,7 +46,8 @@ SECOND = {
     },
 }
 SECOND_JOBS = {f"bc_ops__{j}" for j in ("poll_job", "notification_job", "resolution_job", "subscription_renewal_job",
-                                         "jira_webhook_renewal_job", "reconcile_job", "retry_job", "repair_job")}
+                                         "jira_webhook_renewal_job", "reconcile_job", "retry_job", "repair_job",
+                                         "redrive_job")}
 
 
 def shipped() -> dict:

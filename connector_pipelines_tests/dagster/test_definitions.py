@@ -34,7 +34,7 @@ class Pair:
         self.mirrors = mirrors
         self.polled_keys = {dg.AssetKey([source, e]) for e in entities if e not in mirrors}
         self.target = target
-        jobs = ["notification_job", "reconcile_job", "retry_job", "repair_job"]
+        jobs = ["notification_job", "reconcile_job", "retry_job", "repair_job", "redrive_job"]
         if self.polled_keys:   # a pair of mirrors only has no time windows to poll or replay
             jobs.append("poll_job")
         schedules = {"reconcile_schedule": "reconcile_job", "repair_schedule": "repair_job"}
@@ -79,6 +79,7 @@ ENTITY_KEYS = set().union(*(p.entity_keys for p in PAIRS))
 INBOX_KEYS = {dg.AssetKey(["inbox", s]) for s in [*SOURCES, "jira", "monday"]}
 BACKLOG_KEYS = set().union(*(p.backlog_keys for p in PAIRS))
 DEAD_LETTERS = "no_dead_letters"
+NEEDS_A_PERSON = "no_record_needs_a_person"   # the ledger's view, evaluated with every materialization
 ENTITIES = [(p, e) for p in PAIRS for e in p.entities]
 
 
@@ -100,10 +101,11 @@ def test_assets_are_the_entities_the_inboxes_and_each_pair_s_backlogs(repo):
     assert set(repo.asset_graph.get_all_asset_keys()) == ENTITY_KEYS | INBOX_KEYS | BACKLOG_KEYS
 
 
-def test_each_entity_has_its_reconcile_check_and_each_backlog_its_dead_letter_check(repo):
+def test_each_entity_has_its_reconcile_and_ledger_checks_and_each_backlog_its_dead_letter_check(repo):
     assert set(repo.asset_graph.asset_check_keys) == (
-        {dg.AssetCheckKey(k, CHECK_NAME) for k in ENTITY_KEYS} | {dg.AssetCheckKey(k, DEAD_LETTERS)
-                                                                   for k in BACKLOG_KEYS})
+        {dg.AssetCheckKey(k, CHECK_NAME) for k in ENTITY_KEYS} | {dg.AssetCheckKey(k, NEEDS_A_PERSON)
+                                                                   for k in ENTITY_KEYS}
+        | {dg.AssetCheckKey(k, DEAD_LETTERS) for k in BACKLOG_KEYS})
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
@@ -136,13 +138,16 @@ def test_poll_job_materializes_the_entities_and_reconcile_job_runs_only_the_chec
                        (f"{pair.name}__mirror_job", pair.entity_keys - pair.polled_keys)):
         if keys:
             assert jobs[name].selection.resolve(repo.asset_graph) == keys
-            # a poll or mirror run must not also run full reconciliations against both live systems
-            assert jobs[name].selection.resolve_checks(repo.asset_graph) == set()
+            # a poll or mirror run must not also run full reconciliations against both live systems; it
+            # evaluates the ledger's cheap check, so the asset's checks are evaluated with each materialization
+            assert jobs[name].selection.resolve_checks(repo.asset_graph) == {
+                dg.AssetCheckKey(k, NEEDS_A_PERSON) for k in keys}
         else:
             assert name not in jobs
     assert reconcile.selection.resolve(repo.asset_graph) == set()
     assert reconcile.selection.resolve_checks(repo.asset_graph) == (
         {dg.AssetCheckKey(k, CHECK_NAME) for k in pair.entity_keys}
+        | {dg.AssetCheckKey(k, NEEDS_A_PERSON) for k in pair.entity_keys}
         | {dg.AssetCheckKey(k, DEAD_LETTERS) for k in pair.backlog_keys})
     if pair.polled_keys:
         assert isinstance(repo.get_job(f"{pair.name}__poll_job").partitions_def, dg.TimeWindowPartitionsDefinition)

@@ -14,6 +14,7 @@ from sandboxes.harness.scenario import FO_SENSOR, fire_fo_events, fo_external_id
 from sandboxes.harness.stack import LEGAL_ENTITY
 
 PAIR = "d365_monday"
+RECONCILE_CHECK = "every_exception_has_one_open_issue"
 SENSOR = "d365_monday__finance_operations_inbox_sensor"
 INVOICES, ORDERS = "4815162342", "4815162343"
 
@@ -151,7 +152,8 @@ def test_vendors_are_mirrored_per_legal_entity_and_documents_link_to_their_vendo
 
     # reconciliation: every record of each mirrored set has exactly one item
     checks = {str(c.asset_key.path[-1]): c for c in
-              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
+              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False),
+                                RECONCILE_CHECK)}
     for entity in ("vendor_items", "vendor_invoice_items", "purchase_order_items"):
         assert checks[entity].passed, (entity, checks[entity].metadata)
 
@@ -323,7 +325,8 @@ def test_posted_journal_entries_are_mirrored_read_only_one_item_each_with_typed_
     assert all(len(v) == 1 for v in after.values())
 
     checks = {str(c.asset_key.path[-1]): c for c in
-              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
+              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False),
+                                RECONCILE_CHECK)}
     assert checks["journal_entry_items"].passed, checks["journal_entry_items"].metadata
     # the ledger was only read
     assert not [w for w in fo_writes(world) if JOURNAL_SET in w[1]] and fo_patches(world) == 0

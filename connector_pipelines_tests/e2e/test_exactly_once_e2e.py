@@ -113,7 +113,7 @@ def test_a_duplicate_is_named_by_reconciliation_and_the_repair_closes_the_newer_
         fid: ext[fid]})
 
     checks = {c.asset_key.path[-1]: c for c in check_evaluations(
-        world.driver.run_job("bc_jira__reconcile_job", raise_on_error=False))}
+        world.driver.run_job("bc_jira__reconcile_job", raise_on_error=False), "every_exception_has_one_open_issue")}
     vendors = checks["blocked_vendors"]
     assert not vendors.passed and vendors.metadata["duplicates"].value == 1
     assert vendors.metadata["details"].value["duplicates"] == {ext[fid]: [original["key"], copy["key"]]}

@@ -30,6 +30,7 @@ from sandboxes.harness.scenario import (
 from sandboxes.harness.stack import CLOUD_ID, LEGAL_ENTITY
 
 PAIR = "d365_jira"
+RECONCILE_CHECK = "every_exception_has_one_open_issue"
 PO_SET = "PurchaseOrderHeadersV2"
 
 
@@ -234,7 +235,8 @@ def test_lost_events_fail_reconciliation_and_the_repair_opens_the_missing_issues
     assert fo.deliver_events()["failed"] == 3 and len(fo.errors) == 3   # kept in F&O's Errors tab
 
     checks = {str(c.asset_key.path[-1]): c for c in
-              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
+              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False),
+                                RECONCILE_CHECK)}
     for entity in ("purchase_orders_rejected_in_workflow", "purchase_orders_confirmed"):
         assert not checks[entity].passed and checks[entity].metadata["missing"].value == 1, entity
         assert checks[entity].severity == dg.AssetCheckSeverity.ERROR
@@ -249,7 +251,8 @@ def test_lost_events_fail_reconciliation_and_the_repair_opens_the_missing_issues
     for what in ("purchase order confirmed", "purchase order rejected in workflow"):
         assert len(found[ids[what]]) == 1, what
     checks = {str(c.asset_key.path[-1]): c for c in
-              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False))}
+              check_evaluations(world.driver.run_job(f"{PAIR}__reconcile_job", raise_on_error=False),
+                                RECONCILE_CHECK)}
     assert checks["purchase_orders_confirmed"].passed and checks["purchase_orders_rejected_in_workflow"].passed
 
     # the endpoint is back; an administrator presses Resend: the invoice's issue opens, nothing twice

@@ -64,6 +64,8 @@ class DagsterDriver:
         return partitions.get_partition_key_for_timestamp((when or datetime.now(UTC)).timestamp())
 
 
-def check_evaluations(result: dg.ExecuteInProcessResult) -> list:
-    """The asset check evaluations a run recorded (passed, asset_key, metadata)."""
-    return [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+def check_evaluations(result: dg.ExecuteInProcessResult, name: str | None = None) -> list:
+    """The asset check evaluations a run recorded (passed, asset_key, metadata); ``name``: of that check only
+    (a reconcile run evaluates each asset's reconcile check and its ledger check)."""
+    return [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+            and (name is None or e.event_specific_data.check_name == name)]

@@ -39,6 +39,15 @@ def seed_exceptions(stack: Stack, suffix: str = "") -> dict[str, dict[str, Any]]
             "stuck_po": stuck_po, "fresh_po": fresh_po}
 
 
+def new_draft_invoice(stack: Stack, n: int) -> dict[str, Any]:
+    """The demo's generator: one more draft invoice awaiting review (the demo adds one a minute). Its issue is
+    opened by the notification run its webhook starts, seconds later: a reconcile reading BC meanwhile sees
+    it in flight, not missing (integrations.sync.reconcile)."""
+    return stack.bc.add_purchase_invoice(stack.company_id, number=f"PI-2{n:05d}", status="Draft",
+                                         vendorName="Northwind Traders", totalAmountIncludingTax=250.0 * n,
+                                         currencyCode="USD", invoiceDate=date.today().isoformat())
+
+
 def expected_external_ids(seeded: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {"blocked vendor": f"bc:vendors:{seeded['blocked']['id']}",
             "invoice awaiting review": f"bc:purchaseInvoices:{seeded['invoice']['id']}",

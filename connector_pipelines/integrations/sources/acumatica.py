@@ -11,7 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from connector_pipelines.integrations.definition import EntitySync, IntegrationDefinition, format_value
+from connector_pipelines.integrations.definition import (
+    EntitySync,
+    IntegrationDefinition,
+    format_value,
+    parse_moment,
+)
 from connector_pipelines.integrations.sources.base import (
     ChangeSet,
     ResolutionOutcome,
@@ -73,7 +78,7 @@ class AcumaticaSource:
         except ValueError:
             url = None
         return SourceRecord(entity.name, self.external_id(entity, record_id), record_id, row, url,
-                            number=str(row[self.key_fields(entity)[-1]]))
+                            number=str(row[self.key_fields(entity)[-1]]), modified_at=_modified(row))
 
     def _select(self, entity: EntitySync) -> list[str]:
         """Only what the templates, rules and keys name (a record has ~30 fields; Jira sees a few)."""
@@ -179,6 +184,17 @@ class AcumaticaSource:
 
     def api_calls(self) -> int:
         return self.client.http.calls
+
+
+def _modified(row: dict[str, Any]) -> datetime | None:
+    """LastModifiedDateTime as a moment (a value without an offset is taken as UTC)."""
+    value = row.get(MODIFIED_FIELD)
+    if isinstance(value, datetime):
+        return value
+    try:
+        return parse_moment(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def from_resources(integration: IntegrationDefinition, resources: Any) -> AcumaticaSource:

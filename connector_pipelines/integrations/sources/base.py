@@ -41,6 +41,9 @@ class SourceRecord:
     url: str | None = None
     number: str | None = None     # what a person calls the document (default: the record's ``number`` field)
     links: dict[str, str | None] = field(default_factory=dict)   # relation field -> the related target record
+    # when the source last changed the record, where its API says (BC, Acumatica; None: F&O has no common field):
+    # reconciliation leaves a record changed moments ago to the run already writing it
+    modified_at: datetime | None = None
 
 
 @dataclass

@@ -66,8 +66,8 @@ class BusinessCentralSource:
         return f"{self.web_client_url.rstrip('/')}/?company={quote(self.company)}&page={page}&filter={flt}"
 
     def _records(self, entity: EntitySync, rows: list[dict[str, Any]]) -> list[SourceRecord]:
-        return [SourceRecord(entity.name, self.external_id(entity, r["id"]), r["id"], r, self.record_url(entity, r))
-                for r in rows]
+        return [SourceRecord(entity.name, self.external_id(entity, r["id"]), r["id"], r, self.record_url(entity, r),
+                             modified_at=_parse_dt(r.get("lastModifiedDateTime"))) for r in rows]
 
     # -- reads ------------------------------------------------------------------------------------
     def fetch_changed(self, entity: EntitySync, start: datetime, end: datetime) -> list[SourceRecord]:
