@@ -53,19 +53,9 @@ class DeliveryMixin:
     def _emit(self, site: Site, event: str, type_name: str | None, issue: Issue, actor: str,
               *, history: History | None = None, comment: Comment | None = None) -> None:
         now = self.clock.now()
-        payload: dict[str, Any] = {"timestamp": _ms(now), "webhookEvent": event}
-        if type_name:
-            payload["issue_event_type_name"] = type_name
-        user = site.users.get(actor)
-        payload["user"] = {"self": f"{site.url}/rest/api/2/user?accountId={actor}", "accountId": actor,
-                           "displayName": user.display_name if user else actor, "active": True,
-                           "accountType": "atlassian", "timeZone": "Etc/UTC"}
-        payload["issue"] = self._issue_payload(site, issue)
         changelog = history.items if history is not None else None
-        if history is not None:
-            payload["changelog"] = {"id": history.id, "items": changelog}
-        if comment is not None:
-            payload["comment"] = self._render_comment(site, issue, comment, site.url)
+        # Who gets the event first: the payload (the issue rendered, its ADF as text) is built only when a
+        # webhook takes it, at the same moment, from the same state.
         # dynamic webhooks: one delivery per app (its single URL), listing the matched webhook ids.
         # UNCONFIRMED: the matchedWebhookIds field and one-delivery-per-app grouping.
         by_app: dict[str, list[DynamicWebhook]] = {}
@@ -78,15 +68,27 @@ class DeliveryMixin:
                     item.get("fieldId") in w.field_ids_filter for item in changelog):
                 continue
             by_app.setdefault(w.client_id, []).append(w)
+        admins = [a for a in site.admin_webhooks.values() if event in a.events and not (
+            a.jql_filter and not self._compile_jql(site, parse_jql(a.jql_filter))(issue))]
+        if not by_app and not admins:
+            return
+        payload: dict[str, Any] = {"timestamp": _ms(now), "webhookEvent": event}
+        if type_name:
+            payload["issue_event_type_name"] = type_name
+        user = site.users.get(actor)
+        payload["user"] = {"self": f"{site.url}/rest/api/2/user?accountId={actor}", "accountId": actor,
+                           "displayName": user.display_name if user else actor, "active": True,
+                           "accountType": "atlassian", "timeZone": "Etc/UTC"}
+        payload["issue"] = self._issue_payload(site, issue)
+        if history is not None:
+            payload["changelog"] = {"id": history.id, "items": changelog}
+        if comment is not None:
+            payload["comment"] = self._render_comment(site, issue, comment, site.url)
         for client_id, hooks in by_app.items():
             body = dict(payload, matchedWebhookIds=[w.id for w in hooks])
             self._enqueue(Delivery(str(uuid.uuid4()), site.cloud_id, hooks[0].url, json.dumps(body).encode(),
                                    event, client_id=client_id, matched_webhook_ids=[w.id for w in hooks]))
-        for a in site.admin_webhooks.values():
-            if event not in a.events:
-                continue
-            if a.jql_filter and not self._compile_jql(site, parse_jql(a.jql_filter))(issue):
-                continue
+        for a in admins:
             self._enqueue(Delivery(str(uuid.uuid4()), site.cloud_id, a.url, json.dumps(payload).encode(), event,
                                    secret=a.secret))
 
