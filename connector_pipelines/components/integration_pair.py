@@ -3,7 +3,10 @@
 For each entity of the definition:
 - a time-window partitioned asset ``[source, entity]`` (hourly windows on lastModifiedDateTime from
   go-live) that syncs the window's exceptions to Jira — finance ops re-run a failed window from the UI;
-- an asset check ``every_exception_has_one_open_issue`` (reconciliation against the live systems).
+- an asset check ``every_exception_has_one_open_issue`` (reconciliation against the live systems, each finding
+  named in business words with its ERP and target links);
+- an asset check ``no_record_needs_a_person`` (the ledger's records and resolutions that wait for a person,
+  evaluated with every poll or mirror materialization; components.record_views).
 For the pair:
 - ``<pair>__poll_job`` + ``<pair>__poll_schedule`` (current and previous window); for a source without a
   modified timestamp (F&O: windows = events received in an hour) ``<pair>__window_close_schedule`` replays
@@ -12,9 +15,11 @@ For the pair:
   that window (event-driven sets whose records are all settled) or an observation (records waiting for a
   retry or a person; polled sets, whose polls materialize them) — ``covered_windows``;
 - ``<pair>__notification_job`` + ``<pair>__<source>_inbox_sensor`` (one run per inbox batch);
-- ``<pair>__resolution_job`` + ``<pair>__jira_inbox_sensor`` (Jira done -> act on the source);
+- ``<pair>__resolution_job`` + ``<pair>__jira_inbox_sensor`` (Jira done -> act on the source; the outcomes
+  are observed on the entity's asset);
 - ``<pair>__retry_job`` + ``<pair>__ledger_retry_sensor`` (records whose automatic retry is due);
 - ``<pair>__repair_job`` + schedule (open missing issues, close newer duplicates);
+- ``<pair>__redrive_job`` (Launchpad: the records that need a person, written again once their cause is fixed);
 - ``<pair>__subscription_renewal_job`` / ``<pair>__jira_webhook_renewal_job`` and their schedules;
 - ``<pair>__reconcile_job`` + schedule running the checks, including ``no_dead_letters`` on the pair's
   inbox backlog assets ``[<pair>, inbox, <source>]``.
