@@ -148,6 +148,15 @@ def report_metadata(counts: dict[str, int], write: WriteReport, calls: dict[str,
     return md
 
 
+def _evaluate_ledger_checks(context: dg.OpExecutionContext, integration: IntegrationDefinition, ledger,
+                            reports: dict[str, SyncReport]) -> None:
+    """A run that changed a set's records outside an asset run (a webhook batch, a retry) evaluates the set's
+    ``no_record_needs_a_person`` check too, so the asset page is current, not "Not evaluated"."""
+    for entity_name in sorted(reports):
+        context.log_event(needs_a_person_evaluation(integration, integration.entity(entity_name), ledger,
+                                                    context.instance))
+
+
 def _fail_if_a_person_is_needed(what: str, needs: dict[str, str], md: dict[str, Any]) -> None:
     """Transient failures are retried by the ledger retry sensor (the run stays green, the metadata says
     when); a permanent one fails the step — without a Dagster retry, which would only repeat it."""
@@ -549,6 +558,7 @@ def _notification_job(integration: IntegrationDefinition, resource_keys, tags,
         dispatch.processed([r.id for r in rows], context.run_id)
         for event in covered_windows(integration, source, rows, partitions, total):
             context.log_event(event)
+        _evaluate_ledger_checks(context, integration, store.ledger(), reports)
         _fail_if_a_person_is_needed("notification batch", total.needs_a_person, md)
         return dg.Output(None, metadata=md)
 
@@ -651,6 +661,7 @@ def _retry_job(integration: IntegrationDefinition, resource_keys, tags) -> dg.Jo
             total.merge(rep)
         md = report_metadata({"records": len(entries), **total.counts()}, total.write, {})
         context.log.info(f"retried {len(entries)} record(s): {total.counts()}")
+        _evaluate_ledger_checks(context, integration, ledger, reports)
         _fail_if_a_person_is_needed("retry", total.needs_a_person, md)
         return dg.Output(None, metadata=md)
 

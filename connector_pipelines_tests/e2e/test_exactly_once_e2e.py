@@ -99,6 +99,9 @@ def test_a_create_that_failed_transiently_is_healed_by_the_ledger_retry_sensor(w
     found = issues_by_external_id(world.stack)
     assert {k: len(v) for k, v in found.items()} == {
         f"bc:vendors:{seeded['blocked']['id']}": 1, f"bc:purchaseInvoices:{seeded['invoice']['id']}": 1}
+    # the retry run re-evaluated the sets' ledger checks: the asset pages show nothing waiting any more
+    assert {(c.asset_key.path[-1], c.passed) for c in check_evaluations(tick.runs[0], "no_record_needs_a_person")} \
+        == {("blocked_vendors", True), ("purchase_invoices_awaiting_review", True)}
     assert world.driver.tick(RETRY_SENSOR).runs == []           # nothing due any more
     assert ledger.counts("bc_jira")["done"] == 2
 

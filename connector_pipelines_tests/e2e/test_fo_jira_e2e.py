@@ -17,6 +17,7 @@ import pytest
 from connector_pipelines.core.db import get_engine
 from connector_pipelines.core.inbox import Inbox
 from connector_pipelines.core.ledger import DONE, QUARANTINED, Ledger
+from sandboxes.harness.dagster_driver import check_evaluations
 from sandboxes.harness.scenario import (
     FO_JIRA_SENSOR,
     FO_SENSITIVE,
@@ -307,6 +308,10 @@ def test_a_webhook_batch_shows_on_its_windows_and_a_window_holding_a_broken_reco
         run.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION)) if o.asset_key.path[-1] == "purchase_orders_confirmed"]
     assert observed.partition == hour and observed.metadata["not_settled"].value == 1
     assert "PO-GHOST" in observed.metadata["not_settled_records"].value
+    # the batch evaluated each set's ledger check: the asset pages are current, not "Not evaluated"
+    ledger_checks = {e.asset_key.path[-1]: e.passed for e in check_evaluations(run, "no_record_needs_a_person")}
+    assert ledger_checks == {"vendor_invoices_posted": True, "purchase_orders_confirmed": False,
+                             "purchase_orders_rejected_in_workflow": True}
 
     # the hour is closed (the window close schedule's run): still broken -> the window fails, named
     closed = world.driver.run_job(f"{PAIR}__poll_job", partition_key=hour, raise_on_error=False,
