@@ -261,6 +261,8 @@ def measure_pipeline(world: BenchWorld, args: argparse.Namespace, *, records: in
         "records_per_s": round(records / wall_s, 1),
         "vendor_calls": vendor_calls,
         "vendor_request_s": meter["request_s"],   # Σ time the sandboxes took to answer, latency included
+        # the sandbox process's CPU per vendor call (the emulators' own cost on top of the injected latency)
+        "sandbox_cpu_ms_per_call": round(meter["cpu_s"] * 1000 / vendor_calls, 2) if vendor_calls else None,
         "max_in_flight": meter["max_in_flight"],
         "mean_in_flight": meter["mean_in_flight"],
         "target_calls_per_record": target_calls_per_record,
@@ -286,7 +288,7 @@ def naive_figures(*, records: int, seconds: float, jira_calls: int, odata_calls:
 
 SPREAD = ("wall_s", "latency_floor_s", "wall_over_floor", "cpu_ms_per_record", "records_per_s", "speedup",
           "gc_ms_per_record", "peak_rss_mb", "target_calls_per_record", "jira_calls_per_record",
-          "odata_calls_per_record", "vendor_calls", "vendor_request_s",
+          "odata_calls_per_record", "vendor_calls", "vendor_request_s", "sandbox_cpu_ms_per_call",
           "mean_in_flight",
           "max_in_flight", "pipeline_runs", "delivery_s")
 
@@ -325,7 +327,8 @@ def print_summary(result: dict, label: str, source_label: str = "OData", target_
     print(f"  wall {spread('wall_s', ' s')}; latency floor {spread('latency_floor_s', ' s')} "
           f"= {result['vendor_calls']} vendor calls x latency / {result['mean_in_flight']} mean in flight "
           f"(max {result['max_in_flight']}); wall/floor {spread('wall_over_floor')}; the sandboxes took "
-          f"{spread('vendor_request_s', ' s')} to answer (latency included)")
+          f"{spread('vendor_request_s', ' s')} to answer (latency included), "
+          f"{spread('sandbox_cpu_ms_per_call', ' ms')} of their process's CPU per call")
     print(f"  pipeline CPU {spread('cpu_ms_per_record', ' ms')} per record; peak RSS {spread('peak_rss_mb', ' MB')} "
           f"(pipeline process alone); {spread('records_per_s')} records/s in {result['pipeline_runs']} runs")
     print(f"  naive {result['naive_records_per_s']} records/s -> speedup {spread('speedup', 'x')}; "

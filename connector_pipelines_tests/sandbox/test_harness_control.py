@@ -39,3 +39,12 @@ def test_meter_counts_requests_and_the_concurrency_they_came_with():
     snap = meter.snapshot()
     assert snap["requests"] == 3 and snap["max_in_flight"] == 1
     assert snap["mean_in_flight"] == 1.0
+
+
+def test_meter_reports_the_cpu_its_process_spent_since_reset():
+    meter = InFlightMeter()
+    assert 0 <= meter.snapshot()["cpu_s"] < 0.5
+    sum(i * i for i in range(2_000_000))   # some CPU in this process
+    assert meter.snapshot()["cpu_s"] > 0.01
+    meter.reset()
+    assert meter.snapshot()["cpu_s"] < 0.05

@@ -7,11 +7,14 @@ concurrency the sandboxes saw and the issues Jira holds — so the pipeline runs
 and the sandboxes' CPU (request validation, filter evaluation) is never counted against it.
 
 ``InFlightMeter`` is ASGI middleware the harness wraps around every vendor sandbox app: it counts the
-requests (per vendor too), the most in flight at once, and the time-weighted mean in flight while any is in flight.
+requests (per vendor too), the most in flight at once, and the time-weighted mean in flight while any is in flight;
+and the CPU the harness process spent since the meter was reset (the sandboxes' own cost per call: request
+validation, filter evaluation, rendering — what the pipeline waits for beyond the injected latency).
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Any
@@ -42,6 +45,7 @@ class InFlightMeter:
             self.request_s = 0.0      # Σ of every request's duration
             self.busy_s = 0.0         # time with at least one request in flight
             self._busy_since = time.perf_counter()
+            self._cpu_since = time.process_time()   # this process's CPU (every thread) since the reset
 
     def wrap(self, app: ASGIApp, name: str) -> ASGIApp:
         async def metered(scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,7 +83,8 @@ class InFlightMeter:
             busy = self.busy_s + (time.perf_counter() - self._busy_since if self.in_flight else 0.0)
             return {"requests": self.requests, "by_vendor": dict(self.by_name), "max_in_flight": self.max_in_flight,
                     "mean_in_flight": round(self.request_s / busy, 3) if busy > 0 else 0.0,
-                    "request_s": round(self.request_s, 4), "busy_s": round(busy, 4)}
+                    "request_s": round(self.request_s, 4), "busy_s": round(busy, 4),
+                    "cpu_s": round(time.process_time() - self._cpu_since, 4)}
 
 
 def control_app(stack) -> Starlette:
@@ -116,6 +121,11 @@ def control_app(stack) -> Starlette:
                              "meter": stack.meter.snapshot() if stack.meter else None})
 
     async def reset_meter(request: Request) -> JSONResponse:
+        """A measurement starts: what the seeding left is put out of the collector's sight first (as the harness
+        does with its start-up objects), so a full collection over it does not land in the middle of the measured
+        calls as a pause no vendor has; the CPU it takes is spent here, before the meter starts."""
+        gc.collect()
+        gc.freeze()
         if stack.meter:
             stack.meter.reset()
         return JSONResponse({"ok": True})
