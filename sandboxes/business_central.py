@@ -1,8 +1,11 @@
 """Business Central API v2.0 sandbox (API-FACTS §2): companies, vendors, purchase invoices and orders,
 the ``Microsoft.NAV.post`` bound action, OData queries and paging, and webhook subscriptions with
-the validation handshake and batched notifications.
+the validation handshake and batched notifications; and the web client's pages for people (``web_page``).
 
-Routes: ``/v2.0/{tenant}/{environment}/api/v2.0/...`` and ``/v2.0/{environment}/api/v2.0/...``.
+Routes: ``/v2.0/{tenant}/{environment}/api/v2.0/...`` and ``/v2.0/{environment}/api/v2.0/...``; the people pages
+``/{tenant}/{environment}/?company=…&page=…&filter=…`` (the web client's URL form, which the product's record links
+use: ``CONNECTOR_BC_WEB_CLIENT_URL`` = ``<sandbox>/<tenant>/<environment>``) and ``/_sandbox/`` (every environment):
+each document with its state and its history (created, PATCHed, posted by the bound action, changed by a person).
 Auth: a bearer token checked by ``entra.validate(token, AUDIENCE)`` (or, with ``entra=None``, a static
 set of tokens added with ``add_token``). Faults come from ``common.FaultMiddleware``: 429 carries no
 Retry-After unless ``faults.retry_after`` is set (BC documents none on 429); 502/503 always carry one.
@@ -34,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandboxes import pages
 from sandboxes.common import (
     DeliveryPump,
     FaultMiddleware,
@@ -68,6 +72,19 @@ ENTITY_SETS = {"vendors": "vendor", "purchaseInvoices": "purchaseInvoice", "purc
 WEBHOOK_SETS = {"vendors", "purchaseInvoices"}   # purchaseOrders is not webhook-supported (§2.3)
 NUMBER_PREFIX = {"vendors": "V", "purchaseInvoices": "PI-", "purchaseOrders": "PO-"}
 POSTABLE = ("Draft", "In Review")
+# The web client's page ids (card and list) per entity set: the ``page=`` of a BC URL.
+WEB_PAGES = {26: "vendors", 27: "vendors", 51: "purchaseInvoices", 9308: "purchaseInvoices", 50: "purchaseOrders",
+             9307: "purchaseOrders"}
+CARD_PAGE = {"vendors": 26, "purchaseInvoices": 51, "purchaseOrders": 50}
+# What each page's table shows (the state columns first).
+PAGE_COLUMNS = {"vendors": ("number", "displayName", "blocked", "balance", "currencyCode"),
+                "purchaseInvoices": ("number", "vendorName", "status", "totalAmountIncludingTax", "currencyCode",
+                                     "invoiceDate"),
+                "purchaseOrders": ("number", "vendorName", "status", "totalAmountIncludingTax", "currencyCode",
+                                   "orderDate")}
+SET_TITLES = {"vendors": "Vendors", "purchaseInvoices": "Purchase invoices", "purchaseOrders": "Purchase orders"}
+STATE_FIELD = {"vendors": "blocked", "purchaseInvoices": "status", "purchaseOrders": "status"}
+HISTORY_SKIP = ("lastModifiedDateTime", "id")
 ENUM_DEFAULTS = {"blocked": " ", "status": "Draft"}
 SYSTEM_USER = "00000000-0000-0000-0000-000000000001"
 # Content-Type of BC's JSON answers: a recording of a real BC API v2.0 (25.4) through WireMock carries exactly this and
@@ -300,9 +317,13 @@ class BusinessCentralSandbox:
         self._lock = threading.RLock()
         self._deliver_lock = threading.Lock()
         self._pump = DeliveryPump("bc-sandbox-delivery", lambda: self.deliver_notifications())
+        self.history = pages.RecordHistory()    # record id -> its changes (the people pages show them)
         routes = [Route("/v2.0/{rest:path}", self._dispatch, methods=["GET", "POST", "PATCH", "DELETE"])]
-        self.app = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
-                                   self._server_error_response, self._count)
+        api = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
+                              self._server_error_response, self._count)
+        web = Starlette(routes=[Route("/_sandbox/", self._web_page, methods=["GET"]),
+                                Route("/{tenant}/{environment}/", self._web_page, methods=["GET"])])
+        self.app = pages.PagesFirst(api, web, lambda path: not path.startswith("/v2.0/"))
 
     # -- seeding and inspection ------------------------------------------------------------------
     def register_environment(self, tenant: str, environment: str) -> None:
@@ -412,7 +433,8 @@ class BusinessCentralSandbox:
         self._seq += 1
         return f'W/"JzE5OzE{self._seq:010d}{uuid.uuid4().hex[:8]}MDsn"'
 
-    def _create(self, company_id: str, entity_set: str, props: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, company_id: str, entity_set: str, props: dict[str, Any], *,
+                via: str = "created in Business Central") -> dict[str, Any]:
         type_name = ENTITY_SETS[entity_set]
         spec = self.schema.props[type_name]
         unknown = [p for p in props if p not in spec]
@@ -438,9 +460,12 @@ class BusinessCentralSandbox:
             store[record["id"]] = record
             self._rowid(record["id"])
             self._queue(cid, entity_set, record["id"], "created", record["lastModifiedDateTime"])
+            state = STATE_FIELD[entity_set]
+            self.history.record(record["id"].lower(), via, [(state, None, record.get(state))], at=self.clock.now())
             return dict(record)
 
-    def _update(self, company_id: str, entity_set: str, record_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    def _update(self, company_id: str, entity_set: str, record_id: str, changes: dict[str, Any], *,
+                via: str = "changed in Business Central") -> dict[str, Any]:
         spec = self.schema.props[ENTITY_SETS[entity_set]]
         unknown = [p for p in changes if p not in spec]
         if unknown:
@@ -448,7 +473,10 @@ class BusinessCentralSandbox:
         with self._lock:
             cid = self._company_key(company_id)
             record = self._store(cid, entity_set)[self._find_id(cid, entity_set, record_id)]
+            before = dict(record)
             record.update(self._captions(ENTITY_SETS[entity_set], changes))
+            self.history.record(record["id"].lower(), via, pages.RecordHistory.diff(before, record, skip=HISTORY_SKIP),
+                                at=self.clock.now())
             record["lastModifiedDateTime"] = iso(self.clock.now())
             record["@odata.etag"] = self._new_etag()
             self._queue(cid, entity_set, record["id"], "updated", record["lastModifiedDateTime"])
@@ -473,6 +501,64 @@ class BusinessCentralSandbox:
             rid = self._find_id(cid, entity_set, record_id)
             del store[rid]
             self._queue(cid, entity_set, rid, "deleted", iso(self.clock.now()))
+            self.history.forget(rid.lower())
+
+    # -- the web client's pages (people) ----------------------------------------------------------------
+    async def _web_page(self, request: Request) -> Response:
+        """Documents with their state and history: ``?company=<name>&page=<page id>&filter='No.' IS '<number>'`` picks
+        one company, one page's entity set and one document (the web client's URL parameters), all optional."""
+        esc, q = pages.esc, request.query_params
+        tenant, env = request.path_params.get("tenant"), request.path_params.get("environment")
+        title = "Business Central" + (f" · {tenant}/{env}" if tenant else " sandbox")
+        nav = {"All documents": str(request.url.path)}
+        if tenant is not None and not self._environment_known(tenant, env):
+            return pages.page(title, f"<p>No environment {esc(env)} in tenant {esc(tenant)}.</p>", status=404)
+        sets = list(ENTITY_SETS)
+        if q.get("page"):
+            entity_set = WEB_PAGES.get(int(q["page"])) if q["page"].isdigit() else None
+            if entity_set is None:
+                return pages.page(title, f"<p>Page {esc(q['page'])} is not one of this sandbox's pages "
+                                         f"({', '.join(map(str, sorted(WEB_PAGES)))}).</p>", status=404, nav=nav)
+            sets = [entity_set]
+        number = None
+        if q.get("filter"):
+            m = re.search(r"'?No\.'?\s+IS\s+'([^']*)'", q["filter"], re.IGNORECASE)
+            if m is None:
+                return pages.page(title, f"<p>Filter not understood: {esc(q['filter'])} (use 'No.' IS '…').</p>",
+                                  status=400, nav=nav)
+            number = m.group(1).lower()
+        with self._lock:
+            wanted = (q.get("company") or "").lower()
+            companies = [dict(c) for c in self.companies.values()
+                         if not wanted or wanted in (c["name"].lower(), c["id"].lower())]
+            found, parts = 0, []
+            for company in companies:
+                parts.append(f"<h2>{esc(company['name'])}</h2>")
+                for entity_set in sets:
+                    rows = [dict(r) for r in self._store(company["id"], entity_set).values()
+                            if number is None or str(r.get("number", "")).lower() == number]
+                    found += len(rows)
+                    if number is not None and not rows:
+                        continue
+                    parts.append(self._web_table(str(request.url.path), company["name"], entity_set, rows))
+        if not companies or (number is not None and not found):
+            what = f"No. {q.get('filter')}" if number is not None else f"company {q.get('company')}"
+            return pages.page(title, f"<p>Nothing found for {esc(what)}.</p>", status=404, nav=nav)
+        return pages.page(title, *parts, nav=nav)
+
+    def _web_table(self, path: str, company: str, entity_set: str, rows: list[dict[str, Any]], limit: int = 500) -> str:
+        cols = PAGE_COLUMNS[entity_set]
+        out = []
+        for r in rows[:limit]:
+            flt = urlencode({"company": company, "page": CARD_PAGE[entity_set], "filter": f"'No.' IS '{r['number']}'"})
+            cells = [pages.link(f"{path}?{flt}", r["number"])]
+            cells += [pages.esc(pages.show(r.get(c))) for c in cols[1:]]
+            cells.append(pages.esc(r.get("lastModifiedDateTime")))
+            cells.append(pages.history_html(self.history.of(r["id"].lower())))
+            out.append(cells)
+        more = f"<p>… and {len(rows) - limit} more.</p>" if len(rows) > limit else ""
+        return (f"<h3>{SET_TITLES[entity_set]} ({len(rows)})</h3>"
+                + pages.table(["No.", *cols[1:], "lastModifiedDateTime", "History"], out) + more)
 
     # -- notifications -----------------------------------------------------------------------------
     def _queue(self, cid: str, entity_set: str, rid: str, change: str, modified: str) -> None:
@@ -696,7 +782,8 @@ class BusinessCentralSandbox:
                 body = await self._json(request)
                 body = self._check_enums(ENTITY_SETS[entity_set], body)
                 try:
-                    record = self._create(cid, entity_set, {k: v for k, v in body.items() if k != "id"})
+                    record = self._create(cid, entity_set, {k: v for k, v in body.items() if k != "id"},
+                                          via="created by POST (API)")
                 except ValueError as e:
                     raise ODataError(400, "BadRequest_PropertyNotFound", str(e)) from None
                 return self._entity(base, cid, entity_set, record, 201)
@@ -815,7 +902,7 @@ class BusinessCentralSandbox:
                     if prop in ("id", "lastModifiedDateTime"):
                         raise ODataError(400, "BadRequest", f"The property '{prop}' is read-only.")
                 changes = self._check_enums(type_name, {k: v for k, v in body.items() if not k.startswith("@odata.")})
-                record = self._update(cid, entity_set, key, changes)
+                record = self._update(cid, entity_set, key, changes, via="by PATCH (API)")
             return self._entity(base, cid, entity_set, record)
         if method == "DELETE":
             with self._lock:
@@ -841,7 +928,7 @@ class BusinessCentralSandbox:
                 # UNCONFIRMED: BC's code and wording when posting an invoice that is not a draft.
                 raise ODataError(400, "Application_DialogException",
                                  f"The purchase invoice cannot be posted because its status is '{status}'.")
-            self._update(cid, entity_set, key, {"status": "Open"})
+            self._update(cid, entity_set, key, {"status": "Open"}, via="posted by bound action Microsoft.NAV.post (API)")
             self._actions[action] += 1
         return Response(status_code=204)
 

@@ -22,6 +22,11 @@ produce duplicates and out-of-order arrival.
 
 Auth: bearer tokens from the Entra sandbox for audience ``https://{environment_host}`` (and, when given, the
 F&O tenant). UNCONFIRMED behaviours are settings, named in comments.
+
+People pages: the web client's URL form ``/?cmp=<legal entity>&mi=<menu item>`` (the link the product writes for a
+record: its environment URL, legal entity and the form's menu item) and ``/_sandbox/``: the documents of each form
+with their state and history (inserted, PATCHed, bound actions, posted / confirmed / rejected with the business
+event fired, changed by a person).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandboxes import pages
 from sandboxes.common import (
     DeliveryPump,
     FaultMiddleware,
@@ -103,6 +109,25 @@ INITIAL_VALUES = {"PurchaseOrderHeadersV2": {"PurchaseOrderStatus": "Backorder",
 # Content-Type of F&O's JSON answers. UNCONFIRMED parameter list (ASP.NET Web API OData may add odata.streaming and
 # IEEE754Compatible); the media type and OData-Version 4.0 are OData v4's JSON format.
 JSON_CONTENT_TYPE = "application/json; odata.metadata=minimal"
+# The web client's forms (menu items, ``mi=``) per entity set, for the people pages. UNCONFIRMED: the menu item names
+# beyond those docs/finance_operations.md gives (VendTableListPage, VendorInvoiceJournal, PurchTable).
+MENU_ITEMS = {"VendTableListPage": "VendorsV2", "VendTable": "VendorsV2",
+              "VendorInvoiceJournal": "VendorInvoiceHeaders",
+              "PurchTable": "PurchaseOrderHeadersV2", "PurchTableListPage": "PurchaseOrderHeadersV2",
+              "LedgerTransVoucher": "GeneralJournalAccountEntries"}
+# What each form's table shows (the document number first, then its state).
+FORM_COLUMNS = {
+    "VendorsV2": ("VendorAccountNumber", "VendorOrganizationName", "OnHoldStatus", "CurrencyCode"),
+    "VendorInvoiceHeaders": ("HeaderReference", "InvoiceNumber", "VendorAccount", "VendorName", "InvoiceDate",
+                             "Currency", "InvoiceDescription"),
+    "PurchaseOrderHeadersV2": ("PurchaseOrderNumber", "PurchaseOrderName", "DocumentApprovalStatus",
+                               "PurchaseOrderStatus", "OrderVendorAccountNumber", "CurrencyCode"),
+    "GeneralJournalAccountEntries": ("Voucher", "JournalNumber", "AccountDisplayValue", "TransactionCurrencyAmount",
+                                     "TransactionCurrencyCode", "AccountingDate", "Description"),
+}
+FORM_TITLES = {"VendorsV2": "Vendors", "VendorInvoiceHeaders": "Vendor invoices",
+               "PurchaseOrderHeadersV2": "Purchase orders", "GeneralJournalAccountEntries": "Voucher transactions"}
+STATE_FIELD = {"VendorsV2": "OnHoldStatus", "PurchaseOrderHeadersV2": "DocumentApprovalStatus"}
 
 
 @dataclass
@@ -425,10 +450,14 @@ class FinanceOperationsSandbox:
         self._lock = threading.RLock()
         self._deliver_lock = threading.Lock()
         self._pump = DeliveryPump("fo-events", lambda: self.deliver_events())
+        self.history = pages.RecordHistory()      # (entity set, key) -> its changes (the people pages show them)
         routes = [Route("/data/{rest:path}", self._dispatch, methods=["GET", "POST", "PATCH", "DELETE"]),
                   Route("/data", self._dispatch, methods=["GET"])]
-        self.app = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
-                                   self._server_error_response, self._count)
+        api = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
+                              self._server_error_response, self._count)
+        web = Starlette(routes=[Route("/", self._web_page, methods=["GET"]),
+                                Route("/_sandbox/", self._web_page, methods=["GET"])])
+        self.app = pages.PagesFirst(api, web, lambda path: path in ("/", "/_sandbox/"))
 
     # -- seeding and inspection ------------------------------------------------------------------
     def add_token(self, token: str) -> None:
@@ -440,7 +469,8 @@ class FinanceOperationsSandbox:
     def _key_of(self, entity: EntityDef, record: dict[str, Any]) -> tuple:
         return tuple(str(record.get(k, "")).lower() for k in entity.keys)
 
-    def _insert(self, entity_set: str, area: str, props: dict[str, Any]) -> dict[str, Any]:
+    def _insert(self, entity_set: str, area: str, props: dict[str, Any], *,
+                via: str = "created in Finance and Operations") -> dict[str, Any]:
         entity = self.entities[entity_set]
         area = area.lower()
         if area not in self.legal_entities:
@@ -465,6 +495,10 @@ class FinanceOperationsSandbox:
                 raise ODataError(400, "", f"The record already exists: {dict(zip(entity.keys, key, strict=True))}.")
             record["@odata.etag"] = self._next_etag()
             self._rows[entity_set][key] = record
+        if entity_set in FORM_COLUMNS:      # documents, not their lines
+            state = STATE_FIELD.get(entity_set)
+            self.history.record((entity_set, key), via, [(state, None, record.get(state))] if state else (),
+                                at=self.clock.now())
         return dict(record)
 
     def _next_etag(self) -> str:
@@ -543,20 +577,70 @@ class FinanceOperationsSandbox:
             rows = [dict(r) for r in self._rows[entity_set].values()]
         return [r for r in rows if area is None or r["dataAreaId"] == area.lower()]
 
-    def update_record(self, entity_set: str, keys: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    def update_record(self, entity_set: str, keys: dict[str, Any], *, via: str = "changed in Finance and Operations",
+                      **changes: Any) -> dict[str, Any]:
         with self._lock:
-            _key, row = self._find(entity_set, keys)
+            key, row = self._find(entity_set, keys)
+            before = dict(row)
             row.update({k: _json_value(v) for k, v in changes.items()})
             row["@odata.etag"] = self._next_etag()
+            self._remember(entity_set, key, via, before, row)
             return dict(row)
+
+    def _remember(self, entity_set: str, key: tuple, via: str, before: dict[str, Any], after: dict[str, Any], *,
+                  note: str = "") -> None:
+        if entity_set in FORM_COLUMNS:
+            self.history.record((entity_set, key), via, pages.RecordHistory.diff(before, after), note=note,
+                                at=self.clock.now())
 
     def delete_record(self, entity_set: str, keys: dict[str, Any]) -> None:
         with self._lock:
             key, _ = self._find(entity_set, keys)
             del self._rows[entity_set][key]
+            self.history.forget((entity_set, key))
 
     def is_posted(self, header_reference: str, area: str) -> bool:
         return (area.lower(), header_reference.lower()) in self._posted
+
+    # -- the web client's pages (people) ----------------------------------------------------------------
+    async def _web_page(self, request: Request) -> Response:
+        """``?cmp=<legal entity>&mi=<menu item>`` (both optional): the form's documents with state and history."""
+        esc, q = pages.esc, request.query_params
+        title = f"Finance and Operations · {self.environment_host}"
+        nav = {"All forms": str(request.url.path)}
+        sets = list(FORM_COLUMNS)
+        if q.get("mi"):
+            if q["mi"] not in MENU_ITEMS:
+                return pages.page(title, f"<p>No form for menu item {esc(q['mi'])} in this sandbox (known: "
+                                         f"{esc(', '.join(sorted(MENU_ITEMS)))}).</p>", status=404, nav=nav)
+            sets = [MENU_ITEMS[q["mi"]]]
+        area = (q.get("cmp") or "").lower() or None
+        if area is not None and area not in self.legal_entities:
+            return pages.page(title, f"<p>The company {esc(area)} does not exist.</p>", status=404, nav=nav)
+        parts = [f"<p>Legal entity: <b>{esc(area or 'all')}</b></p>"]
+        with self._lock:
+            for entity_set in sets:
+                rows = [(key, dict(row)) for key, row in self._rows[entity_set].items()
+                        if area is None or row["dataAreaId"] == area]
+                parts.append(self._web_table(str(request.url.path), entity_set, rows))
+        return pages.page(title, *parts, nav=nav)
+
+    def _web_table(self, path: str, entity_set: str, rows: list[tuple[tuple, dict[str, Any]]], limit: int = 500) -> str:
+        cols = FORM_COLUMNS[entity_set]
+        menu_item = next(mi for mi, es in MENU_ITEMS.items() if es == entity_set)
+        out = []
+        for key, r in rows[:limit]:
+            cells = [pages.esc(r["dataAreaId"]), pages.esc(pages.show(r.get(cols[0])))]
+            cells += [pages.esc(pages.show(r.get(c))) for c in cols[1:]]
+            if entity_set == "VendorInvoiceHeaders":
+                cells.append("Posted" if key in self._posted else "Pending")
+            cells.append(pages.history_html(self.history.of((entity_set, key))))
+            out.append(cells)
+        heads = ["Company", *cols] + (["Posting"] if entity_set == "VendorInvoiceHeaders" else []) + ["History"]
+        more = f"<p>… and {len(rows) - limit} more.</p>" if len(rows) > limit else ""
+        form = pages.link(f"{path}?{urlencode({'mi': menu_item})}", menu_item)
+        return (f"<h3>{FORM_TITLES[entity_set]} ({len(rows)}) <small>{form}</small></h3>"
+                + pages.table(heads, out) + more)
 
     # -- bound actions (customer extensions) -------------------------------------------------------
     def deploy_action(self, entity_set: str, name: str,
@@ -584,6 +668,7 @@ class FinanceOperationsSandbox:
     # -- business flows that fire events -------------------------------------------------------------
     def confirm_purchase_order(self, area: str, po_number: str) -> dict[str, Any] | None:
         po = self.update_record("PurchaseOrderHeadersV2", {"dataAreaId": area, "PurchaseOrderNumber": po_number},
+                                via="confirmed in F&O (PurchaseOrderConfirmedBusinessEvent)",
                                 DocumentApprovalStatus="Confirmed")
         return self.fire("PurchaseOrderConfirmedBusinessEvent", area, PurchaseOrderNumber=po_number,
                          PurchaseJournal=self._number("PJ-"), VendorAccount=po.get("OrderVendorAccountNumber", ""))
@@ -593,6 +678,8 @@ class FinanceOperationsSandbox:
         with self._lock:
             key, header = self._find("VendorInvoiceHeaders", keys)
             self._posted.add(key)
+            self.history.record(("VendorInvoiceHeaders", key), "posted in F&O (VendorInvoicePostedBusinessEvent)",
+                                [("Posted", "No", "Yes")], at=self.clock.now())
         # the payload's field list is UNCONFIRMED (F&O publishes no event schemas)
         return self.fire("VendorInvoicePostedBusinessEvent", area, VendorAccount=header.get("VendorAccount", ""),
                          InvoiceNumber=header.get("InvoiceNumber", ""), InvoiceDate=header.get("InvoiceDate"),
@@ -600,6 +687,7 @@ class FinanceOperationsSandbox:
 
     def reject_purchase_order_workflow(self, area: str, po_number: str) -> dict[str, Any] | None:
         self.update_record("PurchaseOrderHeadersV2", {"dataAreaId": area, "PurchaseOrderNumber": po_number},
+                           via="rejected by the approval workflow (PurchaseOrderWorkflowRejectedBusinessEvent)",
                            DocumentApprovalStatus="Rejected")
         # the event id is UNCONFIRMED (workflow events are generated per workflow type)
         return self.fire("PurchaseOrderWorkflowRejectedBusinessEvent", area, PurchaseOrderNumber=po_number)
@@ -896,8 +984,10 @@ class FinanceOperationsSandbox:
                 typ = entity.props[name]
                 if typ.startswith("enum:") and value not in ENUMS[typ[5:]]:
                     raise ODataError(400, "", f"'{value}' is not a valid value of {NS}.{typ[5:]}.")
+            before = dict(row)
             row.update({k: v for k, v in changes.items() if not k.startswith("@odata.")})
             row["@odata.etag"] = self._next_etag()
+            self._remember(entity.entity_set, key, "by PATCH (API)", before, row)
         return 204, {}, None
 
     def _create(self, entity: EntityDef, body: bytes, base: str, cross: bool) -> tuple[int, dict[str, str], Any]:
@@ -908,7 +998,7 @@ class FinanceOperationsSandbox:
         props = {k: v for k, v in data.items() if not k.startswith("@odata.")}
         if entity.entity_set == "VendorInvoiceHeaders":
             props.setdefault("HeaderReference", self._number("VIH-"))
-        record = self._insert(entity.entity_set, area, props)
+        record = self._insert(entity.entity_set, area, props, via="created by POST (API)")
         return 201, {"ETag": record["@odata.etag"]}, {
             "@odata.context": f"{base}/$metadata#{entity.entity_set}/$entity", **record}
 
@@ -919,7 +1009,7 @@ class FinanceOperationsSandbox:
                                       f"'{entity.entity_set}(...)/{NS}.{name}'.")
         params = _json_body(body) if body else {}
         with self._lock:
-            _, row = self._find(entity.entity_set, keys)
+            key, row = self._find(entity.entity_set, keys)
             before = dict(row)
             try:
                 value = handler(row, params)
@@ -929,6 +1019,9 @@ class FinanceOperationsSandbox:
                 raise
             row["@odata.etag"] = self._next_etag()
             self._action_calls[name] += 1
+            comment = params.get("Comment") if isinstance(params, dict) else None
+            self._remember(entity.entity_set, key, f"by bound action {name} (API)", before, row,
+                           note=f"comment: {comment}" if comment else "")
         if value is None:
             return 204, {}, None
         return 200, {}, {"@odata.context": "$metadata#Edm.String", "value": value}

@@ -252,6 +252,8 @@ class MondayResource(dg.ConfigurableResource):
     ca_bundle: str | None = Field(default=None, description="Extra CA bundle (PEM) for TLS to the API")
     board_wait_s: float = Field(default=120.0, description=(
         "How long a mutation waits for a board another process of this deployment is writing"))
+    account_url: str | None = Field(default=None, description=(
+        "https://<account>.monday.com, for links to items; None = each pair's target.account_url"))
 
     _client: Any = PrivateAttr(default=None)
 
@@ -391,6 +393,7 @@ def resources_from_env(for_dagster: bool = True) -> dict[str, dg.ConfigurableRes
             mutations_per_minute_per_board=int(os.environ["CONNECTOR_MONDAY_BOARD_MUTATIONS_PER_MINUTE"])
             if os.environ.get("CONNECTOR_MONDAY_BOARD_MUTATIONS_PER_MINUTE") else None,
             ca_bundle=os.environ.get("CONNECTOR_CA_BUNDLE"),
+            account_url=os.environ.get("CONNECTOR_MONDAY_ACCOUNT_URL") or None,
         ),
         "jira": lambda: JiraResource(
             client_id=required("CONNECTOR_JIRA_CLIENT_ID"),

@@ -49,10 +49,12 @@ class MondayBackend:
     system = "monday"
     label = "Monday.com"
 
-    def __init__(self, client: MondayClient, integration: IntegrationDefinition) -> None:
+    def __init__(self, client: MondayClient, integration: IntegrationDefinition, account_url: str | None = None) -> None:
         self.client = client
         self.integration = integration
         self.settings = integration.target
+        # the deployment's account (MondayResource.account_url, CONNECTOR_MONDAY_ACCOUNT_URL) before the pair's own
+        self.account_url = account_url or self.settings.account_url
         self.batch_size = client.batch_size
         self._board_of_item: dict[str, str] = {}
 
@@ -166,7 +168,7 @@ class MondayBackend:
         self.client.archive_item(duplicate, board_id=self._board_of_item.get(duplicate))
 
     def url(self, key: str) -> str:
-        base = (self.settings.account_url or "https://monday.com").rstrip("/")
+        base = (self.account_url or "https://monday.com").rstrip("/")
         board = self._board_of_item.get(key)
         return f"{base}/boards/{board}/pulses/{key}" if board else f"{base}/pulses/{key}"
 
@@ -264,7 +266,8 @@ class MondayTrigger:
 def resolution_processor(integration: IntegrationDefinition, source: Any, resources: Any,
                          run_id: str | None) -> WriteBackProcessor:
     store = resources.connector_store
-    trigger = MondayTrigger(MondayBackend(resources.monday.client(store.vault()), integration), integration)
+    trigger = MondayTrigger(MondayBackend(resources.monday.client(store.vault()), integration,
+                                          account_url=resources.monday.account_url), integration)
     return WriteBackProcessor(integration, source, trigger, store.ledger(), run_id, leases=store.leases(),
                               settings=store.write_settings())
 
@@ -298,8 +301,8 @@ def from_resources(integration: IntegrationDefinition, resources: Any, run_id: s
     vault at use time), the store's ledger and leases."""
     store = resources.connector_store
     client = resources.monday.client(store.vault())
-    return RecordWriter(MondayBackend(client, integration), store.ledger(), integration, run_id,
-                        leases=store.leases(), settings=store.write_settings())
+    return RecordWriter(MondayBackend(client, integration, account_url=resources.monday.account_url), store.ledger(),
+                        integration, run_id, leases=store.leases(), settings=store.write_settings())
 
 
 __all__ = ["MondayBackend", "column_value", "from_resources"]

@@ -41,6 +41,11 @@ def test_sandbox_prints_a_working_map_and_a_shell_environment_for_consent_and_pi
         assert httpx.get(f"{world['receiver']['url']}/healthz").json()["status"] == "ok"
         jira = httpx.get(f"{world['jira']['api_url']}/_sandbox/")
         assert jira.status_code == 200 and "Jira sandbox" in jira.text
+        # the people pages: Jira, BC, F&O, Acumatica, monday.com — each answers with its documents
+        assert len(world["pages"]) == 5
+        for url in world["pages"].values():
+            page = httpx.get(url)
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), url
         bc = httpx.get(f"{world['business_central']['api_url']}/v2.0/{world['business_central']['tenant_id']}/"
                        f"{world['business_central']['environment']}/api/v2.0/companies")
         assert bc.status_code == 401   # it wants an Entra token, like the real API
@@ -72,7 +77,9 @@ def test_sandbox_prints_a_working_map_and_a_shell_environment_for_consent_and_pi
         reader.start()
         assert consent.wait(timeout=60) == 0, "".join(said)
         reader.join(timeout=10)
-        assert any("consent stored for https://acme-finance.atlassian.net" in line for line in said), "".join(said)
+        # the site is the Jira sandbox's own address, so <site>/browse/<KEY> opens the page
+        assert world["jira"]["site_url"] == world["jira"]["api_url"]
+        assert any(f"consent stored for {world['jira']['site_url']}" in line for line in said), "".join(said)
 
         ping = subprocess.run([str(CLI), "ping"], check=False, cwd=tmp_path, env=shell_env, capture_output=True,
                               text=True, timeout=120)

@@ -46,6 +46,10 @@ Licence limits (``limits``): ``requests_per_minute`` (a sliding minute on the sa
 (None) by default; they count requests under ``/entity`` (sign-in included), not ``/identity``. UNCONFIRMED:
 Acumatica's body and Retry-After for these, and that excess concurrent requests are refused rather than queued. ``faults`` (common.Faults) adds
 latency, forced 429 and 5xx.
+
+People pages (outside limits and faults): ``/Main?ScreenId=AP301000&RefNbr=…`` (a screen's URL, the link the product
+writes for a record; ``OrderNbr`` for PO301000, ``AcctCD`` for AP303000; ``CompanyID`` must name the tenant) and
+``/_sandbox/``: documents with their state (Status, Hold) and history (created, PUT, actions, a person's changes).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -68,12 +72,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sandboxes import pages
 from sandboxes.acumatica.auth import AuthServer
 from sandboxes.acumatica.documents import Rules
 from sandboxes.acumatica.filter import compile_filter
 from sandboxes.acumatica.model import (
     ENDPOINT_NAME,
     ENTITIES,
+    NUMBER_FIELD,
     SPEC_FILE,
     AcumaticaError,
     EntityError,
@@ -99,6 +105,20 @@ GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 SYNC_ACTIONS = {"Approve", "Reject"}       # screen actions through /{Entity}/{actionName} (UNCONFIRMED names)
 HTTP_ERROR = "/components/schemas/HttpError"
 NOT_LOGGED_IN = "You are not logged in."   # UNCONFIRMED wording of the 401 body
+# People pages: a screen URL's document number parameter (UNCONFIRMED names: the screens' primary key fields), the
+# columns each screen's table shows, the fields a new record's history starts with, and what a change leaves out.
+SCREEN_NUMBER_PARAMS = ("RefNbr", "OrderNbr", "AcctCD")
+PAGE_COLUMNS = {"Bill": ("Type", "ReferenceNbr", "Status", "Hold", "Vendor", "VendorRef", "Amount", "Balance",
+                         "Description", "Date"),
+                "Check": ("Type", "ReferenceNbr", "Status", "Hold", "Vendor", "PaymentAmount", "PaymentMethod",
+                          "ApplicationDate"),
+                "PurchaseOrder": ("Type", "OrderNbr", "Status", "Hold", "VendorID", "OrderTotal", "ControlTotal",
+                                  "Date"),
+                "Vendor": ("VendorID", "VendorName", "Status")}
+HISTORY_FIELDS = ("Status", "Hold")
+HISTORY_SKIP = ("LastModifiedDateTime", "CreatedDateTime", "id", "rowNumber", "note")
+PAGE_TITLES = {"Bill": "Bills and adjustments", "Check": "Checks and payments", "PurchaseOrder": "Purchase orders",
+               "Vendor": "Vendors"}
 
 
 @dataclass
@@ -185,6 +205,7 @@ class AcumaticaSandbox:
         self._wire_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.spec = validator()
         self._named_actions = {e: entity_actions(e) for e in ENTITIES}
+        self.history = pages.RecordHistory()   # record id -> its changes (the people pages show them)
         self._spec_entities = {p.strip("/").split("/")[0] for p in spec()["paths"]}
         self.app = self._build_app()
 
@@ -299,7 +320,7 @@ class AcumaticaSandbox:
         with self._lock:
             table = self._tables[entity]
             rec = self._rules.save(table, existing, changes)
-            self._store(table, existing, rec)
+            self._store(table, existing, rec, via="created in Acumatica" if existing is None else "changed in Acumatica")
             return _flat(rec)
 
     def add_vendor(self, **fields: Any) -> dict[str, Any]:
@@ -344,23 +365,23 @@ class AcumaticaSandbox:
         with self._lock:
             return self._seed(entity, self._find(entity, keys), self._coerce(entity, fields))
 
-    def _transition(self, entity: str, keys: tuple[str, ...] | str, how: Callable[[dict[str, Any]], dict[str, Any]]
-                    ) -> dict[str, Any]:
+    def _transition(self, entity: str, keys: tuple[str, ...] | str, how: Callable[[dict[str, Any]], dict[str, Any]],
+                    via: str) -> dict[str, Any]:
         with self._lock:
             table = self._tables[entity]
             old = self._find(entity, keys)
             new = how(old)
-            self._store(table, old, new)
+            self._store(table, old, new, via=via)
             return _flat(new)
 
     def approve(self, entity: str, keys: tuple[str, ...] | str) -> dict[str, Any]:
-        return self._transition(entity, keys, lambda r: self._rules.approve(entity, r, True))
+        return self._transition(entity, keys, lambda r: self._rules.approve(entity, r, True), "approved in Acumatica")
 
     def reject(self, entity: str, keys: tuple[str, ...] | str) -> dict[str, Any]:
-        return self._transition(entity, keys, lambda r: self._rules.approve(entity, r, False))
+        return self._transition(entity, keys, lambda r: self._rules.approve(entity, r, False), "rejected in Acumatica")
 
     def release(self, entity: str, keys: tuple[str, ...] | str) -> dict[str, Any]:
-        return self._transition(entity, keys, lambda r: self._rules.release(entity, r))
+        return self._transition(entity, keys, lambda r: self._rules.release(entity, r), "released in Acumatica")
 
     def delete_document(self, entity: str, keys: tuple[str, ...] | str) -> None:
         with self._lock:
@@ -406,12 +427,17 @@ class AcumaticaSandbox:
     # ---------------------------------------------------------------------------------------------------
     # store
     # ---------------------------------------------------------------------------------------------------
-    def _store(self, table: Table, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    def _store(self, table: Table, old: dict[str, Any] | None, new: dict[str, Any], *, via: str) -> None:
         if old is not None:
             table.remove(old)
         table.insert(new)
         if old is None or old is not new:
             self._push.record_change(table.entity, old, new, flat_row)
+            state = [f for f in HISTORY_FIELDS if f in new] if old is None else ()
+            changes = [(f, None, new.get(f)) for f in state] if old is None else \
+                pages.RecordHistory.diff(old, new, skip=HISTORY_SKIP)
+            if old is None or changes:
+                self.history.record(str(new["id"]).lower(), via, changes, at=self.clock.now())
 
     def _delete(self, entity: str, rec: dict[str, Any]) -> None:
         if not self._rules.deletable(entity, rec):
@@ -419,6 +445,7 @@ class AcumaticaSandbox:
                                  "PX.Data.PXException")
         self._tables[entity].remove(rec)
         self._push.record_change(entity, rec, None, flat_row)
+        self.history.forget(str(rec["id"]).lower())
 
     # ---------------------------------------------------------------------------------------------------
     # limits
@@ -476,7 +503,52 @@ class AcumaticaSandbox:
         ]
         inner = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
                                 self._server_error_response)
-        return _LimitsMiddleware(inner, self)
+        web = Starlette(routes=[Route("/Main", self._web_page, methods=["GET"]),
+                                Route("/_sandbox/", self._web_page, methods=["GET"])])
+        return pages.PagesFirst(_LimitsMiddleware(inner, self), web, lambda path: path in ("/Main", "/_sandbox/"))
+
+    # -- people pages ------------------------------------------------------------------------------------
+    async def _web_page(self, request: Request) -> Response:
+        """``/Main?ScreenId=…&RefNbr=…`` (one screen's document) or every document of every screen."""
+        esc, q = pages.esc, request.query_params
+        title = f"Acumatica · {self.tenant}"
+        nav = {"All documents": "/_sandbox/"}
+        if q.get("CompanyID") and q["CompanyID"].lower() != self.tenant.lower():
+            return pages.page(title, f"<p>No tenant {esc(q['CompanyID'])} on this instance.</p>", status=404, nav=nav)
+        entities = list(ENTITIES)
+        number = None
+        if q.get("ScreenId"):
+            entities = [e for e, d in ENTITIES.items() if d["screen"] == q["ScreenId"].upper()]
+            if not entities:
+                return pages.page(title, f"<p>Screen {esc(q['ScreenId'])} is not emulated.</p>", status=404, nav=nav)
+            number = next((q[p] for p in SCREEN_NUMBER_PARAMS if q.get(p)), None)
+        parts, found = [], 0
+        with self._lock:
+            for entity in entities:
+                rows = [r for r in self._tables[entity].rows()
+                        if number is None or str(r.get(NUMBER_FIELD[entity]) or "").lower() == number.lower()]
+                found += len(rows)
+                parts.append(self._web_table(entity, rows))
+        if number is not None and not found:
+            return pages.page(title, f"<p>No {esc(entities[0])} {esc(number)}.</p>", status=404, nav=nav)
+        return pages.page(title, *parts, nav=nav)
+
+    def _web_table(self, entity: str, rows: list[dict[str, Any]], limit: int = 500) -> str:
+        cols = PAGE_COLUMNS[entity]
+        screen = ENTITIES[entity]["screen"]
+        param = {"Bill": "RefNbr", "Check": "RefNbr", "PurchaseOrder": "OrderNbr", "Vendor": "AcctCD"}[entity]
+        out = []
+        for r in rows[:limit]:
+            flat = _flat(r)
+            number = flat.get(NUMBER_FIELD[entity])
+            href = f"/Main?{urlencode({'CompanyID': self.tenant, 'ScreenId': screen, param: number})}"
+            cells = [pages.link(href, number)] + [pages.esc(pages.show(flat.get(c))) for c in cols
+                                                  if c != NUMBER_FIELD[entity]]
+            cells.append(pages.history_html(self.history.of(str(r["id"]).lower())))
+            out.append(cells)
+        more = f"<p>… and {len(rows) - limit} more.</p>" if len(rows) > limit else ""
+        heads = [NUMBER_FIELD[entity], *(c for c in cols if c != NUMBER_FIELD[entity]), "History"]
+        return f"<h3>{PAGE_TITLES[entity]} ({len(rows)}) <small>{screen}</small></h3>" + pages.table(heads, out) + more
 
     async def _login(self, request: Request) -> Response:
         return await self._auth.login(request, self._plain_error)
@@ -715,7 +787,7 @@ class AcumaticaSandbox:
                                      "No entity with these keys exists to be updated.",
                                      "PX.Api.ContractBased.PreconditionFailedException")
             rec = self._rules.save(table, existing, changes)
-            self._store(table, existing, rec)
+            self._store(table, existing, rec, via="by PUT (API)")
             wire = self._wire(entity, rec, proj, base)
         return self._respond(op_path, 200, {**wire, "rowNumber": 1}, method="PUT")
 
@@ -746,7 +818,7 @@ class AcumaticaSandbox:
                     new = self._rules.release(entity, rec)
                 else:
                     raise ValueError(f"The sandbox does not emulate the {action} action.")
-                self._store(table, rec, new)
+                self._store(table, rec, new, via=f"by action {action} (API)")
                 rec = new
             except ValueError as exc:
                 failure = str(exc).split(": ", 1)[-1] if action in SYNC_ACTIONS else str(exc)

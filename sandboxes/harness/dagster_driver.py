@@ -3,6 +3,7 @@
 ``tick(sensor)`` evaluates a sensor against a real instance (its stored cursor included) and
 executes every RunRequest it returns as a run of that instance, with the request's run_key, tags
 and config — so run history, run keys and cursors are Dagster's own, only the launcher is inline.
+``log_level`` (e.g. "WARNING") sets every run's console logger: the demo keeps its terminal for what matters.
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ class TickResult:
 
 
 class DagsterDriver:
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, *, log_level: str | None = None) -> None:
         self.defs = defs
         self.instance = instance
+        self.log_level = log_level
         self._cursors: dict[str, str | None] = {}
+
+    def _config(self, run_config: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not self.log_level:
+            return run_config
+        return {**(run_config or {}), "loggers": {"console": {"config": {"log_level": self.log_level}}}}
 
     def tick(self, sensor_name: str, *, raise_on_error: bool = True) -> TickResult:
         sensor = self.defs.resolve_sensor_def(sensor_name)
@@ -48,7 +55,7 @@ class DagsterDriver:
                 result.skipped_run_keys.append(rr.run_key)
                 continue
             tags = {**(rr.tags or {}), "dagster/sensor_name": sensor_name, "dagster/run_key": rr.run_key}
-            result.runs.append(job.execute_in_process(run_config=rr.run_config, instance=self.instance,
+            result.runs.append(job.execute_in_process(run_config=self._config(rr.run_config), instance=self.instance,
                                                       tags=tags, raise_on_error=raise_on_error))
         return result
 
@@ -56,7 +63,7 @@ class DagsterDriver:
                 tags: dict[str, str] | None = None, run_config: dict[str, Any] | None = None):
         job = self.defs.resolve_job_def(job_name)
         return job.execute_in_process(instance=self.instance, partition_key=partition_key,
-                                      raise_on_error=raise_on_error, tags=tags, run_config=run_config)
+                                      raise_on_error=raise_on_error, tags=tags, run_config=self._config(run_config))
 
     def current_partition(self, asset_key: list[str], when: datetime | None = None) -> str:
         assets = self.defs.resolve_asset_graph().get(dg.AssetKey(asset_key))

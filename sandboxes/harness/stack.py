@@ -4,6 +4,10 @@ business-event endpoint) — plus the environment that points the product at the
 
 Used by ``make sandbox``, ``make demo``, the smoke run, the end-to-end tests and the benchmarks.
 The product is configured exactly as it would be for the real systems: through CONNECTOR_* variables.
+Every link the product writes resolves to a sandbox's people page: the Jira site's URL is the Jira sandbox's own
+(``<site>/browse/<KEY>``), the BC web client URL is the BC sandbox's ``/<tenant>/<environment>``, F&O's environment URL
+and Acumatica's instance URL serve their web client's URL form, and the Monday.com account URL is the Monday sandbox
+(``/boards/<board>/pulses/<item>``); ``Stack.pages`` names them.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
 COMPANY = "CRONUS USA, Inc."
 JIRA_CLIENT_ID = "jira-app-connector-pipelines"
 CLOUD_ID = "11223344-a1b2-4c3d-9e8f-0a1b2c3d4e5f"
-SITE_URL = "https://acme-finance.atlassian.net"
+SITE_NAME = "acme-finance"       # the site's URL is the Jira sandbox's (Stack.site_url): its browse pages are there
 PROJECT = "FIN"
 CUSTOM_FIELDS = [("ERP External ID", "textfield"), ("ERP Document Number", "textfield"),
                  ("ERP Vendor", "textfield"), ("ERP Amount", "float"), ("ERP Status", "textfield")]
@@ -104,6 +108,23 @@ class Stack:
     def urls(self) -> dict[str, str]:
         return {name: s.base_url for name, s in self.servers.items()}
 
+    @property
+    def site_url(self) -> str:
+        """The Jira site's URL: the Jira sandbox's base URL, so ``<site_url>/browse/<KEY>`` is its issue page."""
+        return self.jira.sites[CLOUD_ID].url
+
+    def pages(self) -> dict[str, str]:
+        """The people pages, by what they show: each lists its documents with their state and history."""
+        out = {"Jira (people page: move an issue to Done)": f"{self.urls['jira']}/_sandbox/",
+               "Business Central documents": f"{self.urls['business_central']}/{TENANT}/{BC_ENVIRONMENT}/"}
+        if "finance_operations" in self.urls:
+            out["Finance & Operations documents"] = f"{self.urls['finance_operations']}/?cmp={LEGAL_ENTITY}"
+        if "acumatica" in self.urls:
+            out["Acumatica documents"] = f"{self.urls['acumatica']}/_sandbox/"
+        if "monday" in self.urls:
+            out["monday.com boards"] = f"{self.urls['monday']}/_sandbox/"
+        return out
+
     def describe(self) -> dict[str, Any]:
         """The JSON map `make sandbox` prints: base URLs and the sandbox credentials."""
         return {
@@ -124,8 +145,9 @@ class Stack:
             "monday": {"api_url": f"{self.urls['monday']}/v2" if "monday" in self.urls else None,
                        "token": self.secrets["monday_token"], "boards": sorted(MONDAY_BOARDS),
                        "people_ui": f"{self.urls['monday']}/_sandbox/" if "monday" in self.urls else None},
-            "jira": {"api_url": self.urls["jira"], "cloud_id": CLOUD_ID, "site_url": SITE_URL, "project": PROJECT,
+            "jira": {"api_url": self.urls["jira"], "cloud_id": CLOUD_ID, "site_url": self.site_url, "project": PROJECT,
                      "people_ui": f"{self.urls['jira']}/_sandbox/"},
+            "pages": self.pages(),
             "receiver": {"url": self.urls.get("receiver"), "tls_url": self.urls.get("receiver_tls")},
             "env": self.env,
         }
@@ -196,13 +218,6 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     atlassian = AtlassianAuthSandbox()
     atlassian.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"], [consent_redirect(consent_port)])
     jira = JiraSandbox(token_validator=atlassian.validate_access_token)
-    jira.add_site(CLOUD_ID, "acme-finance", SITE_URL)
-    jira.add_project(CLOUD_ID, PROJECT, "Finance Operations")
-    jira.add_project(CLOUD_ID, AP_PROJECT, "Accounts Payable")
-    jira.add_project(CLOUD_ID, ACU_PROJECT, "Accounts Payable (Acumatica)")
-    for name, kind in CUSTOM_FIELDS:
-        jira.add_custom_field(CLOUD_ID, name, kind)
-    jira.add_user(CLOUD_ID, ACCOUNT_ID, "Avery Accounts")
     jira.register_app(JIRA_CLIENT_ID, creds["jira_client_secret"])
     for s in (entra, bc, fo, acumatica, monday, atlassian, jira):
         s.faults.latency_s = latency_s
@@ -226,7 +241,16 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         "atlassian_auth": SandboxServer(app(atlassian, "atlassian"), port=ports.get("atlassian_auth", 0)).start(),
         "jira": SandboxServer(app(jira, "jira"), port=ports.get("jira", 0)).start(),
     }
-    atlassian.grant_sites([{"id": CLOUD_ID, "name": "acme-finance", "url": SITE_URL}])
+    # The Jira site lives at the sandbox's own address, so its browse pages are where the product's links point.
+    site_url = servers["jira"].base_url
+    jira.add_site(CLOUD_ID, SITE_NAME, site_url)
+    jira.add_project(CLOUD_ID, PROJECT, "Finance Operations")
+    jira.add_project(CLOUD_ID, AP_PROJECT, "Accounts Payable")
+    jira.add_project(CLOUD_ID, ACU_PROJECT, "Accounts Payable (Acumatica)")
+    for name, kind in CUSTOM_FIELDS:
+        jira.add_custom_field(CLOUD_ID, name, kind)
+    jira.add_user(CLOUD_ID, ACCOUNT_ID, "Avery Accounts")
+    atlassian.grant_sites([{"id": CLOUD_ID, "name": SITE_NAME, "url": site_url}])
 
     env = {
         "CONNECTOR_VAULT_KEYS": os.environ.get("CONNECTOR_VAULT_KEYS") or _fernet_key(),
@@ -235,13 +259,15 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         "CONNECTOR_BC_CLIENT_ID": BC_CLIENT_ID,
         "CONNECTOR_BC_CLIENT_SECRET": creds["bc_client_secret"],
         "CONNECTOR_BC_API_URL": servers["business_central"].base_url,
+        # Links back to BC records: the web client's URL form, served by the BC sandbox's people page.
+        "CONNECTOR_BC_WEB_CLIENT_URL": f"{servers['business_central'].base_url}/{TENANT}/{BC_ENVIRONMENT}",
         "CONNECTOR_ENTRA_AUTHORITY_HOST": servers["entra"].base_url,
         "CONNECTOR_CA_BUNDLE": str(tls.ca_bundle),
         "CONNECTOR_BC_CLIENT_STATE": creds["bc_client_state"],
         "CONNECTOR_JIRA_CLIENT_ID": JIRA_CLIENT_ID,
         "CONNECTOR_JIRA_CLIENT_SECRET": creds["jira_client_secret"],
         "CONNECTOR_JIRA_WEBHOOK_SECRET": creds["jira_webhook_secret"],
-        "CONNECTOR_JIRA_SITE_URL": SITE_URL,
+        "CONNECTOR_JIRA_SITE_URL": site_url,
         "CONNECTOR_ATLASSIAN_AUTH_URL": servers["atlassian_auth"].base_url,
         "CONNECTOR_ATLASSIAN_API_URL": servers["jira"].base_url,
         "CONNECTOR_FO_TENANT_ID": FO_TENANT,
@@ -262,6 +288,8 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         "CONNECTOR_MONDAY_API_URL": f"{servers['monday'].base_url}/v2",
         "CONNECTOR_MONDAY_TOKEN": creds["monday_token"],
         "CONNECTOR_MONDAY_PATH_SECRET": creds["monday_path_secret"],
+        # Links to items: <account url>/boards/<board>/pulses/<item>, served by the Monday sandbox's item page.
+        "CONNECTOR_MONDAY_ACCOUNT_URL": servers["monday"].base_url,
     }
     if database_url:
         env["CONNECTOR_DATABASE_URL"] = database_url
@@ -332,7 +360,7 @@ def consent(stack: Stack) -> None:
                              daemon=True).start()
 
     run_consent_flow(vault, "atlassian:jira", JIRA_CLIENT_ID, stack.secrets["jira_client_secret"],
-                     auth_base=stack.urls["atlassian_auth"], api_base=stack.urls["jira"], site_url=SITE_URL,
+                     auth_base=stack.urls["atlassian_auth"], api_base=stack.urls["jira"], site_url=stack.site_url,
                      scopes=["read:jira-work", "write:jira-work", "read:jira-user", "manage:jira-webhook",
                              "offline_access"],
                      port=port, open_browser=False, timeout_s=30, redirect_uri=redirect, notify=person)

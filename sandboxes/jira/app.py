@@ -52,10 +52,10 @@ _lock_factory = threading.RLock
 
 
 class JiraFaults(Faults):
-    """Faults plus the webhook-delivery switches; /_sandbox paths are never faulted."""
+    """Faults plus the webhook-delivery switches; the people pages (/_sandbox, /browse) are never faulted."""
 
     def __init__(self, **kw: Any) -> None:
-        kw.setdefault("applies_to", lambda path: not path.startswith("/_sandbox"))
+        kw.setdefault("applies_to", lambda path: not path.startswith(("/_sandbox", "/browse/")))
         self.duplicate_deliveries: bool = kw.pop("duplicate_deliveries", False)
         self.drop_deliveries_next: int = kw.pop("drop_deliveries_next", 0)
         super().__init__(**kw)
@@ -99,7 +99,7 @@ class JiraSandbox(RoutingMixin, RenderMixin, FieldsMixin, IssuesMixin, HistoryMi
         self._delivery_transport = delivery_transport
         self._delivery_client: httpx.Client | None = None
         self._pump = DeliveryPump("jira-sandbox-webhooks", lambda: self.deliver_pending())
-        self.spec = OpenApiValidator(jira_spec())
+        self.spec = OpenApiValidator(jira_spec(), fast=True)   # fastjsonschema first; jsonschema words refusals
         self.adf_validator = adf_validator()
         self._handlers: dict[tuple[str, str], Handler] = {
             ("get", "/rest/api/3/field"): self._h_fields,
@@ -141,6 +141,7 @@ class JiraSandbox(RoutingMixin, RenderMixin, FieldsMixin, IssuesMixin, HistoryMi
             Route("/_sandbox/transition", self._ui_transition, methods=["POST"]),
             Route("/_sandbox/comment", self._ui_comment, methods=["POST"]),
             Route("/_sandbox/deliver", self._ui_deliver, methods=["POST"]),
+            Route("/browse/{key}", self._browse, methods=["GET"]),
         ]
         self.app = FaultMiddleware(Starlette(routes=routes), self.faults, self._rate_limit_response,
                                    self._server_error_response, count=self._count)

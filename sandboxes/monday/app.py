@@ -11,7 +11,8 @@ query -> HTTP 400 (UNCONFIRMED body).
 Every document is validated against the SDL (schema.py) before anything runs; answers are ``{"data",
 "account_id", "extensions": {"request_id"}}`` plus ``errors`` (application errors: HTTP 200, partial data).
 Limits and their errors: limits.py. Faults (``faults``): latency, forced 429/5xx (common.Faults) and
-``field_limit_next`` (FIELD_LIMIT_EXCEEDED for the next N requests); ``/_sandbox`` is never faulted.
+``field_limit_next`` (FIELD_LIMIT_EXCEEDED for the next N requests); the people pages (``/_sandbox``, ``/boards/…``,
+``/pulses/…``) are never faulted.
 Columns: columns.py; paging and cursors: paging.py; webhooks: webhooks.py; people page: ui.py.
 
 Counters: ``calls`` (every ``POST /v2`` that arrived), ``calls_by_operation`` (per root field name, once per call
@@ -50,6 +51,7 @@ from sandboxes.monday.resolvers import MutationRoot, QueryRoot
 from sandboxes.monday.schema import complexity, prepare, root_fields, schema
 from sandboxes.monday.views import HTML_TAG
 from sandboxes.monday.webhooks import WebhookHub
+from sandboxes.pages import RecordHistory
 
 QUERY_ROOT = QueryRoot()
 MUTATION_ROOT = MutationRoot()
@@ -61,7 +63,7 @@ class MondayFaults(Faults):
     ``/_sandbox`` paths are never faulted."""
 
     def __init__(self, **kw: Any) -> None:
-        kw.setdefault("applies_to", lambda path: not path.startswith("/_sandbox"))
+        kw.setdefault("applies_to", lambda path: not path.startswith(("/_sandbox", "/boards/", "/pulses/")))
         self.field_limit_next: int = kw.pop("field_limit_next", 0)
         self.drop_webhooks_next: int = kw.pop("drop_webhooks_next", 0)
         self.field_limit_retry_s: int = kw.pop("field_limit_retry_s", 15)
@@ -128,6 +130,7 @@ class MondaySandbox:
         self._locks: dict[str, float] = {}
         self._lock = threading.RLock()
         self._hub = WebhookHub(self)
+        self.activity = RecordHistory()   # item id -> its activity log (created, column changes, updates), for the pages
         self._pump = DeliveryPump("monday-webhooks", self.deliver_webhooks)
         schema()   # build the SDL once, up front
         self.app = self._build_app()
@@ -354,6 +357,7 @@ class MondaySandbox:
         board.updated_at = now
         self.store.reindex(board, it)
         self._hub.item_created(board, it, user_id)
+        self.activity.record(it.id, _who(user_id, via_api, "created"), at=self.clock.now())
         return it
 
     def _change_values(self, board: Board, it: Item, values: dict[str, Any], *, user_id: str, create_labels: bool,
@@ -369,6 +373,8 @@ class MondaySandbox:
         if not touched:
             return
         olds = {cid: it.values.get(cid) for cid in changed}
+        old_texts = {cid: self.store.text(board, it, board.columns[cid]) for cid in changed}
+        old_name = it.name
         self.store.unindex(board, it, touched)
         for cid in changed:
             if parsed[cid] is None:
@@ -381,6 +387,11 @@ class MondaySandbox:
         self.store.reindex(board, it, touched)
         for cid in changed:
             self._hub.column_changed(board, it, board.columns[cid], olds[cid], it.values.get(cid), user_id)
+        diff = [(board.columns[cid].title, old_texts[cid], self.store.text(board, it, board.columns[cid]))
+                for cid in changed]
+        if it.name != old_name:
+            diff.insert(0, ("Name", old_name, it.name))
+        self.activity.record(it.id, _who(user_id, via_api, "changed"), diff, at=self.clock.now())
 
     def _create_update(self, it: Item, body: str, *, user_id: str, via_api: bool) -> Update:
         board = self.store.boards[it.board_id]
@@ -388,6 +399,7 @@ class MondaySandbox:
             self._guard_board(board)
         u = Update(self.store.next_update_id(), it.id, body, user_id, iso(self.clock.now()))
         it.updates.append(u)
+        self.activity.record(it.id, _who(user_id, via_api, "update posted"), at=self.clock.now())
         self._hub.update_created(board, it, u, HTML_TAG.sub("", body), user_id)
         return u
 
@@ -398,6 +410,7 @@ class MondaySandbox:
         if it.state == state:
             return
         self.store.unindex(board, it)
+        self.activity.record(it.id, _who(user_id, via_api, state), [("State", it.state, state)], at=self.clock.now())
         it.state = state
         it.updated_at = iso(self.clock.now())
         event, kind = ("item_archived", "archive_pulse") if state == "archived" else ("item_deleted", "delete_pulse")
@@ -631,6 +644,11 @@ def _graphql_error(err: GraphQLError, code: str) -> dict[str, Any]:
     if err.locations:
         out["locations"] = [{"line": loc.line, "column": loc.column} for loc in err.locations]
     return out
+
+
+def _who(user_id: str, via_api: bool, what: str) -> str:
+    """An activity entry's 'how': "changed by API (user 9001)" or "changed by a person (user 77)"."""
+    return f"{what} by {'API' if via_api else 'a person'} (user {user_id})"
 
 
 def _strip(v: Any) -> Any:

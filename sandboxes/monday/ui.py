@@ -1,8 +1,12 @@
-"""``/_sandbox/``: the people page of the monday.com sandbox (no auth: loopback demo only).
+"""The people pages of the monday.com sandbox (no auth: loopback demo only).
 
-- ``GET /_sandbox/``: every board's items with their column texts; each status column has a select and a button,
-  so a person can change an item's status (fires webhooks like any change in monday's UI).
-- ``POST /_sandbox/change_status`` (form or JSON: item_id, column_id, label, user_id?, redirect?).
+- ``GET /_sandbox/``: every board's items with their column texts, each linked to its item page; each status column
+  has a select and a button, so a person can change an item's status (fires webhooks like any change in monday's UI).
+- ``GET /boards/{board_id}/pulses/{item_id}``: one item as monday's item URL shows it (the link the product writes:
+  ``<account url>/boards/<board>/pulses/<item>``): its columns (links live), its updates — the ones the connector
+  posted included — and its activity log (created, column changes old → new, by the API or a person).
+  ``/pulses/{item_id}`` redirects there; ``/boards/{board_id}`` lists the board.
+- ``POST /_sandbox/change_status`` (form or JSON: item_id, column_id, label, user_id?, redirect?: "1" or a local path).
 - ``POST /_sandbox/change_column`` (JSON: item_id, column_id, value (a write shape), user_id?).
 - ``GET /_sandbox/items?board_id=``: the Python API's ``items`` as JSON.
 - ``POST /_sandbox/deliver``: deliver due webhooks now.
@@ -11,19 +15,17 @@
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from sandboxes.monday.columns import linked_ids
 from sandboxes.monday.errors import MondayError
-
-STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
-         "td,th{border:1px solid #ccc;padding:4px 8px}form{display:inline}")
+from sandboxes.pages import esc, history_html, link, page, table
 
 
 async def _form(request: Request) -> dict[str, Any]:
@@ -33,39 +35,90 @@ async def _form(request: Request) -> dict[str, Any]:
     return {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
 
 
+def _back(target: Any) -> str:
+    target = str(target or "")
+    return target if target.startswith("/") and not target.startswith("//") else "/_sandbox/"
+
+
 def routes(sb: Any) -> list[Route]:
-    async def page(request: Request) -> Response:
-        e = html.escape
-        parts = [("<!doctype html><html><head><meta charset='utf-8'><title>monday.com sandbox</title>"
-                  f"<style>{STYLE}</style></head><body><h1>monday.com sandbox</h1>")]
+    def item_href(it: Any) -> str:
+        return f"/boards/{it.board_id}/pulses/{it.id}"
+
+    def cell(board: Any, it: Any, col: Any, back: str) -> str:
+        text = esc(sb.store.text(board, it, col))
+        stored = it.values.get(col.id)
+        if col.type == "link" and isinstance(stored, dict) and stored.get("url"):
+            text = link(stored["url"], stored.get("text") or stored["url"])
+        if col.type == "board_relation" and stored:
+            linked = [sb.store.items.get(i) for i in linked_ids(stored)]
+            text = ", ".join(link(item_href(x), x.name) for x in linked if x is not None)
+        if col.type == "status":
+            options = "".join(f"<option value='{esc(lbl)}'>{esc(lbl)}</option>"
+                              for _, lbl in sorted(col.settings["labels"].items(), key=lambda kv: int(kv[0])))
+            text += (f" <form method='post' action='/_sandbox/change_status'>"
+                     f"<input type='hidden' name='item_id' value='{esc(it.id)}'>"
+                     f"<input type='hidden' name='column_id' value='{esc(col.id)}'>"
+                     f"<input type='hidden' name='redirect' value='{esc(back)}'>"
+                     f"<select name='label'>{options}</select>"
+                     f"<button type='submit'>Set</button></form>")
+        return text
+
+    def board_table(board: Any, back: str | None = None) -> str:
+        cols = [c for c in board.columns.values() if c.type != "name" and not c.archived]
+        rows = []
+        for iid in board.item_ids:
+            it = sb.store.items[iid]
+            if it.state != "active":
+                continue
+            rows.append([f"{link(item_href(it), it.name)} <small>({esc(it.id)})</small>",
+                         esc(board.groups[it.group_id].title), str(len(it.updates)),
+                         *(cell(board, it, c, back or item_href(it)) for c in cols)])
+        return (f"<h2>{link(f'/boards/{board.id}', board.name)} <small>(board {esc(board.id)})</small></h2>"
+                + table(["Item", "Group", "Updates", *(c.title for c in cols)], rows))
+
+    async def index(request: Request) -> Response:
         with sb._lock:
-            for board in sb.store.boards.values():
-                cols = [c for c in board.columns.values() if c.type != "name" and not c.archived]
-                parts.append(f"<h2>{e(board.name)} <small>(board {e(board.id)})</small></h2><table><tr><th>Item</th>"
-                             f"<th>Group</th>" + "".join(f"<th>{e(c.title)}</th>" for c in cols) + "</tr>")
-                for iid in board.item_ids:
-                    it = sb.store.items[iid]
-                    if it.state != "active":
-                        continue
-                    cells = []
-                    for c in cols:
-                        text = e(sb.store.text(board, it, c))
-                        if c.type == "status":
-                            options = "".join(f"<option value='{e(lbl)}'>{e(lbl)}</option>"
-                                              for _, lbl in sorted(c.settings["labels"].items(),
-                                                                   key=lambda kv: int(kv[0])))
-                            text += (f" <form method='post' action='/_sandbox/change_status'>"
-                                     f"<input type='hidden' name='item_id' value='{e(it.id)}'>"
-                                     f"<input type='hidden' name='column_id' value='{e(c.id)}'>"
-                                     f"<input type='hidden' name='redirect' value='1'>"
-                                     f"<select name='label'>{options}</select>"
-                                     f"<button type='submit'>Set</button></form>")
-                        cells.append(f"<td>{text}</td>")
-                    parts.append(f"<tr><td>{e(it.name)} <small>({e(it.id)})</small></td>"
-                                 f"<td>{e(board.groups[it.group_id].title)}</td>{''.join(cells)}</tr>")
-                parts.append("</table>")
-        parts.append("</body></html>")
-        return HTMLResponse("".join(parts))
+            parts = [board_table(b, "/_sandbox/") for b in sb.store.boards.values()]
+        return page("monday.com sandbox", "<p>Open an item to read its columns, the updates the connector posted and "
+                                          "its activity log.</p>", *parts)
+
+    async def board_page(request: Request) -> Response:
+        board_id = request.path_params["board_id"]
+        with sb._lock:
+            board = sb.store.boards.get(board_id)
+            if board is None:
+                return page("Board not found", f"<p>No board {esc(board_id)}.</p>", status=404,
+                            nav={"All boards": "/_sandbox/"})
+            return page(f"{board.name} · monday.com sandbox", board_table(board, f"/boards/{board.id}"),
+                        nav={"All boards": "/_sandbox/"})
+
+    async def item_page(request: Request) -> Response:
+        board_id, item_id = request.path_params["board_id"], request.path_params["item_id"]
+        nav = {"All boards": "/_sandbox/", "Board": f"/boards/{board_id}"}
+        with sb._lock:
+            it = sb.store.items.get(item_id)
+            if it is None or it.board_id != board_id or it.state == "deleted":
+                return page("Item not found", f"<p>No item {esc(item_id)} on board {esc(board_id)}.</p>",
+                            status=404, nav=nav)
+            board = sb.store.boards[board_id]
+            here = item_href(it)
+            rows = [["State", esc(it.state)], ["Group", esc(board.groups[it.group_id].title)],
+                    ["Created", esc(it.created_at)], ["Updated", esc(it.updated_at)]]
+            rows += [[esc(c.title), cell(board, it, c, here)] for c in board.columns.values()
+                     if c.type != "name" and not c.archived]
+            updates = "".join(f"<div class='comment'><span class='when'>user {esc(u.creator_id)} · "
+                              f"{esc(u.created_at)}</span><p>{esc(u.body)}</p></div>" for u in it.updates)
+            body = [f"<p>Board {link(f'/boards/{board.id}', board.name)}</p>", table(["Column", "Value"], rows),
+                    f"<h3>Updates ({len(it.updates)})</h3>", updates or "<p>No updates.</p>",
+                    "<h3>Activity log</h3>", history_html(sb.activity.of(it.id))]
+            return page(f"{it.name} · monday.com sandbox", *body, nav=nav)
+
+    async def pulse(request: Request) -> Response:
+        it = sb.store.items.get(request.path_params["item_id"])
+        if it is None:
+            return page("Item not found", f"<p>No item {esc(request.path_params['item_id'])}.</p>", status=404,
+                        nav={"All boards": "/_sandbox/"})
+        return RedirectResponse(f"/boards/{it.board_id}/pulses/{it.id}", status_code=302)
 
     async def change_status(request: Request) -> Response:
         form = await _form(request)
@@ -75,7 +128,7 @@ def routes(sb: Any) -> list[Route]:
         except (KeyError, ValueError, MondayError) as exc:
             return JSONResponse({"error": str(exc)}, 400)
         if form.get("redirect"):
-            return RedirectResponse("/_sandbox/", status_code=303)
+            return RedirectResponse(_back(form["redirect"]), status_code=303)
         return JSONResponse({"ok": True})
 
     async def change_column(request: Request) -> Response:
@@ -96,8 +149,11 @@ def routes(sb: Any) -> list[Route]:
         summary = await asyncio.get_running_loop().run_in_executor(None, sb.deliver_webhooks)
         return JSONResponse(summary)
 
-    return [Route("/_sandbox/", page, methods=["GET"]),
+    return [Route("/_sandbox/", index, methods=["GET"]),
             Route("/_sandbox/change_status", change_status, methods=["POST"]),
             Route("/_sandbox/change_column", change_column, methods=["POST"]),
             Route("/_sandbox/items", items, methods=["GET"]),
-            Route("/_sandbox/deliver", deliver, methods=["POST"])]
+            Route("/_sandbox/deliver", deliver, methods=["POST"]),
+            Route("/boards/{board_id}", board_page, methods=["GET"]),
+            Route("/boards/{board_id}/pulses/{item_id}", item_page, methods=["GET"]),
+            Route("/pulses/{item_id}", pulse, methods=["GET"])]
