@@ -202,3 +202,27 @@ def test_an_event_no_webhook_takes_is_not_rendered_and_one_that_is_taken_is_deli
     assert body["user"]["accountId"] == "acc-1"
     jira.close()
 
+
+
+# -- JQL: quoted strings scanned by runs, escapes as before ----------------------------------------------------
+@pytest.mark.parametrize(("jql", "tokens"), [
+    ('cf[10030] ~ "\\"bc:purchaseInvoices:1\\""',
+     [("WORD", "cf[10030]"), ("OP", "~"), ("STRING", '"bc:purchaseInvoices:1"'), ("EOF", "")]),
+    ("summary ~ 'it\\'s a \\\\ path\\n'", [("WORD", "summary"), ("OP", "~"), ("STRING", "it's a \\ path\n"), ("EOF", "")]),
+    ('x = "a\\qb" OR y = \'"\'', [("WORD", "x"), ("OP", "="), ("STRING", "a\\qb"), ("WORD", "OR"), ("WORD", "y"),
+                                  ("OP", "="), ("STRING", '"'), ("EOF", "")]),
+    ('x = ""', [("WORD", "x"), ("OP", "="), ("STRING", ""), ("EOF", "")]),
+])
+def test_jql_strings_tokenize_as_before(jql, tokens):
+    from sandboxes.jira.jql import tokenize_jql
+
+    assert [(t.kind, t.text) for t in tokenize_jql(jql)] == tokens
+
+
+@pytest.mark.parametrize("jql", ['x = "tail\\', 'x = "open', "x = 'a\\'"])
+def test_jql_unterminated_strings_are_still_refused(jql):
+    from sandboxes.jira import JqlError
+    from sandboxes.jira.jql import tokenize_jql
+
+    with pytest.raises(JqlError, match="has not been completed"):
+        tokenize_jql(jql)

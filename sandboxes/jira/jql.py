@@ -21,6 +21,7 @@ class Tok:
 
 _JQL_KEYWORDS = {"and", "or", "not", "in", "is", "empty", "null", "order", "by", "asc", "desc"}
 _WORD_RE = re.compile(r"cf\[\d+\]|[A-Za-z0-9_.\-@:*/+]+(?:\(\s*\))?", re.IGNORECASE)
+_PLAIN_RUN = {'"': re.compile(r'[^"\\]+'), "'": re.compile(r"[^'\\]+")}
 
 
 def tokenize_jql(text: str) -> list[Tok]:
@@ -33,7 +34,13 @@ def tokenize_jql(text: str) -> list[Tok]:
             continue
         if c in "\"'":
             quote, j, buf = c, i + 1, []
+            plain = _PLAIN_RUN[quote]
             while j < n and text[j] != quote:
+                run = plain.match(text, j)   # up to the next quote or backslash at once, not a character at a time
+                if run:
+                    buf.append(run.group())
+                    j = run.end()
+                    continue
                 if text[j] == "\\" and j + 1 < n:
                     nxt = text[j + 1]
                     buf.append({"n": "\n", "t": "\t", "r": "\r"}.get(nxt, nxt) if nxt in "ntr\"'\\ " else "\\" + nxt)
