@@ -20,6 +20,7 @@ Choices not backed by BC docs are marked UNCONFIRMED; keep them configurable or 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -152,15 +153,23 @@ def edm_type(typ: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # OData $filter
 # ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1 << 16)
+def _typed_text(text: str, typ: str) -> Any:
+    """A stored GUID or date-time text as its Python value, parsed once: a filter compares the same stored
+    values on every row it runs on (``id eq … or id eq …`` parsed each row's id once per comparison)."""
+    return uuid.UUID(text) if typ == "GUID" else parse_dt(text)
+
+
 def coerce(value: Any, typ: str) -> Any:
     """A stored (JSON) value or a literal, as the Python value of the property's EDM type."""
     if value is None:
         return None
     try:
         if typ == "GUID":
-            return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+            return value if isinstance(value, uuid.UUID) else _typed_text(str(value), typ)
         if typ == "datetime":
-            return value if isinstance(value, datetime) else parse_dt(value)
+            return value if isinstance(value, datetime) else _typed_text(value, typ) if isinstance(
+                value, str) else parse_dt(value)
         if typ == "date":
             if isinstance(value, datetime):
                 return value.date()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from typing import Any
 
 import fastjsonschema
@@ -226,3 +227,18 @@ def test_jql_unterminated_strings_are_still_refused(jql):
 
     with pytest.raises(JqlError, match="has not been completed"):
         tokenize_jql(jql)
+
+
+# -- Business Central: typed values of stored texts parsed once ------------------------------------------------
+def test_bc_typed_values_are_the_same_parsed_or_cached():
+    from sandboxes.business_central import coerce
+    from sandboxes.odata import ODataError
+
+    rid = str(uuid.uuid4())
+    assert coerce(rid, "GUID") == uuid.UUID(rid) == coerce(rid.upper(), "GUID") == coerce(uuid.UUID(rid), "GUID")
+    assert coerce("2019-08-18T20:05:51Z", "datetime") == coerce("2019-08-18T20:05:51.0000000Z", "datetime")
+    assert coerce("2019-08-18T20:05:51Z", "datetime").tzinfo is not None
+    for bad, typ in (("not-a-guid", "GUID"), ("yesterday", "datetime")):
+        for _ in range(2):                           # a refusal is never cached as an answer
+            with pytest.raises(ODataError):
+                coerce(bad, typ)
