@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import itertools
 import json
 import logging
 import random
@@ -361,6 +362,21 @@ class FOFilter(FilterGrammar):
         if typ == "string" and op == "eq" and isinstance(want, str):
             return with_hint(pred, {prop: frozenset({want})})   # true only where lower(prop) == want
         return pred
+
+
+def _hinted_keys(entity: EntityDef, hint: dict[str, frozenset[str]], limit: int) -> list[tuple[str, ...]] | None:
+    """The stored keys a filter can match when it pins every key property (``equality_hint``: the lower-cased
+    values each may take): their combinations, looked up instead of scanning the set. None when a key property is
+    free, or when there would be more combinations than rows (then a scan is cheaper). Stored keys are the key
+    properties' values lower-cased (``_key_of``), so every row the hint admits is among them."""
+    if not hint or any(k not in hint for k in entity.keys):
+        return None
+    combinations = 1
+    for k in entity.keys:
+        combinations *= len(hint[k])
+    if combinations > limit:
+        return None
+    return list(itertools.product(*(sorted(hint[k]) for k in entity.keys)))
 
 
 def _sort_key(value: Any) -> tuple[bool, Any]:
@@ -1041,7 +1057,10 @@ class FinanceOperationsSandbox:
             # Filter the stored rows, then copy only the matches (a copy of every 100-270-property row per
             # request made a lookup cost grow with the whole table). A lookup by keys (an OR of key groups)
             # runs the full filter only on the rows whose keys it names (the hint): same answers as a scan.
-            rows = [dict(r) for r in self._rows[entity.entity_set].values()
+            table = self._rows[entity.entity_set]
+            named = _hinted_keys(entity, hint, len(table))
+            candidates = table.values() if named is None else [table[k] for k in named if k in table]
+            rows = [dict(r) for r in candidates
                     if (cross or r["dataAreaId"] == self.default_company)
                     and (not hint or matches_hint(hint, r))
                     and not (hide_posted and self._key_of(entity, r) in self._posted)
@@ -1100,8 +1119,11 @@ class FinanceOperationsSandbox:
                     target, join = entity.navigation[nav]
                     wanted = {tuple(str(r.get(k, "")).lower() for k in join) for r in rows}
                     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-                    for c in self._rows[target].values():
-                        key = tuple(str(c.get(k, "")).lower() for k in join)
+                    # Lines are stored under their key (the header's join keys first): the stored key's prefix is
+                    # the join key, read without building it again for every line of the set.
+                    prefix = self.entities[target].keys[:len(join)] == list(join)
+                    for stored_key, c in self._rows[target].items():
+                        key = stored_key[:len(join)] if prefix else tuple(str(c.get(k, "")).lower() for k in join)
                         if key in wanted:
                             groups.setdefault(key, []).append(dict(c))
                     children_of[nav] = groups

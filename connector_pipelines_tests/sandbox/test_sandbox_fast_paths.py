@@ -242,3 +242,82 @@ def test_bc_typed_values_are_the_same_parsed_or_cached():
         for _ in range(2):                           # a refusal is never cached as an answer
             with pytest.raises(ODataError):
                 coerce(bad, typ)
+
+
+# -- F&O: a filter that names every key is answered by key lookups ---------------------------------------------
+class _FoEntra:
+    def validate(self, token: str, audience: str) -> dict | None:
+        return {"aud": audience} if token == "good" else None
+
+
+@pytest.fixture
+def fo_world():
+    from sandboxes.finance_operations import FinanceOperationsSandbox
+
+    fo = FinanceOperationsSandbox(_FoEntra(), environment_host="contoso.operations.dynamics.com")
+    for area in ("usmf", "demf"):
+        fo.add_legal_entity(area)
+    for i in range(40):
+        fo.add_purchase_order("usmf" if i % 4 else "demf", PurchaseOrderNumber=f"PO-{i:03d}",
+                              OrderVendorAccountNumber="US-101", DocumentApprovalStatus="Approved" if i % 3 else "Draft",
+                              lines=[{"LineAmount": 10.0 + i}, {"LineAmount": 1.5}])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transport = sync_transport(fo.app)
+    with httpx.Client(transport=transport, base_url="http://fo.test/data",
+                      headers={"Authorization": "Bearer good"}) as http:
+        yield fo, http
+
+
+@pytest.mark.parametrize(("flt", "params"), [
+    # the product's lookup: company and key, an OR of key values (mixed case, one unknown, one of another company)
+    (("dataAreaId eq 'usmf' and (PurchaseOrderNumber eq 'PO-001' or PurchaseOrderNumber eq 'po-002' or "
+      "PurchaseOrderNumber eq 'PO-999' or PurchaseOrderNumber eq 'PO-004')"), {"cross-company": "true"}),
+    (("dataAreaId eq 'usmf' and (PurchaseOrderNumber eq 'PO-001' or PurchaseOrderNumber eq 'PO-005') and "
+      "DocumentApprovalStatus eq Microsoft.Dynamics.DataEntities.VersioningDocumentState'Approved'"),
+     {"cross-company": "true", "$expand": "PurchaseOrderLinesV2"}),
+    (("(dataAreaId eq 'usmf' or dataAreaId eq 'DEMF') and (PurchaseOrderNumber eq 'PO-000' or "
+      "PurchaseOrderNumber eq 'PO-003' or PurchaseOrderNumber eq 'PO-004')"), {"cross-company": "true"}),
+    ("PurchaseOrderNumber eq 'PO-001' or PurchaseOrderNumber eq 'PO-004'", {}),   # no company named: a scan
+    ("dataAreaId eq 'usmf' and PurchaseOrderNumber eq 'PO-006'", {}),            # default company only
+])
+def test_fo_lookup_by_keys_answers_as_a_scan(fo_world, monkeypatch, flt, params):
+    import sandboxes.finance_operations as fo_module
+
+    _fo, http = fo_world
+
+    def get() -> list[dict[str, Any]]:
+        r = http.get("/PurchaseOrderHeadersV2", params={"$filter": flt, **params})
+        assert r.status_code == 200, r.text
+        return r.json()["value"]
+
+    looked_up = get()
+    monkeypatch.setattr(fo_module, "_hinted_keys", lambda *a: None)   # every row a candidate: the reference
+    scanned = get()
+    assert looked_up == scanned
+    assert all(len(row.get("PurchaseOrderLinesV2", [1, 2])) == 2 for row in looked_up)
+
+
+def test_fo_lookup_by_keys_runs_the_filter_on_the_named_rows_only(fo_world, monkeypatch):
+    import sandboxes.finance_operations as fo_module
+
+    _fo, http = fo_world
+    evaluated = [0]
+    original = fo_module.FOFilter.parse
+
+    def counting(self):
+        pred = original(self)
+
+        def counted(row):
+            evaluated[0] += 1
+            return pred(row)
+        counted.equality_hint = getattr(pred, "equality_hint", {})
+        return counted
+
+    monkeypatch.setattr(fo_module.FOFilter, "parse", counting)
+    r = http.get("/PurchaseOrderHeadersV2", params={"cross-company": "true", "$filter": (
+        "dataAreaId eq 'usmf' and (PurchaseOrderNumber eq 'PO-001' or PurchaseOrderNumber eq 'PO-002')")})
+    assert [row["PurchaseOrderNumber"] for row in r.json()["value"]] == ["PO-001", "PO-002"]
+    assert evaluated[0] == 2                     # not 40: the keys picked the rows
