@@ -157,6 +157,15 @@ def _evaluate_ledger_checks(context: dg.OpExecutionContext, integration: Integra
                                                     context.instance))
 
 
+def _report_check_before_failing(context: dg.AssetExecutionContext, integration: IntegrationDefinition,
+                                 entity: EntitySync) -> None:
+    """The asset step is about to fail: its check step will be skipped, and events an op logs before raising
+    are dropped with it. The check's result is recorded on the instance at once instead, so the asset page
+    says which records need a person and why, not only "Execution failed"."""
+    context.instance.report_runless_asset_event(needs_a_person_evaluation(
+        integration, entity, context.resources.connector_store.ledger(), context.instance))
+
+
 def _fail_if_a_person_is_needed(what: str, needs: dict[str, str], md: dict[str, Any]) -> None:
     """Transient failures are retried by the ledger retry sensor (the run stays green, the metadata says
     when); a permanent one fails the step — without a Dagster retry, which would only repeat it."""
@@ -424,6 +433,8 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
             md = report_metadata(report.counts(), report.write, calls, report.quarantined)
             md["legal_entity"] = dg.MetadataValue.text(context.partition_key)
             context.log.info(f"{entity.name} mirror of {context.partition_key}: {report.counts()}")
+            if report.needs_a_person:
+                _report_check_before_failing(context, integration, entity)
             _fail_if_a_person_is_needed(f"{entity.name} mirror", report.needs_a_person, md)
             return dg.MaterializeResult(metadata=md)
         window = context.partition_time_window
@@ -443,7 +454,10 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
         context.log.info(f"{entity.name} {md['window'].text}: {report.counts()}")
         # A window is complete only when every record in it is settled: one announced but not readable at the
         # source is quarantined for a person, and fails the window too (red until it is fixed and re-run).
-        _fail_if_a_person_is_needed(f"{entity.name} window", {**report.quarantined, **report.needs_a_person}, md)
+        needs = {**report.quarantined, **report.needs_a_person}
+        if needs:
+            _report_check_before_failing(context, integration, entity)
+        _fail_if_a_person_is_needed(f"{entity.name} window", needs, md)
         return dg.MaterializeResult(metadata=md)
 
     return _asset

@@ -318,6 +318,13 @@ def test_a_webhook_batch_shows_on_its_windows_and_a_window_holding_a_broken_reco
                                   tags={"connector/trigger": "window_close"})
     assert not closed.success
     assert window_status(world, "purchase_orders_confirmed") == (set(), {hour})
+    # its check step is skipped (the asset failed), yet the check's latest result names the record and why
+    latest = world.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey(["finance_operations", "purchase_orders_confirmed"]),
+                          "no_record_needs_a_person")])
+    [execution] = latest.values()
+    named = execution.event.dagster_event.event_specific_data
+    assert not named.passed and "PO-GHOST" in str(named.metadata)
     assert hour in window_status(world, "vendor_invoices_posted")[0]
 
     # the order exists in F&O now: re-running the failed window turns it green
