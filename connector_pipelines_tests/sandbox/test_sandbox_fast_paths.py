@@ -127,6 +127,24 @@ def test_adf_verdicts_match_the_reference_validator():
     assert checked > 500 and refused > checked // 2      # the corpus exercises refusals, not only acceptances
 
 
+def test_adf_verdicts_of_one_shape_follow_the_strings_the_schema_constrains():
+    """Documents that differ only in their texts and links share a verdict; an empty text, a hardBreak whose text
+    is not "\\n", a link that is not a string still get their own (the reference validator's)."""
+    reference = fastjsonschema.compile(load_json_spec(ADF_SPEC))
+    fast = adf_validator()
+
+    def doc(text: Any, brk: Any, href: Any) -> dict[str, Any]:
+        return {"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
+            {"type": "text", "text": text}, {"type": "hardBreak", "attrs": {"text": brk}},
+            {"type": "text", "text": "link", "marks": [{"type": "link", "attrs": {"href": href}}]}]}]}
+
+    cases = [doc(t, b, h) for t in ("a", "b", "", "\n", "x\ny", 'q"uote\\', 5, None)
+             for b in ("\n", "x", "", "\n\n") for h in ("https://a.test/1", "https://b.test/2?x=\"y\"", "", 7)]
+    for document in cases + cases:                        # the second pass answers from the shapes seen
+        assert _verdict(fast, document) == _verdict(reference, document), json.dumps(document)
+    assert sum(_verdict(reference, d) for d in cases) >= 8 and not all(_verdict(reference, d) for d in cases)
+
+
 # -- Jira request validation: fastjsonschema first, jsonschema words the refusals ------------------------------
 @pytest.mark.parametrize(("path", "body"), [
     ("/rest/api/3/issue/bulk", {"issueUpdates": [{"fields": {"summary": "x"}}]}),
