@@ -13,8 +13,14 @@ $(BIN)/python:
 
 ## --compile-bytecode: every Dagster run is a new process; without .pyc files (this machine sets
 ## PYTHONDONTWRITEBYTECODE) each one recompiles Dagster from source, ~3 s more per run start.
-install: $(BIN)/python browser
+## Once per pyproject.toml change (the stamp .venv/.installed): `make demo` and `make test` do not resolve,
+## build and byte-compile the environment again each time (~2 s idle, more on a busy box); `rm .venv/.installed`
+## forces it.
+install: $(VENV)/.installed browser
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -e '.[dev]'
+	touch $@
 
 ## The browser test (connector_pipelines_tests/ui) drives Debian's chromium headless through its chromedriver:
 ## installed with apt when missing (as root, or through sudo), skipped quietly when both are there.

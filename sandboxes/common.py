@@ -223,6 +223,11 @@ class SandboxServer:
 
     def start(self, timeout: float = 10.0) -> SandboxServer:
         self._thread.start()
+        return self.wait_started(timeout)
+
+    def wait_started(self, timeout: float = 10.0) -> SandboxServer:
+        """Wait for a server whose thread was started (``start`` does both; ``stack.start_all`` starts several
+        threads first, then waits for each)."""
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:

@@ -1,8 +1,12 @@
-"""`make demo`: sandboxes + receiver + `dagster dev` on SQLite (DAGSTER_HOME=.dagster_home), demo data,
-and the main jobs run once; then the daemon's sensors and schedules take over.
+"""`make demo`: sandboxes + receiver + `dagster dev` on SQLite (DAGSTER_HOME=.dagster_home, fresh each start), demo
+data, and the first ticks of the poll and mirror schedules; then the daemon's sensors and schedules take over.
 
-Start-up runs in parallel: `dagster dev` is launched as soon as the sandboxes, the receiver and the Jira consent are
-ready, and the demo data is seeded (and the first jobs run) while its code server, webserver and daemon come up.
+Start-up runs in parallel: the sandbox world is planned first (its ports and secrets, so the product's environment is
+known: ``plan.py``) and `dagster dev` launched with it at once; the sandboxes, the receiver and the Jira consent come
+up, the webhooks are registered and the demo data seeded, and the main job (the BC poll) runs, while its code
+server, webserver and daemon start. The other first ticks (the Acumatica poll, the F&O -> monday.com mirror) are
+launched through the UI's API once it answers.
+
 The banner — the Dagster UI and every sandbox's people page (Jira issues with the comments the connector wrote back,
 BC / F&O / Acumatica documents with their state and history, monday.com boards) — is printed once the UI really
 answers (``/server_info`` 200), written to ``<workdir>/banner.txt``, and printed again every ``--banner-every``
@@ -37,6 +41,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RECORD = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} [+-]\d{4} - [\w.-]+ - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - ")
 _PY_WARNING = re.compile(r"^\S+\.py:\d+: (\w+Warning): ")
 # What is noise to a person watching the demo (it stays in the log file).
+DEMO_MARKER = ".connector-demo"   # in a DAGSTER_HOME the demo made: the next demo may empty it
+FIRST_TICK = "demo/first_tick"     # the runs the demo launches through the UI's API once it answers
 _NOISE = re.compile(r"BetaWarning|PreviewWarning|SupersessionWarning|No cursor for event type|"
                     r"Found a dagster instance configuration value")
 
@@ -79,13 +85,26 @@ class Console:
         self.print(f"demo (+{time.monotonic() - T0:5.1f} s): {message}")
 
 
-def pump_output(stream: IO[str], log: IO[str], console: Console, keep: Callable[[str], bool]) -> None:
-    """Every line to the log file; the ones ``keep`` wants to the terminal."""
+def pump_output(stream: IO[str], log: IO[str], console: Console, keep: Callable[[str], bool],
+                instance_ready: threading.Event | None = None) -> None:
+    """Every line to the log file; the ones ``keep`` wants to the terminal. ``instance_ready`` is set once dagster
+    dev has its instance (it logs "Launching Dagster services" right after creating the storage)."""
     for line in stream:
         log.write(line)
         log.flush()
+        if instance_ready is not None and "Launching Dagster services" in line:
+            instance_ready.set()
         if keep(line) and not console.closing:
             console.print(line)
+
+
+def answers(url: str) -> bool:
+    """One try: does ``url`` answer 200 now?"""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def wait_until_answers(url: str, alive: Callable[[], bool], timeout_s: float, interval_s: float = 0.25) -> bool:
@@ -94,12 +113,8 @@ def wait_until_answers(url: str, alive: Callable[[], bool], timeout_s: float, in
     while time.monotonic() < deadline:
         if not alive():
             return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
+        if answers(url):
+            return True
         time.sleep(interval_s)
     return False
 
@@ -141,7 +156,8 @@ class RunReporter:
                 continue
             self.seen.add(run.run_id)
             tags = run.tags
-            why = tags.get("dagster/sensor_name") or tags.get("dagster/schedule_name") or "launched from the UI"
+            why = (tags.get("dagster/sensor_name") or tags.get("dagster/schedule_name") or tags.get(FIRST_TICK)
+                   or ("a retry" if tags.get("dagster/parent_run_id") else "launched from the UI"))
             n = tags.get("connector/records")
             records_tag = f", {n} record{'' if n == '1' else 's'}" if n else ""
             mark = "ok" if run.status == dg.DagsterRunStatus.SUCCESS else run.status.value
@@ -149,37 +165,72 @@ class RunReporter:
         return out
 
 
-def seed_and_run(stack: Any, driver: Any, console: Console) -> dict[str, Any]:
-    """The demo data and the first runs (what the schedules would do on their first ticks)."""
+def seed(stack: Any, driver: Any, console: Console) -> None:
+    """What must be there before anyone looks: the webhooks (the renewal jobs' first runs) and the demo data, its
+    notifications, business events and push notifications on their way to the receiver (the daemon's sensors turn
+    them into issues and items)."""
     from sandboxes.harness import scenario as sc
 
     console.say("registering BC subscriptions, the Jira and monday.com webhooks (renewal jobs)")
     sc.register_webhooks(driver)
-    driver.run_job("d365_jira__jira_webhook_renewal_job")
-    driver.run_job("acumatica_jira__jira_webhook_renewal_job")
+    for pair in ("d365_jira", "acumatica_jira"):
+        driver.run_job(f"{pair}__jira_webhook_renewal_job")
     driver.run_job("d365_monday__monday_webhook_renewal_job")
-    seeded = sc.seed_exceptions(stack)
-    stack.deliver_all()
-    result = sc.poll_now(driver)
-    console.say(f"BC poll (bc_jira__poll_job, current window): {'success' if result.success else 'FAILED'}")
+    sc.seed_exceptions(stack)
     fo_seeded = sc.seed_fo_documents(stack)
-    sc.fire_fo_events(stack, fo_seeded)   # delivered by the F&O sandbox's delivery loop
-    mirror = driver.run_job("d365_monday__mirror_job", partition_key=sc.LEGAL_ENTITY, raise_on_error=False)
-    console.say(f"F&O -> monday.com mirror (d365_monday__mirror_job): {'success' if mirror.success else 'FAILED'}")
+    sc.fire_fo_events(stack, fo_seeded)
     sc.seed_acumatica_documents(stack)
-    acu = sc.poll_acumatica(driver)
-    console.say(f"Acumatica poll (acumatica_jira__poll_job): {'success' if acu.success else 'FAILED'}")
-    return {"bc": seeded, "fo": fo_seeded}
+    stack.deliver_all()
+    console.say("BC, F&O and Acumatica documents seeded; their notifications delivered to the receiver")
 
 
-def start_dagster_dev(port: int, env: dict[str, str], log_path: Path, console: Console) -> subprocess.Popen:
+def first_ticks(driver: Any) -> list[tuple[str, str, str]]:
+    """What the poll and mirror schedules do on their first ticks: (job, partition, what) — the BC poll of the current
+    window (the main job), the Acumatica poll and F&O's nightly mirror onto the monday.com boards."""
+    from sandboxes.harness import scenario as sc
+
+    return [("bc_jira__poll_job", driver.current_partition(["business_central", "stuck_purchase_orders"]),
+             "the BC poll's first tick"),
+            ("acumatica_jira__poll_job", driver.current_partition(["acumatica", "bills_needing_attention"]),
+             "the Acumatica poll's first tick"),
+            ("d365_monday__mirror_job", sc.LEGAL_ENTITY, "the F&O -> monday.com mirror's first tick")]
+
+
+def run_while_ui_starts(ticks: list[tuple[str, str, str]], driver: Any, ui: str, console: Console
+                        ) -> list[tuple[str, str, str]]:
+    """Run the main job (the first tick: the BC poll, a few seconds) in this process if the UI is still starting
+    (that time is free); returns the ticks left, for ``launch_through_ui`` once it answers (a longer one started
+    here would hold the banner back)."""
+    left = list(ticks)
+    if left and not answers(f"{ui}/server_info"):
+        job, partition, what = left.pop(0)
+        result = driver.run_job(job, partition_key=partition, raise_on_error=False)
+        console.say(f"{what} ({job}, {partition}): {'ok' if result.success else 'FAILED'}")
+    return left
+
+
+def launch_through_ui(ticks: list[tuple[str, str, str]], port: int, console: Console) -> None:
+    """Launch runs through the UI's API (runs of dagster dev, as a person's Materialize would be; the run lines
+    report them as they finish)."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=60)
+    for job, partition, what in ticks:
+        try:
+            client.submit_job_execution(job, tags={"dagster/partition": partition, FIRST_TICK: what})
+        except Exception as exc:   # noqa: BLE001 - the demo goes on: the schedules run them later anyway
+            console.print(f"demo: could not launch {job} ({type(exc).__name__}: {exc})")
+
+
+def start_dagster_dev(port: int, env: dict[str, str], log_path: Path, console: Console,
+                      instance_ready: threading.Event | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port),
            "-h", "127.0.0.1"]
     # A process group of its own, so we can stop dagster dev (webserver + daemon + code server) by PID.
     dev = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, bufsize=1)
     log = log_path.open("w", encoding="utf-8")
-    threading.Thread(target=pump_output, args=(dev.stdout, log, console, ConsoleFilter().keep),
+    threading.Thread(target=pump_output, args=(dev.stdout, log, console, ConsoleFilter().keep, instance_ready),
                      name="dagster-dev-output", daemon=True).start()
     return dev
 
@@ -191,6 +242,20 @@ def stop_dagster_dev(dev: subprocess.Popen) -> None:
             dev.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(dev.pid, signal.SIGKILL)
+
+
+def fresh_home(home: Path, default: Path) -> None:
+    """The sandboxes start empty each time, and so does the demo's instance (runs, sensor cursors, the connector
+    database with its vault, ledger and inbox): kept, they would describe a world that is gone (a sensor's cursor past
+    inbox rows the new database numbers again, a vault key that changed). Only the repo's .dagster_home or a home an
+    earlier demo made (its marker file) is emptied; any other DAGSTER_HOME with content is refused."""
+    if home.exists() and any(home.iterdir()):
+        if home != default and not (home / DEMO_MARKER).exists():
+            raise SystemExit(f"DAGSTER_HOME={home} holds another Dagster instance; the demo starts a fresh one each "
+                             f"time: unset DAGSTER_HOME (the demo uses {default}) or point it at an empty folder")
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / DEMO_MARKER).write_text("made by `make demo` (sandboxes/harness/demo.py): emptied at its next start\n")
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -206,7 +271,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     console = Console()
 
     home = Path(os.environ.get("DAGSTER_HOME") or REPO / ".dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    fresh_home(home, (REPO / ".dagster_home").resolve())
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     workdir = args.workdir.resolve()
@@ -214,34 +279,47 @@ def main(argv: Iterable[str] | None = None) -> int:
     files = {"log": workdir / "dagster.log", "banner": workdir / "banner.txt"}
     files["banner"].unlink(missing_ok=True)
 
-    import warnings
+    # The world's ports and secrets first: dagster dev reads the product's environment when it starts.
+    from sandboxes.harness.plan import plan_stack
 
-    import dagster as dg
-
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)     # Dagster's notices about its own API
-    from sandboxes.harness.dagster_driver import DagsterDriver
-    from sandboxes.harness.stack import consent, start_stack
-
-    stack = start_stack(workdir, database_url=f"sqlite:///{home / 'connector_pipelines.sqlite'}")
-    stack.apply_env()
-    consent(stack)
-    console.say("sandboxes, receiver and Jira consent ready")
-    dev = None
+    plan = plan_stack(workdir)
+    database_url = f"sqlite:///{home / 'connector_pipelines.sqlite'}"
+    os.environ.update(plan.env(database_url))      # this process (the receiver, the in-process runs) reads it too
+    instance_ready = threading.Event()
+    dev = start_dagster_dev(args.port, dict(os.environ), files["log"], console, instance_ready)
+    console.say(f"dagster dev starting (its log: {files['log']}); starting the sandboxes meanwhile")
+    stack = None
     try:
-        with dg.DagsterInstance.get() as instance:     # its storage exists before dagster dev opens it too
-            dev = start_dagster_dev(args.port, {**os.environ, **stack.env}, files["log"], console)
-            console.say(f"dagster dev starting (its log: {files['log']}); seeding the sandboxes meanwhile")
+        import warnings
+
+        import dagster as dg
+
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)     # Dagster's notices about its own API
+        from sandboxes.harness.dagster_driver import DagsterDriver
+        from sandboxes.harness.stack import consent, start_stack
+
+        stack = start_stack(workdir, database_url=database_url, plan=plan)
+        stack.apply_env()
+        consent(stack)
+        console.say("sandboxes, receiver and Jira consent ready; seeding them")
+        # dagster dev creates the instance's storage first: open it once that is done (never both at once)
+        while not instance_ready.wait(0.2):
+            if dev.poll() is not None:
+                console.say(f"dagster dev exited with {dev.returncode}; see {files['log']}")
+                return 1
+        with dg.DagsterInstance.get() as instance:
             from connector_pipelines.definitions import defs as load_defs
 
             driver = DagsterDriver(load_defs(), instance, log_level="WARNING")
-            seed_and_run(stack, driver, console)
+            seed(stack, driver, console)
             stack.bc.start_auto_delivery(3.0)
             stack.fo.start_auto_delivery(2.0)
             stack.jira.start_auto_delivery(1.0)
             stack.acumatica.start_auto_delivery(2.0)
             stack.monday.start_auto_delivery(1.0)
-            reporter = RunReporter(instance, datetime.now(UTC))
             ui = f"http://127.0.0.1:{args.port}"
+            left = run_while_ui_starts(first_ticks(driver), driver, ui, console)
+            reporter = RunReporter(instance, datetime.now(UTC))
             console.say("waiting for the Dagster UI to answer")
             if not wait_until_answers(f"{ui}/server_info", lambda: dev.poll() is None, args.ui_timeout):
                 console.say(f"the Dagster UI did not answer (dagster dev exit code {dev.poll()}); see {files['log']}")
@@ -249,12 +327,13 @@ def main(argv: Iterable[str] | None = None) -> int:
             text = banner(ui, stack.pages(), stack.urls["receiver"], files, time.monotonic() - T0)
             files["banner"].write_text(text, encoding="utf-8")
             console.print(text)
+            launch_through_ui(left, args.port, console)
             return _run(args, stack, dev, console, reporter, text)
     finally:
         console.closing = True
-        if dev is not None:
-            stop_dagster_dev(dev)
-        stack.stop()
+        stop_dagster_dev(dev)
+        if stack is not None:
+            stack.stop()
 
 
 def _run(args: argparse.Namespace, stack: Any, dev: subprocess.Popen, console: Console, reporter: RunReporter,

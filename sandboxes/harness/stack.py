@@ -13,7 +13,6 @@ and Acumatica's instance URL serve their web client's URL form, and the Monday.c
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,40 +26,43 @@ from sandboxes.business_central import BusinessCentralSandbox
 from sandboxes.common import SandboxServer
 from sandboxes.entra import EntraSandbox
 from sandboxes.finance_operations import FinanceOperationsSandbox
+from sandboxes.harness.plan import (  # the environment's constants (the harness imports them from here)
+    ACU_CLIENT_GUID,
+    ACU_SECRET_HEADER,
+    ACU_TENANT,
+    ACU_USER,
+    BC_CLIENT_ID,
+    BC_ENVIRONMENT,
+    FO_CLIENT_ID,
+    FO_HOST,
+    FO_SCOPE,
+    FO_SECRET_HEADER,
+    FO_TENANT,
+    JIRA_CLIENT_ID,
+    TENANT,
+    StackPlan,
+    plan_stack,
+)
 from sandboxes.jira import JiraSandbox
 from sandboxes.monday import MondaySandbox
 from sandboxes.tls import make_tls
 
-TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-BC_ENVIRONMENT = "production"
-BC_CLIENT_ID = "6b7a3a6c-0f4e-4c43-9b5e-5c7f0b1d2e01"
 BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
 COMPANY = "CRONUS USA, Inc."
-JIRA_CLIENT_ID = "jira-app-connector-pipelines"
 CLOUD_ID = "11223344-a1b2-4c3d-9e8f-0a1b2c3d4e5f"
 SITE_NAME = "acme-finance"       # the site's URL is the Jira sandbox's (Stack.site_url): its browse pages are there
 PROJECT = "FIN"
 CUSTOM_FIELDS = [("ERP External ID", "textfield"), ("ERP Document Number", "textfield"),
                  ("ERP Vendor", "textfield"), ("ERP Amount", "float"), ("ERP Status", "textfield")]
 ACCOUNT_ID = "5b10ac8d82e05b22cc7d4ef5"
-# F&O lives in its own Entra ID tenant; its scope is the environment host + /.default (API-FACTS §0).
-FO_TENANT = "3c8a1f52-7d1e-4b9a-a0c4-5e6f7a8b9c0d"
-FO_CLIENT_ID = "9e2d4c1b-3a5f-4e6d-8c7b-1a2b3c4d5e6f"
-FO_HOST = "contoso-prod.operations.dynamics.com"
-FO_SCOPE = f"https://{FO_HOST}/.default"
 LEGAL_ENTITY = "usmf"
 AP_PROJECT = "AP"
 FO_EVENTS = ("VendorInvoicePostedBusinessEvent", "PurchaseOrderConfirmedBusinessEvent",
              "PurchaseOrderWorkflowRejectedBusinessEvent")
-FO_SECRET_HEADER = "X-Connector-Secret"
 FO_ENDPOINT = "connector-pipelines"
-# Acumatica: one tenant, a connected application (client id GUID@Tenant) and an API user; push notifications
-# of three queries (one per document set of acumatica_jira) go to the receiver with a header secret.
-ACU_TENANT = "Company"
-ACU_CLIENT_GUID = "4f1c2b3a-5d6e-4f70-8a9b-0c1d2e3f4a5b"
-ACU_USER = "connector"
+# Acumatica: push notifications of three queries (one per document set of acumatica_jira) go to the receiver with a
+# header secret (tenant, connected application and API user: plan.py).
 ACU_PROJECT = "ACU"
-ACU_SECRET_HEADER = "X-Connector-Secret"
 # monday.com: the AP team's boards as d365_monday's defs.yaml names them (ids pinned), with its columns.
 MONDAY_BOARDS = {
     "4815162341": ("Vendors", [("hold", "status", {"labels": {"0": "No", "1": "Invoice", "2": "All", "3": "Payment",
@@ -176,8 +178,11 @@ class Stack:
 
 def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | None = None,
                 latency_s: float = 0.0, receiver_port: int = 0, ports: dict[str, int] | None = None,
-                consent_port: int = DEFAULT_CONSENT_PORT, metered: bool = False) -> Stack:
+                consent_port: int = DEFAULT_CONSENT_PORT, metered: bool = False, plan: StackPlan | None = None) -> Stack:
     """Start every sandbox (and the receiver) and compute the product's CONNECTOR_* environment.
+
+    ``plan`` (``plan.plan_stack``): the ports and secrets to use, when the environment was handed out before the
+    sandboxes started (the demo's `dagster dev`); by default a fresh one (``ports`` pins some ports).
 
     ``metered``: every vendor sandbox app is wrapped in one ``InFlightMeter`` (``stack.meter``): requests
     and the concurrency they arrived with, as a benchmark's latency floor needs.
@@ -185,14 +190,9 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     The Atlassian OAuth app is registered with the callback `connector-pipelines jira consent --port
     <consent_port>` listens on, so a person can run the consent flow against the sandbox."""
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = ports or {}
-    tls = make_tls(workdir / "tls")
-    creds = {"bc_client_secret": secrets.token_urlsafe(24), "jira_client_secret": secrets.token_urlsafe(24),
-             "bc_client_state": secrets.token_urlsafe(24), "jira_webhook_secret": secrets.token_urlsafe(24),
-             "fo_client_secret": secrets.token_urlsafe(24), "fo_events_secret": secrets.token_urlsafe(24),
-             "acumatica_client_secret": secrets.token_urlsafe(24), "acumatica_password": secrets.token_urlsafe(18),
-             "acumatica_push_secret": secrets.token_urlsafe(24), "monday_token": secrets.token_urlsafe(32),
-             "monday_path_secret": secrets.token_urlsafe(24)}
+    plan = plan or plan_stack(workdir, {**(ports or {}), **({"receiver": receiver_port} if receiver_port else {})})
+    ports, creds = plan.ports, dict(plan.creds)
+    tls = make_tls(plan.tls_dir)
 
     entra = EntraSandbox()
     entra.register_app(TENANT, BC_CLIENT_ID, creds["bc_client_secret"], [BC_SCOPE])
@@ -206,7 +206,7 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         fo.add_legal_entity(area)
     fo.deploy_workflow_resubmit("SubmitToWorkflow")   # the customer's extension (docs/finance_operations.md)
     acumatica = AcumaticaSandbox(tenant=ACU_TENANT, endpoint_versions=("24.200.001",))
-    acu_client_id = acumatica.register_connected_app(ACU_CLIENT_GUID, creds["acumatica_client_secret"])
+    acumatica.register_connected_app(ACU_CLIENT_GUID, creds["acumatica_client_secret"])
     acumatica.add_user(ACU_USER, creds["acumatica_password"])
     monday = MondaySandbox(api_versions=("2026-10",))
     monday.add_token(creds["monday_token"], user_id="9001", kind="personal")
@@ -232,15 +232,16 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
         return meter.wrap(sandbox.app, name) if meter else sandbox.app
 
     servers = {
-        "entra": SandboxServer(app(entra, "entra"), port=ports.get("entra", 0), ssl_certfile=tls.server_cert,
-                               ssl_keyfile=tls.server_key).start(),
-        "business_central": SandboxServer(app(bc, "bc"), port=ports.get("business_central", 0)).start(),
-        "finance_operations": SandboxServer(app(fo, "fo"), port=ports.get("finance_operations", 0)).start(),
-        "acumatica": SandboxServer(app(acumatica, "acumatica"), port=ports.get("acumatica", 0)).start(),
-        "monday": SandboxServer(app(monday, "monday"), port=ports.get("monday", 0)).start(),
-        "atlassian_auth": SandboxServer(app(atlassian, "atlassian"), port=ports.get("atlassian_auth", 0)).start(),
-        "jira": SandboxServer(app(jira, "jira"), port=ports.get("jira", 0)).start(),
+        "entra": SandboxServer(app(entra, "entra"), port=ports["entra"], ssl_certfile=tls.server_cert,
+                               ssl_keyfile=tls.server_key),
+        "business_central": SandboxServer(app(bc, "bc"), port=ports["business_central"]),
+        "finance_operations": SandboxServer(app(fo, "fo"), port=ports["finance_operations"]),
+        "acumatica": SandboxServer(app(acumatica, "acumatica"), port=ports["acumatica"]),
+        "monday": SandboxServer(app(monday, "monday"), port=ports["monday"]),
+        "atlassian_auth": SandboxServer(app(atlassian, "atlassian"), port=ports["atlassian_auth"]),
+        "jira": SandboxServer(app(jira, "jira"), port=ports["jira"]),
     }
+    start_all(servers.values())
     # The Jira site lives at the sandbox's own address, so its browse pages are where the product's links point.
     site_url = servers["jira"].base_url
     jira.add_site(CLOUD_ID, SITE_NAME, site_url)
@@ -252,55 +253,25 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     jira.add_user(CLOUD_ID, ACCOUNT_ID, "Avery Accounts")
     atlassian.grant_sites([{"id": CLOUD_ID, "name": SITE_NAME, "url": site_url}])
 
-    env = {
-        "CONNECTOR_VAULT_KEYS": os.environ.get("CONNECTOR_VAULT_KEYS") or _fernet_key(),
-        "CONNECTOR_BC_TENANT_ID": TENANT,
-        "CONNECTOR_BC_ENVIRONMENT": BC_ENVIRONMENT,
-        "CONNECTOR_BC_CLIENT_ID": BC_CLIENT_ID,
-        "CONNECTOR_BC_CLIENT_SECRET": creds["bc_client_secret"],
-        "CONNECTOR_BC_API_URL": servers["business_central"].base_url,
-        # Links back to BC records: the web client's URL form, served by the BC sandbox's people page.
-        "CONNECTOR_BC_WEB_CLIENT_URL": f"{servers['business_central'].base_url}/{TENANT}/{BC_ENVIRONMENT}",
-        "CONNECTOR_ENTRA_AUTHORITY_HOST": servers["entra"].base_url,
-        "CONNECTOR_CA_BUNDLE": str(tls.ca_bundle),
-        "CONNECTOR_BC_CLIENT_STATE": creds["bc_client_state"],
-        "CONNECTOR_JIRA_CLIENT_ID": JIRA_CLIENT_ID,
-        "CONNECTOR_JIRA_CLIENT_SECRET": creds["jira_client_secret"],
-        "CONNECTOR_JIRA_WEBHOOK_SECRET": creds["jira_webhook_secret"],
-        "CONNECTOR_JIRA_SITE_URL": site_url,
-        "CONNECTOR_ATLASSIAN_AUTH_URL": servers["atlassian_auth"].base_url,
-        "CONNECTOR_ATLASSIAN_API_URL": servers["jira"].base_url,
-        "CONNECTOR_FO_TENANT_ID": FO_TENANT,
-        "CONNECTOR_FO_CLIENT_ID": FO_CLIENT_ID,
-        "CONNECTOR_FO_CLIENT_SECRET": creds["fo_client_secret"],
-        "CONNECTOR_FO_ENVIRONMENT_URL": servers["finance_operations"].base_url,
-        "CONNECTOR_FO_SCOPE": FO_SCOPE,
-        "CONNECTOR_FO_EVENTS_SECRET": creds["fo_events_secret"],
-        "CONNECTOR_FO_EVENTS_SECRET_HEADER": FO_SECRET_HEADER,
-        "CONNECTOR_ACUMATICA_URL": servers["acumatica"].base_url,
-        "CONNECTOR_ACUMATICA_TENANT": ACU_TENANT,
-        "CONNECTOR_ACUMATICA_CLIENT_ID": acu_client_id,
-        "CONNECTOR_ACUMATICA_CLIENT_SECRET": creds["acumatica_client_secret"],
-        "CONNECTOR_ACUMATICA_USERNAME": ACU_USER,
-        "CONNECTOR_ACUMATICA_PASSWORD": creds["acumatica_password"],
-        "CONNECTOR_ACUMATICA_PUSH_SECRET": creds["acumatica_push_secret"],
-        "CONNECTOR_ACUMATICA_PUSH_SECRET_HEADER": ACU_SECRET_HEADER,
-        "CONNECTOR_MONDAY_API_URL": f"{servers['monday'].base_url}/v2",
-        "CONNECTOR_MONDAY_TOKEN": creds["monday_token"],
-        "CONNECTOR_MONDAY_PATH_SECRET": creds["monday_path_secret"],
-        # Links to items: <account url>/boards/<board>/pulses/<item>, served by the Monday sandbox's item page.
-        "CONNECTOR_MONDAY_ACCOUNT_URL": servers["monday"].base_url,
-    }
-    if database_url:
-        env["CONNECTOR_DATABASE_URL"] = database_url
+    env = plan.env(database_url, receiver=receiver)
+    assert env["CONNECTOR_JIRA_SITE_URL"] == site_url and env["CONNECTOR_CA_BUNDLE"] == str(tls.ca_bundle)
     stack = Stack(workdir, entra, bc, atlassian, jira, servers, creds, company_id, env, fo, tls, meter, acumatica,
                   monday)
     if receiver:
-        start_receiver(stack, port=receiver_port)
+        start_receiver(stack, port=ports["receiver"], tls_port=ports["receiver_tls"])
     return stack
 
 
-def start_receiver(stack: Stack, port: int = 0) -> SandboxServer:
+def start_all(servers) -> None:
+    """Start servers side by side (each waits for its uvicorn to come up)."""
+    servers = list(servers)
+    for server in servers:
+        server._thread.start()
+    for server in servers:
+        server.wait_started()
+
+
+def start_receiver(stack: Stack, port: int = 0, tls_port: int = 0) -> SandboxServer:
     """The product's receiver, served in-process the way `python -m connector_pipelines.receiver` serves it."""
     from connector_pipelines.core.db import get_engine
     from connector_pipelines.core.inbox import Inbox
@@ -322,7 +293,7 @@ def start_receiver(stack: Stack, port: int = 0) -> SandboxServer:
     if stack.fo is not None and stack.tls is not None:
         # F&O sends business events to HTTPS endpoints only: the same receiver app, served over TLS
         # (in production a TLS proxy in front of the one receiver does this).
-        secure = SandboxServer(app, ssl_certfile=str(stack.tls.server_cert),
+        secure = SandboxServer(app, port=tls_port, ssl_certfile=str(stack.tls.server_cert),
                                ssl_keyfile=str(stack.tls.server_key)).start()
         stack.servers["receiver_tls"] = secure
         stack.fo.add_endpoint(FO_ENDPOINT, f"{secure.base_url}/webhooks/d365-business-events",
@@ -376,9 +347,3 @@ def export_lines(env: dict[str, str]) -> list[str]:
     import shlex
 
     return [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
-
-
-def _fernet_key() -> str:
-    from cryptography.fernet import Fernet
-
-    return Fernet.generate_key().decode()
