@@ -81,7 +81,8 @@ def test_make_demo_prints_the_banner_after_the_ui_answers_and_every_page_it_name
     env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
     workdir = tmp_path / "demo"
     proc = subprocess.Popen([sys.executable, "-m", "sandboxes.harness.demo", "--port", str(port), "--workdir",
-                             str(workdir), "--exit-after", "300", "--new-invoice-every", "4", "--banner-every", "10"],
+                             str(workdir), "--exit-after", "300", "--new-invoice-every", "4", "--banner-every", "10",
+                             "--banner-after-lines", "3"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     ui_at_banner: list[int] = []
@@ -117,7 +118,11 @@ def test_make_demo_prints_the_banner_after_the_ui_answers_and_every_page_it_name
         assert proc.wait(timeout=120) == 0, "".join(lines[-40:])
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()                 # the demo stops its dagster dev (a session of its own) on SIGTERM
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     out = "".join(lines)
     assert ui_at_banner == [200], out[-3000:]
     assert browsed == [200], "no issue page was followed from the Jira people page"

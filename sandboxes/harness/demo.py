@@ -10,14 +10,16 @@ launched through the UI's API once it answers.
 The banner — the Dagster UI and every sandbox's people page (Jira issues with the comments the connector wrote back,
 BC / F&O / Acumatica documents with their state and history, monday.com boards) — is printed once the UI really
 answers (``/server_info`` 200), written to ``<workdir>/banner.txt``, and printed again every ``--banner-every``
-seconds when something was printed since. The terminal stays quiet: `dagster dev`'s own output goes to
-``<workdir>/dagster.log`` (only its warnings and errors reach the terminal, Dagster's beta and "superseded" notices
-aside), the demo's in-process runs log warnings only, and one line per finished run says what the daemon did.
+seconds once it has scrolled away (``--banner-after-lines`` printed since). The terminal stays quiet: `dagster
+dev`'s own output goes to ``<workdir>/dagster.log`` (only its warnings and errors reach the terminal, Dagster's
+beta and "superseded" notices aside), the demo's in-process runs log warnings only, and one line per finished run
+says what the daemon did.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import shutil
@@ -204,7 +206,7 @@ def run_while_ui_starts(ticks: list[tuple[str, str, str]], driver: Any, ui: str,
     left = list(ticks)
     if left and not answers(f"{ui}/server_info"):
         job, partition, what = left.pop(0)
-        result = driver.run_job(job, partition_key=partition, raise_on_error=False)
+        result = off_main_thread(lambda: driver.run_job(job, partition_key=partition, raise_on_error=False))
         console.say(f"{what} ({job}, {partition}): {'ok' if result.success else 'FAILED'}")
     return left
 
@@ -239,9 +241,37 @@ def stop_dagster_dev(dev: subprocess.Popen) -> None:
     if dev.poll() is None:
         os.killpg(dev.pid, signal.SIGTERM)
         try:
-            dev.wait(timeout=30)
+            dev.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(dev.pid, signal.SIGKILL)
+
+
+STOPPING = threading.Event()   # Ctrl-C or SIGTERM came (an in-process run swallows the KeyboardInterrupt as its failure)
+
+
+def _interrupt(*_: object) -> None:
+    STOPPING.set()
+    raise KeyboardInterrupt
+
+
+def off_main_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a worker thread, the main thread waiting: Dagster's in-process execution takes Ctrl-C / SIGTERM
+    over on the main thread (and drops it when the run ends first), so the demo runs its runs beside it."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:   # noqa: BLE001 - handed to the main thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="demo-in-process-runs", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def fresh_home(home: Path, default: Path) -> None:
@@ -264,11 +294,16 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--exit-after", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)")
     parser.add_argument("--new-invoice-every", type=float, default=60.0, help="seconds; 0 = never")
     parser.add_argument("--banner-every", type=float, default=300.0,
-                        help="print the banner again after N seconds when something was printed since (0 = never)")
+                        help="print the banner again after N seconds once it has scrolled away (0 = never)")
+    parser.add_argument("--banner-after-lines", type=int, default=20,
+                        help="... scrolled away: this many lines printed since")
     parser.add_argument("--ui-timeout", type=float, default=600.0, help="seconds to wait for the Dagster UI")
     parser.add_argument("--workdir", type=Path, default=REPO / ".demo", help="TLS files, the log and the banner")
     args = parser.parse_args(list(argv) if argv is not None else None)
     console = Console()
+    # Ctrl-C or SIGTERM stops the demo whenever it comes: dagster dev (a session of its own) is stopped too
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     home = Path(os.environ.get("DAGSTER_HOME") or REPO / ".dagster_home").resolve()
     fresh_home(home, (REPO / ".dagster_home").resolve())
@@ -285,6 +320,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     plan = plan_stack(workdir)
     database_url = f"sqlite:///{home / 'connector_pipelines.sqlite'}"
     os.environ.update(plan.env(database_url))      # this process (the receiver, the in-process runs) reads it too
+    # The pairs' hourly windows start at the hour the demo starts: its partition bars hold its own hours, not a
+    # month of windows since the definitions' go-live that never ran ("Failed and missing" = what really is).
+    os.environ.setdefault("CONNECTOR_GO_LIVE", datetime.now(UTC).strftime("%Y-%m-%d-%H:00"))
     instance_ready = threading.Event()
     dev = start_dagster_dev(args.port, dict(os.environ), files["log"], console, instance_ready)
     console.say(f"dagster dev starting (its log: {files['log']}); starting the sandboxes meanwhile")
@@ -311,7 +349,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             from connector_pipelines.definitions import defs as load_defs
 
             driver = DagsterDriver(load_defs(), instance, log_level="WARNING")
-            seed(stack, driver, console)
+            off_main_thread(lambda: seed(stack, driver, console))
             stack.bc.start_auto_delivery(3.0)
             stack.fo.start_auto_delivery(2.0)
             stack.jira.start_auto_delivery(1.0)
@@ -329,8 +367,13 @@ def main(argv: Iterable[str] | None = None) -> int:
             console.print(text)
             launch_through_ui(left, args.port, console)
             return _run(args, stack, dev, console, reporter, text)
+    except KeyboardInterrupt:
+        console.say("stopping (Ctrl-C)")
+        return 130
     finally:
         console.closing = True
+        if STOPPING.is_set():
+            logging.disable(logging.CRITICAL)    # a run cut short by the stop is not news either
         stop_dagster_dev(dev)
         if stack is not None:
             stack.stop()
@@ -364,7 +407,8 @@ def _run(args: argparse.Namespace, stack: Any, dev: subprocess.Popen, console: C
                                                 vendorName="Northwind Traders", totalAmountIncludingTax=250.0 * n,
                                                 currencyCode="USD")
             console.print(f"demo {datetime.now().strftime('%H:%M:%S')}: new draft invoice {inv['number']} in BC")
-        if args.banner_every and now - last_banner > args.banner_every and console.printed > printed_at_banner:
+        if (args.banner_every and now - last_banner > args.banner_every
+                and console.printed - printed_at_banner >= args.banner_after_lines):
             console.print(text)
             last_banner, printed_at_banner = now, console.printed
     return 0

@@ -251,6 +251,8 @@ def start_stack(workdir: Path, *, receiver: bool = True, database_url: str | Non
     for name, kind in CUSTOM_FIELDS:
         jira.add_custom_field(CLOUD_ID, name, kind)
     jira.add_user(CLOUD_ID, ACCOUNT_ID, "Avery Accounts")
+    # the account that consents for the connector: its comments and changes show under this name on the pages
+    jira.add_user(CLOUD_ID, atlassian.consenting_account_id, "connector_pipelines (integration user)")
     atlassian.grant_sites([{"id": CLOUD_ID, "name": SITE_NAME, "url": site_url}])
 
     env = plan.env(database_url, receiver=receiver)
