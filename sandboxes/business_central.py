@@ -482,9 +482,10 @@ class BusinessCentralSandbox:
         with self._lock:
             cid = self._company_key(company_id)
             record = self._store(cid, entity_set)[self._find_id(cid, entity_set, record_id)]
-            before = dict(record)
-            record.update(self._captions(ENTITY_SETS[entity_set], changes))
-            self.history.record(record["id"].lower(), via, pages.RecordHistory.diff(before, record, skip=HISTORY_SKIP),
+            captions = self._captions(ENTITY_SETS[entity_set], changes)
+            before = {k: record.get(k) for k in captions}       # only what changes: an update stays cheap
+            record.update(captions)
+            self.history.record(record["id"].lower(), via, pages.RecordHistory.diff(before, captions, skip=HISTORY_SKIP),
                                 at=self.clock.now())
             record["lastModifiedDateTime"] = iso(self.clock.now())
             record["@odata.etag"] = self._new_etag()

@@ -597,7 +597,7 @@ class FinanceOperationsSandbox:
                       **changes: Any) -> dict[str, Any]:
         with self._lock:
             key, row = self._find(entity_set, keys)
-            before = dict(row)
+            before = {k: row.get(k) for k in changes}
             row.update({k: _json_value(v) for k, v in changes.items()})
             row["@odata.etag"] = self._next_etag()
             self._remember(entity_set, key, via, before, row)
@@ -606,8 +606,8 @@ class FinanceOperationsSandbox:
     def _remember(self, entity_set: str, key: tuple, via: str, before: dict[str, Any], after: dict[str, Any], *,
                   note: str = "") -> None:
         if entity_set in FORM_COLUMNS:
-            self.history.record((entity_set, key), via, pages.RecordHistory.diff(before, after), note=note,
-                                at=self.clock.now())
+            self.history.record((entity_set, key), via, pages.RecordHistory.diff(before, after, keys=before),
+                                note=note, at=self.clock.now())
 
     def delete_record(self, entity_set: str, keys: dict[str, Any]) -> None:
         with self._lock:
@@ -1000,7 +1000,7 @@ class FinanceOperationsSandbox:
                 typ = entity.props[name]
                 if typ.startswith("enum:") and value not in ENUMS[typ[5:]]:
                     raise ODataError(400, "", f"'{value}' is not a valid value of {NS}.{typ[5:]}.")
-            before = dict(row)
+            before = {k: row.get(k) for k in changes}
             row.update({k: v for k, v in changes.items() if not k.startswith("@odata.")})
             row["@odata.etag"] = self._next_etag()
             self._remember(entity.entity_set, key, "by PATCH (API)", before, row)

@@ -109,11 +109,13 @@ class RecordHistory:
             self._rest.pop(key, None)
 
     @staticmethod
-    def diff(before: Mapping[str, Any], after: Mapping[str, Any], *, skip: Iterable[str] = ()
-             ) -> list[tuple[str, Any, Any]]:
-        """The fields whose value changed (``skip``: bookkeeping such as etags and timestamps)."""
+    def diff(before: Mapping[str, Any], after: Mapping[str, Any], *, skip: Iterable[str] = (),
+             keys: Iterable[str] | None = None) -> list[tuple[str, Any, Any]]:
+        """The fields whose value changed, among ``keys`` (default: both records' fields; ``before``'s when it holds
+        only what a change touched); ``skip``: bookkeeping such as etags and timestamps."""
         skipped = set(skip)
-        return [(k, before.get(k), after.get(k)) for k in after
+        names = dict.fromkeys([*before, *after]) if keys is None else keys
+        return [(k, before.get(k), after.get(k)) for k in names
                 if k not in skipped and not k.startswith("@") and before.get(k) != after.get(k)
                 and not isinstance(after.get(k), (list, dict))]
 
