@@ -113,7 +113,7 @@ def test_make_demo_prints_the_banner_after_the_ui_answers_and_every_page_it_name
                     browsed.append(httpx.get(jira_page.replace("/_sandbox/", issue.group(1)), timeout=10).status_code)
             out = "".join(lines)
             if (proc.poll() is None and out.count(BANNER) >= 2 and browsed
-                    and re.search(r"run \w+__notification_job ok", out)):
+                    and re.search(r"run \w+__notification_job ok", out) and "window to practise on" in out):
                 proc.send_signal(signal.SIGINT)                  # Ctrl-C, as a person stops it
         assert proc.wait(timeout=120) == 0, "".join(lines[-40:])
     finally:
@@ -128,6 +128,8 @@ def test_make_demo_prints_the_banner_after_the_ui_answers_and_every_page_it_name
     assert browsed == [200], "no issue page was followed from the Jira people page"
     assert out.count(BANNER) >= 2, out[-3000:]                # printed again once lines scrolled it away
     assert (workdir / "banner.txt").read_text().count(BANNER) == 1
+    # a window to practise re-running on: F&O announced an order it cannot return, and that hour's window failed
+    assert re.search(r"run d365_jira__poll_job FAILURE \(the F&O window to practise on", out), out[-3000:]
     assert "new draft invoice PI-2" in out and re.search(r"run \w+__notification_job ok", out), out[-3000:]
     # quiet: no sensor chatter on the terminal; it is all in the log file the banner names
     assert "Checking for new runs for sensor" not in out and "BetaWarning" not in out

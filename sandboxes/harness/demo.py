@@ -133,6 +133,9 @@ def banner(ui_url: str, pages: dict[str, str], receiver: str, files: dict[str, P
               " the monday.com boards); Acumatica 2 bills, a payment, a PO (ACU); a new draft BC invoice every minute.",
               " Move an issue to Done on the Jira page: the connector acts in the ERP (see its document page) and",
               " writes the outcome back as a comment on the issue. Every link in issues and items opens a page here.",
+              f" To practise: F&O announced {PRACTICE_PO}, which it cannot return: its hour of",
+              " finance_operations/purchase_orders_confirmed fails (Partitions tab, red). The order appears in F&O a",
+              " few minutes in (a line says when): re-run the failed window and watch it turn green (docs/operations.md).",
               f" Full log: {files['log']}   This banner: {files['banner']}   Ctrl-C stops everything.", rule]
     return "\n".join(lines) + "\n"
 
@@ -167,6 +170,18 @@ class RunReporter:
         return out
 
 
+PRACTICE_PO = "PO-PRACTICE"
+
+
+def add_practice_order(stack: Any) -> None:
+    """The order F&O announced at the start appears: the failed window it broke can be re-run and turns green."""
+    from sandboxes.harness import scenario as sc
+
+    stack.fo.add_purchase_order(sc.LEGAL_ENTITY, PurchaseOrderNumber=PRACTICE_PO, PurchaseOrderName="Practice order",
+                                OrderVendorAccountNumber="US-101", CurrencyCode="USD",
+                                DocumentApprovalStatus="Confirmed", lines=[{"LineAmount": 10.0}])
+
+
 def seed(stack: Any, driver: Any, console: Console) -> None:
     """What must be there before anyone looks: the webhooks (the renewal jobs' first runs) and the demo data, its
     notifications, business events and push notifications on their way to the receiver (the daemon's sensors turn
@@ -181,6 +196,9 @@ def seed(stack: Any, driver: Any, console: Console) -> None:
     sc.seed_exceptions(stack)
     fo_seeded = sc.seed_fo_documents(stack)
     sc.fire_fo_events(stack, fo_seeded)
+    # A window to practise re-running on: F&O announces an order it cannot return yet (added later: main loop)
+    stack.fo.fire("PurchaseOrderConfirmedBusinessEvent", sc.LEGAL_ENTITY, PurchaseOrderNumber=PRACTICE_PO,
+                  PurchaseJournal="PJ-PRACTICE", VendorAccount="US-101")
     sc.seed_acumatica_documents(stack)
     stack.deliver_all()
     console.say("BC, F&O and Acumatica documents seeded; their notifications delivered to the receiver")
@@ -195,7 +213,9 @@ def first_ticks(driver: Any) -> list[tuple[str, str, str]]:
              "the BC poll's first tick"),
             ("acumatica_jira__poll_job", driver.current_partition(["acumatica", "bills_needing_attention"]),
              "the Acumatica poll's first tick"),
-            ("d365_monday__mirror_job", sc.LEGAL_ENTITY, "the F&O -> monday.com mirror's first tick")]
+            ("d365_monday__mirror_job", sc.LEGAL_ENTITY, "the F&O -> monday.com mirror's first tick"),
+            ("d365_jira__poll_job", driver.current_partition(["finance_operations", "purchase_orders_confirmed"]),
+             f"the F&O window to practise on: fails while {PRACTICE_PO} is missing in F&O")]
 
 
 def run_while_ui_starts(ticks: list[tuple[str, str, str]], driver: Any, ui: str, console: Console
@@ -293,6 +313,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     parser.add_argument("--exit-after", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)")
     parser.add_argument("--new-invoice-every", type=float, default=60.0, help="seconds; 0 = never")
+    parser.add_argument("--practice-fix-after", type=float, default=180.0,
+                        help=f"seconds until {PRACTICE_PO} appears in F&O, so its failed window can be re-run; 0 = never")
     parser.add_argument("--banner-every", type=float, default=300.0,
                         help="print the banner again after N seconds once it has scrolled away (0 = never)")
     parser.add_argument("--banner-after-lines", type=int, default=20,
@@ -387,6 +409,7 @@ def _run(args: argparse.Namespace, stack: Any, dev: subprocess.Popen, console: C
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = last_invoice = last_banner = last_report = time.monotonic()
+    practice_fixed = False
     printed_at_banner = console.printed
     n = 0
     while not stop.wait(1.0):
@@ -407,6 +430,12 @@ def _run(args: argparse.Namespace, stack: Any, dev: subprocess.Popen, console: C
                                                 vendorName="Northwind Traders", totalAmountIncludingTax=250.0 * n,
                                                 currencyCode="USD")
             console.print(f"demo {datetime.now().strftime('%H:%M:%S')}: new draft invoice {inv['number']} in BC")
+        if args.practice_fix_after and not practice_fixed and now - started > args.practice_fix_after:
+            practice_fixed = True
+            add_practice_order(stack)
+            console.print(f"demo {datetime.now().strftime('%H:%M:%S')}: {PRACTICE_PO} now exists in F&O: re-run the "
+                          "failed window of finance_operations/purchase_orders_confirmed (Partitions -> Materialize... "
+                          "-> Failed) and it turns green")
         if (args.banner_every and now - last_banner > args.banner_every
                 and console.printed - printed_at_banner >= args.banner_after_lines):
             console.print(text)
