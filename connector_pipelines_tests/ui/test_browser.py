@@ -27,7 +27,6 @@ per run) and the same code location as in production.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ import httpx
 import pytest
 import yaml
 
+from benchmarks.daemon_latency import stop_daemon  # SIGTERM the process group, SIGKILL if it lingers
 from sandboxes.harness import scenario as sc
 from sandboxes.harness.stack import CLOUD_ID, LEGAL_ENTITY
 
@@ -192,17 +192,6 @@ def start_webserver(home: Path, env: dict[str, str], log: Path) -> tuple[subproc
     return proc, f"http://127.0.0.1:{port}"
 
 
-def stop_webserver(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 LOCATION_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
   locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
 
@@ -263,7 +252,7 @@ def demo_world(tmp_path, monkeypatch) -> Iterator[DemoWorld]:
             yield DemoWorld(stack, DagsterDriver(load_defs(), instance), instance, webserver, ui, log)
     finally:
         if webserver is not None:
-            stop_webserver(webserver)
+            stop_daemon(webserver)
         stack.stop()
 
 
