@@ -16,8 +16,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from connector_pipelines.definitions import defs as load_defs
-
 ROOT = Path(__file__).resolve().parents[2]
 CHECK_NAME = "every_exception_has_one_open_issue"
 GO_LIVE = datetime(2026, 11, 1, tzinfo=UTC)
@@ -81,16 +79,6 @@ BACKLOG_KEYS = set().union(*(p.backlog_keys for p in PAIRS))
 DEAD_LETTERS = "no_dead_letters"
 NEEDS_A_PERSON = "no_record_needs_a_person"   # the ledger's view, evaluated with every materialization
 ENTITIES = [(p, e) for p in PAIRS for e in p.entities]
-
-
-@pytest.fixture(scope="module")
-def defs() -> dg.Definitions:
-    return load_defs()
-
-
-@pytest.fixture(scope="module")
-def repo(defs: dg.Definitions) -> dg.RepositoryDefinition:
-    return defs.get_repository_def()
 
 
 def test_the_definitions_are_loadable(defs):

@@ -27,7 +27,6 @@ from connector_pipelines.components.integration_pair import build_inbox_sensor
 from connector_pipelines.components.resources import BusinessCentralResource, ConnectorStore, JiraResource
 from connector_pipelines.core import db
 from connector_pipelines.core.inbox import DEAD, PROCESSED, QUEUED, Inbox
-from connector_pipelines.definitions import defs as load_defs
 
 PAIR = "bc_jira"
 BC = "business_central"
@@ -39,11 +38,6 @@ MARKER = "PAYLOAD-MUST-NOT-TRAVEL"
 DUMMY_SETTINGS = ("CONNECTOR_BC_TENANT_ID", "CONNECTOR_BC_ENVIRONMENT", "CONNECTOR_BC_CLIENT_ID",
                   "CONNECTOR_BC_CLIENT_SECRET", "CONNECTOR_JIRA_CLIENT_ID", "CONNECTOR_JIRA_CLIENT_SECRET",
                   "CONNECTOR_JIRA_SITE_URL")
-
-
-@pytest.fixture(scope="module")
-def defs() -> dg.Definitions:
-    return load_defs()
 
 
 @pytest.fixture(autouse=True)

@@ -12,15 +12,8 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from connector_pipelines.definitions import defs as load_defs
-
 PAIR = "bc_jira"
 POLL = f"{PAIR}__poll_schedule"
-
-
-@pytest.fixture(scope="module")
-def defs() -> dg.Definitions:
-    return load_defs()
 
 
 @pytest.fixture(scope="module")

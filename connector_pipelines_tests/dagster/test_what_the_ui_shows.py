@@ -18,7 +18,6 @@ import yaml
 
 from connector_pipelines.components import integration_pair
 from connector_pipelines.core import db
-from connector_pipelines.definitions import defs as load_defs
 from connector_pipelines.integrations.definition import IntegrationDefinition
 
 DEFS_FOLDER = Path(__file__).resolve().parents[2] / "connector_pipelines" / "defs"
@@ -30,16 +29,6 @@ DUMMY_SETTINGS = ("CONNECTOR_BC_TENANT_ID", "CONNECTOR_BC_ENVIRONMENT", "CONNECT
                   "CONNECTOR_JIRA_SITE_URL")
 BC_BACKLOG = dg.AssetKey(["bc_jira", "inbox", "business_central"])
 BLOCKED_VENDORS = dg.AssetKey(["business_central", "blocked_vendors"])
-
-
-@pytest.fixture(scope="module")
-def defs() -> dg.Definitions:
-    return load_defs()
-
-
-@pytest.fixture(scope="module")
-def repo(defs: dg.Definitions) -> dg.RepositoryDefinition:
-    return defs.get_repository_def()
 
 
 @pytest.fixture
