@@ -49,6 +49,7 @@ from connector_pipelines.components.inbox_sensor import (
 )
 from connector_pipelines.components.record_views import (
     NEEDS_A_PERSON,
+    asset_key_of,
     needs_a_person_check,
     needs_a_person_evaluation,
     redrive_job,
@@ -236,7 +237,7 @@ def covered_windows(integration: IntegrationDefinition, source: Any, rows: list[
             md: dict[str, Any] = {"deliveries": dg.MetadataValue.int(len(group)),
                                   "records": dg.MetadataValue.int(len(ids)),
                                   "by": dg.MetadataValue.text(f"{integration.capabilities.label} webhook batch")}
-            asset_key = dg.AssetKey([integration.source, entity.name])
+            asset_key = asset_key_of(integration, entity)
             if waiting:
                 md["not_settled"] = dg.MetadataValue.int(len(waiting))
                 md["not_settled_records"] = _md_list({k: total.write.failures.get(k)
@@ -387,7 +388,7 @@ def build_integration_defs(integration: IntegrationDefinition) -> dg.Definitions
 
 def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partitions, resource_keys, owners,
                   tags: dict[str, str]):
-    key = dg.AssetKey([integration.source, entity.name])
+    key = asset_key_of(integration, entity)
     target_label = integration.target_system.label
     if entity.mirror:
         window_text = (f"One partition = the legal entity; materializing it reads every {entity.entity_set} record "
@@ -464,7 +465,7 @@ def _entity_asset(integration: IntegrationDefinition, entity: EntitySync, partit
 
 
 def _reconcile_check(integration: IntegrationDefinition, entity: EntitySync, resource_keys, tags: dict[str, str]):
-    key = dg.AssetKey([integration.source, entity.name])
+    key = asset_key_of(integration, entity)
 
     @dg.asset_check(asset=key, name="every_exception_has_one_open_issue", required_resource_keys=resource_keys,
                     description="Every current exception in the source has exactly one open Jira issue "
